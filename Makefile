@@ -1,0 +1,22 @@
+# `make demo` / `make test` create .venv on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test benchmark
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) train.py experiment=shapes
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/shapes_grounding.py

@@ -1,0 +1,91 @@
+"""The pointing game (PROTOCOL.md section 3) as a DDP-synced metric, and the callback that runs it per split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+
+
+def pointing_game_hits(maps: torch.Tensor, boxes: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
+    """[B] bool: does the first maximum of each map, upsampled bicubically to its original (H, W), lie strictly
+    inside any of that item's xyxy boxes (original pixel coordinates)?"""
+    hits = torch.zeros(len(boxes), dtype=torch.bool)
+    for index, (item_map, item_boxes, (height, width)) in enumerate(zip(maps, boxes, sizes.tolist())):
+        upsampled = F.interpolate(item_map[None, None].float(), size=(height, width), mode="bicubic", align_corners=False)
+        flat_index = int(upsampled.flatten().argmax())  # torch returns the first maximum in row-major order
+        y, x = divmod(flat_index, width)
+        b = item_boxes.to("cpu", torch.float64)
+        hits[index] = bool(((b[:, 0] < x) & (x < b[:, 2]) & (b[:, 1] < y) & (y < b[:, 3])).any())
+    return hits
+
+
+class PointingGame(Metric):
+    """Fraction of items whose heat-map maximum falls strictly inside a ground-truth box."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("hits", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, maps: torch.Tensor, boxes: list[torch.Tensor], sizes: torch.Tensor) -> None:
+        hits = pointing_game_hits(maps, boxes, sizes)
+        self.hits += int(hits.sum())
+        self.total += len(hits)
+
+    def compute(self) -> torch.Tensor:
+        return self.hits.float() / self.total.clamp(min=1)
+
+
+class PointingGameCallback(L.Callback):
+    """Logs `<stage>/pointing_game/<split>` for every evaluation split of the datamodule, and their mean.
+
+    Expects the LightningModule's validation/test steps to return {"maps": [B, h, w]} and batches to carry
+    `original_boxes` and `original_sizes`.
+    """
+
+    def __init__(self):
+        self.metrics: dict[str, dict[str, PointingGame]] = {"val": {}, "test": {}}
+
+    def _splits(self, trainer: L.Trainer, stage: str) -> list[str]:
+        names = getattr(trainer.datamodule, f"{stage}_split_names", None) if trainer.datamodule is not None else None
+        loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        count = len(loaders) if isinstance(loaders, (list, tuple)) else 1
+        return list(names) if names else [f"split{index}" for index in range(count)]
+
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.metrics[stage] = {name: PointingGame().to(pl_module.device) for name in self._splits(trainer, stage)}
+
+    def _update(self, stage: str, outputs: Any, batch: dict[str, Any], dataloader_idx: int) -> None:
+        metric = list(self.metrics[stage].values())[dataloader_idx]
+        metric.update(outputs["maps"], batch["original_boxes"], batch["original_sizes"])
+
+    def _end(self, pl_module: L.LightningModule, stage: str) -> None:
+        values = {f"{stage}/pointing_game/{name}": metric.compute() for name, metric in self.metrics[stage].items()}
+        if values:
+            values[f"{stage}/pointing_game/mean"] = torch.stack(list(values.values())).mean()
+            pl_module.log_dict(values, prog_bar=stage == "val")
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._start(trainer, pl_module, "val")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._update("val", outputs, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._end(pl_module, "val")
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._start(trainer, pl_module, "test")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._update("test", outputs, batch, dataloader_idx)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._end(pl_module, "test")

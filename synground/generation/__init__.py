@@ -1,0 +1,3 @@
+from synground.generation.shapes import ShapesGenerator
+
+__all__ = ["ShapesGenerator"]

@@ -1,0 +1,48 @@
+"""The interface every grounding model implements, so losses, Grad-CAM and the pointing game work with any."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+Tokens = dict[str, torch.Tensor]  # at least input_ids and attention_mask, [B, L]
+
+
+@dataclass
+class GradCamOutput:
+    maps: torch.Tensor  # [B, h, w] raw Grad-CAM on the patch grid (no ReLU, no normalisation)
+    itm_logits: torch.Tensor  # [B, 2] of the same forward pass: (no match, match)
+
+
+class GroundingModel(nn.Module, ABC):
+    """An image-text matching model whose cross-attention yields Grad-CAM maps."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @abstractmethod
+    def tokenize(self, texts: list[str]) -> Tokens: ...
+
+    @abstractmethod
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] normalised pixels -> [B, 1 + N, D] patch embeddings ([CLS] first)."""
+
+    @abstractmethod
+    def itm_logits(self, image_embeds: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+        """[B, 2] image-text matching logits for aligned rows of images and texts."""
+
+    @abstractmethod
+    def gradcam(self, image_embeds: torch.Tensor, tokens: Tokens, create_graph: bool) -> GradCamOutput:
+        """Grad-CAM of the match logit on the captured cross-attention layer, for the whole batch at once.
+
+        create_graph=True keeps the graph so a loss on the map trains the model (the AMC loss);
+        False gives the evaluation map without building second-order graphs.
+        """
+
+    def contrastive_features(self, image_embeds: torch.Tensor, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """L2-normalised image and text features for ITC and hard-negative mining; None if the model has none."""
+        return None

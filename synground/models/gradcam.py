@@ -1,0 +1,47 @@
+"""Grad-CAM on one cross-attention layer (PROTOCOL.md section 2): capture, combine, normalise."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _Captured:
+    value: torch.Tensor | None = None
+
+
+@contextmanager
+def capture_attention(attention_module: nn.Module) -> Iterator[_Captured]:
+    """Keep the attention probabilities (after softmax, before dropout) that `attention_module` returns second."""
+    captured = _Captured()
+
+    def hook(module, args, output):
+        captured.value = output[1]
+
+    handle = attention_module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def attention_gradcam(attention: torch.Tensor, grad: torch.Tensor, text_mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """cam = attention * relu(grad) * text_mask, image [CLS] dropped, mean over heads then text tokens -> [B, h, w].
+
+    attention and grad are [B, heads, L_text, 1 + N_patches]; text_mask is [B, L_text].
+    """
+    cam = attention[..., 1:] * grad[..., 1:].clamp(min=0) * text_mask[:, None, :, None].to(attention.dtype)
+    return cam.mean(dim=1).mean(dim=1).reshape(attention.shape[0], *grid)
+
+
+def normalise_cam(cam: torch.Tensor, size: int, eps: float = 1e-7) -> torch.Tensor:
+    """Training map: ReLU, per-sample min-max to [0, 1], bilinear upsample to [B, size, size]."""
+    cam = cam.clamp(min=0)
+    flat = cam.flatten(1)
+    low, high = flat.min(dim=1).values, flat.max(dim=1).values
+    cam = (cam - low[:, None, None]) / (high - low + eps)[:, None, None]
+    return F.interpolate(cam[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]

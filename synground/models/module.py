@@ -1,0 +1,96 @@
+"""GroundingModule: fine-tunes a GroundingModel with ITM (hard negatives), optional ITC, and the AMC loss."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from synground.models.base import GroundingModel
+from synground.models.gradcam import normalise_cam
+from synground.models.losses import amc_loss, itc_loss, sample_hard_negatives, texts_equal
+
+
+class GroundingModule(L.LightningModule):
+    """total = L_itm + itc_weight * L_itc + amc_weight * L_amc; amc_weight=0 trains ITM alone.
+
+    Validation and test return the evaluation Grad-CAM maps ({"maps": [B, h, w]}) for callbacks such as the
+    pointing game; they need `Trainer(inference_mode=False)` because the maps are gradients.
+    """
+
+    def __init__(self, net: GroundingModel, amc_weight: float = 1.0, itc_weight: float = 0.0, lr: float = 1e-5,
+                 weight_decay: float = 0.02, warmup_steps: int = 2000, warmup_start_lr: float = 1e-6, min_lr: float = 1e-6):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        texts = batch["texts"]
+        tokens = self.net.tokenize(texts)
+        image_embeds = self.net.encode_images(batch["images"])
+        same_text = texts_equal(texts, device=self.device)
+        losses = {}
+
+        features = self.net.contrastive_features(image_embeds, tokens) if self.hparams.itc_weight > 0 else None
+        similarity = torch.zeros(len(texts), len(texts), device=self.device)
+        if features is not None:
+            similarity = features[0] @ features[1].t() / self.net.temperature
+            losses["itc"] = itc_loss(*features, self.net.temperature, same_text)
+
+        if self.hparams.amc_weight > 0:
+            cam = self.net.gradcam(image_embeds, tokens, create_graph=True)
+            positive_logits = cam.itm_logits
+            losses["amc"] = amc_loss(normalise_cam(cam.maps, batch["masks"].shape[-1]), batch["masks"])
+        else:
+            positive_logits = self.net.itm_logits(image_embeds, tokens)
+
+        with torch.no_grad():
+            negative_image = sample_hard_negatives(similarity.detach().t(), same_text)  # for each text
+            negative_text = sample_hard_negatives(similarity.detach(), same_text)  # for each image
+        negative_tokens = {k: torch.cat([v, v[negative_text]]) for k, v in tokens.items()}
+        negative_logits = self.net.itm_logits(torch.cat([image_embeds[negative_image], image_embeds]), negative_tokens)
+        logits = torch.cat([positive_logits, negative_logits])
+        labels = torch.cat([torch.ones(len(texts)), torch.zeros(2 * len(texts))]).long().to(self.device)
+        losses["itm"] = F.cross_entropy(logits, labels)
+
+        loss = losses["itm"] + self.hparams.itc_weight * losses.get("itc", 0.0) + self.hparams.amc_weight * losses.get("amc", 0.0)
+        batch_size = len(texts)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
+        self.log("train/itm_accuracy", (logits.argmax(1) == labels).float().mean(), batch_size=batch_size)
+        for reason, count in batch.get("data_issues", {}).items():
+            self.log(f"data/{reason}", float(count), reduce_fx="sum", on_step=False, on_epoch=True)
+        return loss
+
+    def evaluation_maps(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        with torch.enable_grad():
+            tokens = self.net.tokenize(batch["texts"])
+            cam = self.net.gradcam(self.net.encode_images(batch["images"]), tokens, create_graph=False)
+        return {"maps": cam.maps.detach(), "itm_logits": cam.itm_logits.detach()}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        return self.evaluation_maps(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        return self.evaluation_maps(batch)
+
+    def configure_optimizers(self):
+        decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim < 2]  # biases and norms
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
+            step, total, self.hparams.lr, self.hparams.warmup_steps, self.hparams.warmup_start_lr, self.hparams.min_lr) / self.hparams.lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def warmup_cosine(step: int, total: int, lr: float, warmup_steps: int, warmup_start_lr: float, min_lr: float) -> float:
+    """Linear warm-up from warmup_start_lr to lr, then cosine decay to min_lr at `total` steps."""
+    if step < warmup_steps:
+        return warmup_start_lr + (lr - warmup_start_lr) * step / warmup_steps
+    progress = min((step - warmup_steps) / max(total - warmup_steps, 1), 1.0)
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
