@@ -30,12 +30,17 @@ VERSION = 1  # bump when rendering changes, so provenance tells old scenes from 
 class ShapesGenerator:
     """A `TripletGenerator` that draws scenes of shapes; deterministic per request seed."""
 
-    def __init__(self, style: str = "clean", image_size: int = 128, min_shapes: int = 2, max_shapes: int = 5):
+    def __init__(self, style: str = "clean", image_size: int = 128, min_shapes: int = 2, max_shapes: int = 5,
+                 colours: Sequence[str] = tuple(COLOURS)):
         if style not in STYLES:
             raise ValueError(f"unknown shapes style {style!r}; choose one of {STYLES}")
         if not 1 <= min_shapes <= max_shapes:
             raise ValueError(f"need 1 <= min_shapes <= max_shapes, got {min_shapes}, {max_shapes}")
+        unknown = set(colours) - set(COLOURS)
+        if unknown or not colours:
+            raise ValueError(f"unknown shape colours {sorted(unknown)}; choose from {list(COLOURS)}")
         self.style = style
+        self.colours = list(colours)
         self.image_size = image_size
         self.min_shapes, self.max_shapes = min_shapes, max_shapes
 
@@ -67,7 +72,7 @@ class ShapesGenerator:
             if len(shapes) == count:
                 break
             size = str(rng.choice(list(SIZES)))
-            colour, kind = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
+            colour, kind = str(rng.choice(self.colours)), str(rng.choice(SHAPES))
             same_kind = [s for s in shapes if (s["colour"], s["shape"]) == (colour, kind)]
             if len(same_kind) >= 2 or any(s["size"] == size for s in same_kind):
                 continue

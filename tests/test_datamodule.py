@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from synground.data import GenerationRequest, GeneratorSource, GroundingDataModule
+from synground.generation import ShapesGenerator
+from synground.generation.writing import generate_shards
+
+
+def test_the_mixed_stream_follows_the_synthetic_ratio():
+    datamodule = GroundingDataModule(train={"synthetic": ShapesGenerator("clean", 32), "real": ShapesGenerator("textured", 32)},
+                                     synthetic_ratio=0.25, image_size=32, batch_size=32, batches_per_epoch=40, num_workers=0)
+    batches = list(datamodule.train_dataloader())
+    assert len(batches) == 40
+    synthetic = torch.cat([b["synthetic"] for b in batches]).float()
+    assert abs(synthetic.mean().item() - 0.25) < 0.05
+    # the domain flag is true to the source: clean scenes have a flat grey border
+    sources = [b["synthetic"][0].item() for b in batches]
+    assert any(sources) and not all(sources)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_ratios_zero_and_one_draw_from_one_domain_only(ratio):
+    datamodule = GroundingDataModule(train={"synthetic": ShapesGenerator("clean", 32), "real": ShapesGenerator("textured", 32)},
+                                     synthetic_ratio=ratio, image_size=32, batch_size=8, batches_per_epoch=5, num_workers=0)
+    flags = torch.cat([b["synthetic"] for b in datamodule.train_dataloader()])
+    assert flags.float().mean().item() == ratio
+
+
+def test_a_ratio_outside_zero_one_is_rejected():
+    with pytest.raises(ValueError, match="synthetic_ratio"):
+        GroundingDataModule(train={"synthetic": ShapesGenerator()}, synthetic_ratio=1.5)
+
+
+def test_every_worker_shares_the_epoch_and_epochs_differ():
+    datamodule = GroundingDataModule(train={"synthetic": ShapesGenerator("clean", 32)}, image_size=32, batch_size=4,
+                                     batches_per_epoch=5, num_workers=2)
+    loader = datamodule.train_dataloader()
+    first, second = list(loader), list(loader)
+    assert len(first) == len(second) == 5
+    keys = [k for b in first for k in b["keys"]]
+    assert len(set(keys)) == len(keys)  # the two workers draw different scenes
+    assert set(keys).isdisjoint(k for b in second for k in b["keys"])
+
+
+def test_batches_carry_what_the_loss_and_the_pointing_game_need():
+    datamodule = GroundingDataModule(train={"real": ShapesGenerator("textured", 48)}, image_size=32, mask_size=16,
+                                     batch_size=4, batches_per_epoch=1, num_workers=0)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["images"].shape == (4, 3, 32, 32) and batch["masks"].shape == (4, 16, 16)
+    assert len(batch["texts"]) == 4 and all(isinstance(t, str) for t in batch["texts"])
+    assert batch["original_sizes"].tolist() == [[48, 48]] * 4
+    assert all(b.shape[-1] == 4 for b in batch["boxes"])
+
+
+def test_eval_splits_from_shards_cover_every_region_once_across_workers(tmp_path):
+    manifest = generate_shards(ShapesGenerator("clean", 32), tmp_path / "eval", num_samples=7, samples_per_shard=3, name="e")
+    datamodule = GroundingDataModule(test={"held_out": str(tmp_path / "eval")}, image_size=32, eval_batch_size=5, num_workers=2)
+    assert datamodule.test_split_names == ["held_out"]
+    (loader,) = datamodule.test_dataloader()
+    keys = [k for batch in loader for k in batch["keys"]]
+    expected = sum(len(s.regions) for s in ShapesGenerator("clean", 32).generate(
+        [GenerationRequest(f"e-{i:09d}", i) for i in range(7)]))
+    assert len(keys) == len(set(keys)) == expected
+    assert sum(e["samples"] for e in manifest.shards) == 7
+
+
+def test_generated_eval_split_is_fixed_and_split_across_workers():
+    source = GeneratorSource(ShapesGenerator("textured", 32), num_samples=6, seed=100, name="v")
+    one = GroundingDataModule(val={"v": source}, image_size=32, eval_batch_size=4, num_workers=0)
+    two = GroundingDataModule(val={"v": source}, image_size=32, eval_batch_size=4, num_workers=2)
+    keys_one = sorted(k for b in one.val_dataloader()[0] for k in b["keys"])
+    keys_two = sorted(k for b in two.val_dataloader()[0] for k in b["keys"])
+    assert keys_one == keys_two and len(keys_one) >= 12
+
+
+def test_training_reads_shards_and_counts_skipped_samples(tmp_path):
+    generate_shards(ShapesGenerator("clean", 32), tmp_path / "syn", num_samples=6, samples_per_shard=3, name="s")
+    datamodule = GroundingDataModule(train={"synthetic": str(tmp_path / "syn")}, image_size=32, batch_size=4,
+                                     batches_per_epoch=3, num_workers=0)
+    batches = list(datamodule.train_dataloader())
+    assert len(batches) == 3 and all(k.startswith("s-") for b in batches for k in b["keys"])
+
+
+def test_a_missing_shard_path_fails_at_construction_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing-dir"):
+        GroundingDataModule(train={"real": str(tmp_path / "missing-dir" / "*.tar")})
+
+
+def test_unknown_train_keys_are_rejected():
+    with pytest.raises(ValueError, match="synthtic"):
+        GroundingDataModule(train={"synthtic": ShapesGenerator()})

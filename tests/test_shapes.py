@@ -1,0 +1,50 @@
+import numpy as np
+
+from synground.data import GenerationRequest, TripletGenerator
+from synground.generation import ShapesGenerator
+from synground.generation.shapes import COLOURS
+
+
+def scenes(style, n=40, size=96):
+    return ShapesGenerator(style, image_size=size).generate([GenerationRequest(f"k{i}", i) for i in range(n)])
+
+
+def test_same_seed_same_scene_and_different_seeds_differ():
+    a, b = ShapesGenerator("textured").scene("a", 7), ShapesGenerator("textured").scene("a", 7)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.regions == b.regions
+    assert a.caption != ShapesGenerator("textured").scene("a", 8).caption or a.regions != ShapesGenerator("textured").scene("a", 8).regions
+
+
+def test_scenes_have_two_to_five_shapes_with_unique_phrases_inside_the_image():
+    for sample in scenes("clean"):
+        assert 2 <= len(sample.regions) <= 5
+        phrases = [r.phrase for r in sample.regions]
+        assert len(set(phrases)) == len(phrases)
+        assert all(p in sample.caption.replace("a ", "the ", 1) or p.split("the ", 1)[1] in sample.caption for p in phrases)
+        for region in sample.regions:
+            x0, y0, x1, y1 = region.boxes[0]
+            assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 96
+
+
+def test_boxes_are_exact_the_named_colour_fills_the_box_centre():
+    for sample in scenes("clean", n=20):
+        pixels = np.asarray(sample.image)
+        for region in sample.regions:
+            colour = next(name for name in COLOURS if name in region.phrase.split())
+            x0, y0, x1, y1 = region.boxes[0]
+            centre = pixels[int((y0 + y1) / 2), int((x0 + x1) / 2)]
+            assert np.abs(centre.astype(int) - COLOURS[colour]).max() < 10, region.phrase
+
+
+def test_the_two_styles_are_different_domains():
+    clean, textured = scenes("clean", n=5), scenes("textured", n=5)
+    assert all(s.source == "shapes-clean" for s in clean) and all(s.source == "shapes-textured" for s in textured)
+    # same seeds, same layout and text; different pixels: a background of plain grey against noise
+    assert [s.regions for s in clean] == [s.regions for s in textured]
+    assert np.asarray(clean[0].image)[0].std() < 1 and np.asarray(textured[0].image)[0].std() > 5
+
+
+def test_it_is_a_triplet_generator_with_provenance():
+    generator = ShapesGenerator()
+    assert isinstance(generator, TripletGenerator)
+    assert generator.scene("k", 3).provenance == {"generator": "shapes", "version": 1, "seed": 3, "style": "clean", "image_size": 128}

@@ -1,0 +1,96 @@
+import io
+import json
+import logging
+import tarfile
+
+import pytest
+from PIL import Image
+
+from synground.data import GenerationRequest, Manifest, read_manifest, resolve_shards, write_shard
+from synground.data.shards import iterate_shard
+from synground.generation import ShapesGenerator
+from synground.generation.writing import generate_shards
+
+
+def shapes(n, start=0):
+    return ShapesGenerator("clean", image_size=64).generate([GenerationRequest(f"s-{i}", i) for i in range(start, start + n)])
+
+
+def test_round_trip_keeps_keys_text_boxes_and_image(tmp_path):
+    samples = shapes(5)
+    entry = write_shard(tmp_path / "a.tar", samples)
+    assert entry["samples"] == 5 and (tmp_path / "a.tar").exists() and not list(tmp_path.glob("*.partial"))
+    read = list(iterate_shard(str(tmp_path / "a.tar"), {}))
+    assert [s.key for s in read] == [s.key for s in samples]
+    for original, loaded in zip(samples, read):
+        assert loaded.caption == original.caption
+        assert [(r.phrase, r.boxes) for r in loaded.regions] == [(r.phrase, [list(b) for b in r.boxes]) for r in original.regions]
+        assert loaded.image.size == original.image.size
+        assert loaded.provenance == original.provenance and loaded.source == original.source
+
+
+def test_keys_with_a_dot_are_rejected_before_anything_is_written(tmp_path):
+    sample = shapes(1)[0]
+    sample.key = "bad.key"
+    with pytest.raises(ValueError, match="bad.key"):
+        write_shard(tmp_path / "a.tar", [sample])
+    assert not (tmp_path / "a.tar").exists()
+
+
+def test_a_pattern_that_matches_nothing_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        resolve_shards(str(tmp_path / "nothing-here-{000..003}.tar"))
+
+
+def test_an_empty_manifest_names_the_file(tmp_path):
+    Manifest(tmp_path).save()
+    with pytest.raises(ValueError, match="manifest.json"):
+        resolve_shards(str(tmp_path))
+
+
+def test_a_directory_resolves_to_the_shards_of_its_manifest_only(tmp_path):
+    manifest = Manifest(tmp_path)
+    manifest.add(write_shard(tmp_path / "a.tar", shapes(2)))
+    write_shard(tmp_path / "stray.tar", shapes(2, start=2))  # not in the manifest: does not exist
+    assert resolve_shards(str(tmp_path)) == [str(tmp_path / "a.tar")]
+
+
+def test_corrupt_image_and_json_are_skipped_with_a_warning_naming_shard_and_key(tmp_path, caplog):
+    good = write_shard(tmp_path / "good.tar", shapes(3))
+    assert good["samples"] == 3
+    with tarfile.open(tmp_path / "good.tar") as source, tarfile.open(tmp_path / "bad.tar", "w") as target:
+        for member in source.getmembers():
+            payload = source.extractfile(member).read()
+            if member.name == "s-0.jpg":
+                payload = b"not a jpeg"
+            if member.name == "s-1.json":
+                payload = b"{broken"
+            member.size = len(payload)
+            target.addfile(member, io.BytesIO(payload))
+    issues = {}
+    with caplog.at_level(logging.WARNING):
+        read = list(iterate_shard(str(tmp_path / "bad.tar"), issues))
+    assert [s.key for s in read] == ["s-2"]
+    assert issues == {"corrupt_sample": 2}
+    assert "bad.tar" in caplog.text and "'s-0'" in caplog.text and "'s-1'" in caplog.text
+
+
+def test_generation_resumes_after_a_crash_with_the_same_shards(tmp_path):
+    generator = ShapesGenerator("textured", image_size=48)
+    full = generate_shards(generator, tmp_path / "full", num_samples=10, samples_per_shard=4, name="x")
+    assert [e["samples"] for e in full.shards] == [4, 4, 2]
+
+    crashed = tmp_path / "crashed"
+    generate_shards(generator, crashed, num_samples=10, samples_per_shard=4, name="x")
+    # simulate a crash while writing the second shard: its entry and file are gone, a partial file is left
+    manifest = json.loads((crashed / "manifest.json").read_text())
+    manifest["shards"] = manifest["shards"][:1]
+    (crashed / "manifest.json").write_text(json.dumps(manifest))
+    (crashed / "x-000001.tar").rename(crashed / "x-000001.tar.partial")
+    (crashed / "x-000002.tar").unlink()
+    first_shard_time = (crashed / "x-000000.tar").stat().st_mtime_ns
+
+    resumed = generate_shards(generator, crashed, num_samples=10, samples_per_shard=4, name="x")
+    assert (crashed / "x-000000.tar").stat().st_mtime_ns == first_shard_time  # finished shards are kept
+    assert resumed.shards == full.shards  # same names, counts and checksums
+    assert read_manifest(crashed / "manifest.json")["shards"] == full.shards

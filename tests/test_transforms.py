@@ -1,0 +1,48 @@
+import random
+
+import torch
+from PIL import Image
+
+from synground.data.schema import GroundingSample, Region
+from synground.data.transforms import GroundingTransform, boxes_to_mask, clean_regions, swap_left_right
+
+
+def test_left_and_right_are_swapped_keeping_case_and_word_boundaries():
+    assert swap_left_right("the cup on the left, Right of the LEFT plate") == "the cup on the right, Left of the RIGHT plate"
+    assert swap_left_right("leftover bright cleft") == "leftover bright cleft"
+
+
+def test_flip_mirrors_the_image_and_boxes_and_swaps_the_text():
+    image = Image.new("RGB", (100, 50), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 20, 50))  # a white stripe on the left
+    transform = GroundingTransform(image_size=100, flip_prob=1.0, mean=(0, 0, 0), std=(1, 1, 1))
+    item = transform(image, Region("the stripe on the left", [[0.0, 0.0, 20.0, 50.0]]), "k", random.Random(0))
+    assert item["text"] == "the stripe on the right"
+    torch.testing.assert_close(item["boxes"], torch.tensor([[80.0, 0.0, 100.0, 100.0]]))
+    assert item["image"][:, :, 90].mean() > 0.9 and item["image"][:, :, 10].mean() < 0.1
+    assert item["mask"][:, 85:].all() and not item["mask"][:, :75].any()
+    # the pointing game keeps the unflipped original
+    torch.testing.assert_close(item["original_boxes"], torch.tensor([[0.0, 0.0, 20.0, 50.0]]))
+    assert item["original_size"].tolist() == [50, 100]
+
+
+def test_boxes_partly_outside_are_clipped_degenerate_ones_dropped_and_counted():
+    sample = GroundingSample("k", Image.new("RGB", (100, 80)), "", [
+        Region("partly outside", [[-10.0, 10.0, 50.0, 200.0]]),
+        Region("empty", [[30.0, 30.0, 30.0, 60.0]]),
+        Region("no boxes", []),
+        Region("one good one bad", [[10.0, 10.0, 20.0, 20.0], [200.0, 10.0, 300.0, 20.0]]),
+    ], "test")
+    issues = {}
+    regions = clean_regions(sample, issues)
+    assert [r.phrase for r in regions] == ["partly outside", "one good one bad"]
+    assert regions[0].boxes == [[0.0, 10.0, 50.0, 80.0]]
+    assert regions[1].boxes == [[10.0, 10.0, 20.0, 20.0]]
+    assert issues == {"box_clipped": 2, "box_degenerate": 2, "region_dropped": 2}
+
+
+def test_mask_is_the_union_of_boxes_at_the_loss_resolution():
+    mask = boxes_to_mask(torch.tensor([[0.0, 0.0, 50.0, 50.0], [150.0, 150.0, 200.0, 200.0]]), image_size=200, mask_size=20)
+    assert mask.shape == (20, 20)
+    assert mask.sum().item() == 2 * 25
+    assert mask[0, 0] == 1 and mask[19, 19] == 1 and mask[10, 10] == 0
