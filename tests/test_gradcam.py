@@ -45,7 +45,7 @@ def test_batched_maps_equal_per_sample_maps(tiny_blip):
     for i in range(3):
         single_tokens = tiny_blip.tokenize([["the red circle", "the blue square on the left", "the circle"][i]])
         single = tiny_blip.gradcam(tiny_blip.encode_images(images[i : i + 1]), single_tokens, create_graph=False).maps
-        torch.testing.assert_close(single[0], batched[i], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(single[0], batched[i], rtol=1e-4, atol=1e-4 * batched[i].abs().max().item())
 
 
 def test_attention_gradcam_ignores_the_image_cls_column_and_padded_text():
@@ -55,7 +55,7 @@ def test_attention_gradcam_ignores_the_image_cls_column_and_padded_text():
     attention[0, 0, 1] = torch.tensor([0.0, 0.0, 7.0, 0.0, 0.0])  # a padded text token
     grad[0, 0, 0, 4] = -1.0  # negative gradients are clamped to zero
     cam = attention_gradcam(attention, grad, torch.tensor([[1, 0]]), grid=(2, 2))
-    torch.testing.assert_close(cam, torch.tensor([[[0.5, 0.0], [0.0, 0.0]]]))  # mean over the two text rows
+    torch.testing.assert_close(cam, torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))  # the padded row does not count
 
 
 def test_normalised_training_map_spans_zero_to_one():

@@ -13,8 +13,8 @@ def run(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_two_training_steps_then_test_write_metrics_json(tmp_path):
-    result = run("train.py", "experiment=shapes", "trainer.max_steps=2", "+trainer.limit_val_batches=1",
-                 "+trainer.limit_test_batches=1", "data.num_workers=0", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    result = run("train.py", "experiment=shapes", "data.batches_per_epoch=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
+                 "trainer.limit_test_batches=1", "data.num_workers=0", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for split in ("shapes_clean", "shapes_textured"):

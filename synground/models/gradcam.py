@@ -32,10 +32,15 @@ def capture_attention(attention_module: nn.Module) -> Iterator[_Captured]:
 def attention_gradcam(attention: torch.Tensor, grad: torch.Tensor, text_mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """cam = attention * relu(grad) * text_mask, image [CLS] dropped, mean over heads then text tokens -> [B, h, w].
 
-    attention and grad are [B, heads, L_text, 1 + N_patches]; text_mask is [B, L_text].
+    attention and grad are [B, heads, L_text, 1 + N_patches]; text_mask is [B, L_text]. The mean over text tokens
+    divides by the number of real tokens, not the padded length as the reference does: that only rescales each
+    map by a positive factor (same argmax, same min-max normalised map) and makes a batch give the same maps as
+    its samples one at a time.
     """
-    cam = attention[..., 1:] * grad[..., 1:].clamp(min=0) * text_mask[:, None, :, None].to(attention.dtype)
-    return cam.mean(dim=1).mean(dim=1).reshape(attention.shape[0], *grid)
+    mask = text_mask.to(attention.dtype)
+    cam = attention[..., 1:] * grad[..., 1:].clamp(min=0) * mask[:, None, :, None]
+    cam = cam.mean(dim=1).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+    return cam.reshape(attention.shape[0], *grid)
 
 
 def normalise_cam(cam: torch.Tensor, size: int, eps: float = 1e-7) -> torch.Tensor:
