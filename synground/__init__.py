@@ -1,0 +1,1 @@
+"""synground: learning visual grounding from synthetic data (SynGround) with PyTorch Lightning."""
