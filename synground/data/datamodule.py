@@ -1,0 +1,253 @@
+"""GroundingDataModule: real and synthetic training sources mixed at a ratio, named evaluation splits."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator
+from synground.data.shards import iterate_shard, resolve_shards
+from synground.data.transforms import GroundingTransform, clean_regions, collate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GeneratorSource:
+    """Samples drawn from a TripletGenerator: endless with fresh seeds for training, or a fixed numbered split."""
+
+    generator: TripletGenerator
+    num_samples: int | None = None  # None: endless (training); N: requests 0..N-1 (evaluation)
+    seed: int = 0
+    requests_per_call: int = 16
+    name: str = "generated"
+
+
+Source = str | GeneratorSource | TripletGenerator
+
+
+def as_source(source: Source) -> str | GeneratorSource:
+    if isinstance(source, GeneratorSource):
+        return source
+    if isinstance(source, TripletGenerator):
+        return GeneratorSource(source)
+    if isinstance(source, str):
+        resolve_shards(source)  # fail now, naming the path, rather than inside a worker
+        return source
+    raise TypeError(f"a data source must be a shard path, a GeneratorSource or a TripletGenerator, got {type(source).__name__}")
+
+
+def _worker_slot() -> tuple[int, int]:
+    """(index, count) of this data-loading worker across all ranks."""
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if (
+        torch.distributed.is_available() and torch.distributed.is_initialized()) else (0, 1)
+    info = get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info else (0, 1)
+    return rank * workers + worker, world * workers
+
+
+def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: dict[str, int]) -> Iterator[GroundingSample]:
+    """Training stream: shards resampled in random order, or generator requests with fresh seeds."""
+    if isinstance(source, str):
+        shards = resolve_shards(source)
+        empty_in_a_row = 0
+        while True:
+            produced = False
+            for sample in iterate_shard(rng.choice(shards), issues):
+                produced = True
+                yield sample
+            empty_in_a_row = 0 if produced else empty_in_a_row + 1
+            if empty_in_a_row > 3 * len(shards):
+                raise RuntimeError(f"no readable sample in the shards of {source!r}")
+    else:
+        while True:
+            requests = []
+            for _ in range(source.requests_per_call):
+                seed = rng.getrandbits(62)
+                requests.append(GenerationRequest(key=f"{source.name}-{seed:016x}", seed=seed))
+            yield from source.generator.generate(requests)
+
+
+def _split_samples(source: str | GeneratorSource, slot: int, slots: int, issues: dict[str, int]) -> Iterator[GroundingSample]:
+    """Evaluation stream: every sample exactly once across all workers and ranks, in a fixed order."""
+    if isinstance(source, str):
+        shards = resolve_shards(source)
+        if len(shards) >= slots:
+            for shard in shards[slot::slots]:
+                yield from iterate_shard(shard, issues)
+        else:
+            for index, sample in enumerate(s for shard in shards for s in iterate_shard(shard, issues)):
+                if index % slots == slot:
+                    yield sample
+    else:
+        if source.num_samples is None:
+            raise ValueError(f"evaluation source {source.name!r} needs num_samples (an endless split never ends)")
+        indices = list(range(slot, source.num_samples, slots))
+        for start in range(0, len(indices), source.requests_per_call):
+            requests = [GenerationRequest(key=f"{source.name}-{i:08d}", seed=source.seed + i)
+                        for i in indices[start : start + source.requests_per_call]]
+            yield from source.generator.generate(requests)
+
+
+class MixedTrainStream(IterableDataset):
+    """Endless real and synthetic streams mixed per sample at `synthetic_ratio`, batched inside the dataset.
+
+    Every rank yields exactly `batches_per_epoch` batches (shared among its workers), so DDP ranks never wait
+    for each other; each epoch, rank and worker draws from its own seeded random stream.
+    """
+
+    def __init__(self, synthetic: Sequence[str | GeneratorSource], real: Sequence[str | GeneratorSource],
+                 synthetic_ratio: float, transform: GroundingTransform, batch_size: int, batches_per_epoch: int, seed: int):
+        if not synthetic and not real:
+            raise ValueError("no training source: give data.train.synthetic and/or data.train.real")
+        self.synthetic, self.real = list(synthetic), list(real)
+        self.synthetic_ratio = synthetic_ratio if synthetic and real else float(bool(synthetic))
+        self.transform = transform
+        self.batch_size = batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        slot, slots = _worker_slot()
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = random.Random(f"{self.seed}:{self.epoch}:{slot}")
+        issues: dict[str, int] = {}
+        streams = {
+            name: self._interleave([_endless_samples(s, random.Random(f"{self.seed}:{self.epoch}:{slot}:{name}:{i}"), issues)
+                                    for i, s in enumerate(sources)], rng)
+            for name, sources in (("synthetic", self.synthetic), ("real", self.real)) if sources
+        }
+        my_batches = len(range(worker, self.batches_per_epoch, workers))
+        for _ in range(my_batches):
+            items = []
+            while len(items) < self.batch_size:
+                domain = "synthetic" if rng.random() < self.synthetic_ratio else "real"
+                sample = next(streams[domain])
+                regions = clean_regions(sample, issues)
+                if not regions:
+                    issues["sample_without_regions"] = issues.get("sample_without_regions", 0) + 1
+                    continue
+                # one random region per sample and step, as the AMC reference draws one box per caption
+                item = self.transform(sample.image, rng.choice(regions), sample.key, rng)
+                item["domain"] = domain
+                items.append(item)
+            batch = collate(items)
+            batch["synthetic"] = torch.tensor([item["domain"] == "synthetic" for item in items])
+            batch["data_issues"], issues = issues, {}
+            yield batch
+
+    @staticmethod
+    def _interleave(streams: list[Iterator[GroundingSample]], rng: random.Random) -> Iterator[GroundingSample]:
+        while True:
+            yield next(rng.choice(streams))
+
+
+class EvalSplit(IterableDataset):
+    """One item per (sample, region) of a fixed split; split across ranks and workers without repeats."""
+
+    def __init__(self, name: str, source: str | GeneratorSource, transform: GroundingTransform):
+        self.name, self.source, self.transform = name, source, transform
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        slot, slots = _worker_slot()
+        issues: dict[str, int] = {}
+        for sample in _split_samples(self.source, slot, slots, issues):
+            for index, region in enumerate(clean_regions(sample, issues)):
+                yield self.transform(sample.image, region, f"{sample.key}-{index}")
+        if issues:
+            log.warning("eval split %r: %s", self.name, issues)
+
+
+class _EpochLoader(DataLoader):
+    """Tells its dataset the epoch before each pass (Lightning only does that for samplers)."""
+
+    def __init__(self, *args, epoch: Callable[[], int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._epoch = epoch
+
+    def __iter__(self):
+        self.dataset.set_epoch(self._epoch())
+        return super().__iter__()
+
+
+class GroundingDataModule(L.LightningDataModule):
+    """Training sources mixed at `synthetic_ratio`; `val` and `test` map split names to sources.
+
+    A source is a shard path (directory with manifest, manifest file, glob or brace pattern), a TripletGenerator
+    (drawn on the fly) or a GeneratorSource. Works with or without Hydra:
+
+        GroundingDataModule(train={"synthetic": "shards/syn", "real": "shards/vg"}, test={"flickr": "shards/f30k"},
+                            synthetic_ratio=0.5, image_size=384)
+    """
+
+    def __init__(self, train: Mapping[str, Source | Sequence[Source]] | None = None,
+                 val: Mapping[str, Source] | None = None, test: Mapping[str, Source] | None = None,
+                 synthetic_ratio: float = 0.5, image_size: int = 384, mask_size: int | None = None,
+                 batch_size: int = 32, eval_batch_size: int | None = None, batches_per_epoch: int = 1000,
+                 num_workers: int = 2, flip_prob: float = 0.5, seed: int = 0, pin_memory: bool = False):
+        super().__init__()
+        if not 0.0 <= synthetic_ratio <= 1.0:
+            raise ValueError(f"data.synthetic_ratio must lie in [0, 1], got {synthetic_ratio}")
+        unknown = set(train or {}) - {"synthetic", "real"}
+        if unknown:
+            raise ValueError(f"data.train has unknown keys {sorted(unknown)}: use 'synthetic' and/or 'real'")
+        self.train_sources = {name: [as_source(s) for s in _as_list((train or {}).get(name))] for name in ("synthetic", "real")}
+        self.val_sources = {name: as_source(s) for name, s in (val or {}).items()}
+        self.test_sources = {name: as_source(s) for name, s in (test or {}).items()}
+        self.synthetic_ratio = synthetic_ratio
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.train_transform = GroundingTransform(image_size, mask_size, flip_prob)
+        self.eval_transform = GroundingTransform(image_size, mask_size, flip_prob=0.0)
+
+    @property
+    def val_split_names(self) -> list[str]:
+        return list(self.val_sources)
+
+    @property
+    def test_split_names(self) -> list[str]:
+        return list(self.test_sources)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = MixedTrainStream(self.train_sources["synthetic"], self.train_sources["real"], self.synthetic_ratio,
+                                   self.train_transform, self.batch_size, self.batches_per_epoch, self.seed)
+        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else _counter()
+        return _EpochLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, epoch=epoch)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._eval_loader(name, source) for name, source in self.val_sources.items()]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._eval_loader(name, source) for name, source in self.test_sources.items()]
+
+    def _eval_loader(self, name: str, source: str | GeneratorSource) -> DataLoader:
+        return DataLoader(EvalSplit(name, source, self.eval_transform), batch_size=self.eval_batch_size,
+                          num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory)
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, GeneratorSource, TripletGenerator)):
+        return [value]
+    return list(value)
+
+
+def _counter() -> Callable[[], int]:
+    count = iter(range(1 << 62))
+    return lambda: next(count)

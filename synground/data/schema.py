@@ -1,0 +1,82 @@
+"""The one sample format used everywhere: in memory, in shards, and between pipeline stages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from PIL import Image
+
+Box = list[float]  # absolute pixel [x0, y0, x1, y1] in the coordinates of the stored image
+
+
+@dataclass
+class Region:
+    phrase: str
+    boxes: list[Box]
+    score: float | None = None
+
+
+@dataclass
+class GroundingSample:
+    key: str
+    image: Image.Image
+    caption: str
+    regions: list[Region]
+    source: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationRequest:
+    """What a generator is asked to turn into one sample; generators use the fields they need."""
+
+    key: str
+    seed: int
+    description: str | None = None
+    concepts: list[str] | None = None
+    image: Image.Image | None = None
+
+
+@runtime_checkable
+class TripletGenerator(Protocol):
+    """Anything that turns requests into samples: the SynGround pipeline, GLIGEN layouts, procedural shapes."""
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GroundingSample]: ...
+
+
+def validate_key(key: str) -> str:
+    # WebDataset groups the files of one sample by the name before the first dot.
+    if not key or "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} must be non-empty and contain no '.' or '/'")
+    return key
+
+
+def sample_metadata(sample: GroundingSample) -> dict[str, Any]:
+    """The `<key>.json` record of a sample in a shard."""
+    return {
+        "caption": sample.caption,
+        "regions": [{"phrase": r.phrase, "boxes": r.boxes, "score": r.score} for r in sample.regions],
+        "width": sample.image.width,
+        "height": sample.image.height,
+        "source": sample.source,
+        "provenance": sample.provenance,
+    }
+
+
+def sample_from_metadata(key: str, image: Image.Image, raw_json: bytes) -> GroundingSample:
+    """Inverse of `sample_metadata`; raises ValueError naming the key when the record is malformed."""
+    try:
+        record = json.loads(raw_json)
+        regions = [Region(str(r["phrase"]), [list(map(float, b)) for b in r["boxes"]], r.get("score")) for r in record["regions"]]
+        return GroundingSample(
+            key=key,
+            image=image,
+            caption=str(record.get("caption", "")),
+            regions=regions,
+            source=str(record.get("source", "")),
+            provenance=dict(record.get("provenance", {})),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"sample {key!r}: malformed JSON record ({type(error).__name__}: {error})") from error

@@ -1,0 +1,138 @@
+"""WebDataset shards of GroundingSamples: atomic writing, the manifest, and reading with bad samples skipped."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from braceexpand import braceexpand
+from PIL import Image
+
+from synground.data.schema import GroundingSample, sample_from_metadata, sample_metadata, validate_key
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+
+
+def encode_sample(sample: GroundingSample, jpeg_quality: int = 95) -> dict[str, bytes]:
+    buffer = io.BytesIO()
+    sample.image.convert("RGB").save(buffer, format="JPEG", quality=jpeg_quality)
+    return {"jpg": buffer.getvalue(), "json": json.dumps(sample_metadata(sample)).encode()}
+
+
+def write_shard(path: Path, samples: Iterable[GroundingSample]) -> dict[str, Any]:
+    """Write one tar shard atomically (temporary name, then rename); returns its manifest entry."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    count = 0
+    seen: set[str] = set()
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+        for sample in samples:
+            key = validate_key(sample.key)
+            if key in seen:
+                raise ValueError(f"shard {path}: duplicate sample key {key!r}")
+            seen.add(key)
+            for extension, payload in encode_sample(sample).items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(payload)
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(payload))  # mtime 0: identical samples give identical shards
+            count += 1
+    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    os.replace(partial, path)
+    return {"name": path.name, "samples": count, "sha256": digest}
+
+
+class Manifest:
+    """The record of finished shards in a directory: a shard not in the manifest does not exist."""
+
+    def __init__(self, directory: str | Path, config: dict[str, Any] | None = None):
+        self.directory = Path(directory)
+        self.path = self.directory / MANIFEST_NAME
+        self.shards: list[dict[str, Any]] = []
+        self.config = config or {}
+        if self.path.exists():
+            record = read_manifest(self.path)
+            self.shards = record["shards"]
+            self.config = record.get("config", self.config)
+
+    @property
+    def finished(self) -> set[str]:
+        return {entry["name"] for entry in self.shards}
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.shards = [e for e in self.shards if e["name"] != entry["name"]] + [entry]
+        self.shards.sort(key=lambda e: e["name"])
+        self.save()
+
+    def save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps({"shards": self.shards, "config": self.config}, indent=1))
+        os.replace(partial, self.path)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+        shards = record["shards"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"manifest {path} is unreadable: {error}") from error
+    if not isinstance(shards, list):
+        raise ValueError(f"manifest {path}: 'shards' must be a list")
+    return record
+
+
+def resolve_shards(spec: str | os.PathLike) -> list[str]:
+    """Shard files named by a directory (its manifest), a manifest file, or a glob / brace pattern."""
+    spec = str(spec)
+    path = Path(spec)
+    if path.is_dir() or path.name == MANIFEST_NAME:
+        manifest_path = path / MANIFEST_NAME if path.is_dir() else path
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"no {MANIFEST_NAME} in {path}: write shards with generate.py or name the .tar files")
+        shards = read_manifest(manifest_path)["shards"]
+        if not shards:
+            raise ValueError(f"manifest {manifest_path} lists no shards")
+        files = [str(manifest_path.parent / entry["name"]) for entry in shards]
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise FileNotFoundError(f"manifest {manifest_path} lists shards that do not exist: {missing[:3]}")
+        return files
+    files = sorted({match for pattern in braceexpand(spec) for match in glob.glob(os.path.expanduser(pattern))})
+    if not files:
+        raise FileNotFoundError(f"shard path {spec!r} matches no file")
+    return files
+
+
+def iterate_shard(url: str, issues: dict[str, int]) -> Iterator[GroundingSample]:
+    """The samples of one shard in order; a corrupt image or record is skipped with a warning and counted."""
+    # webdataset's own tar expansion and key grouping; decoding is ours so that nothing is unpickled.
+    import webdataset as wds
+
+    def warn_tar(error: Exception) -> bool:
+        issues["corrupt_shard"] = issues.get("corrupt_shard", 0) + 1
+        log.warning("shard %s: %s; reading goes on with the next shard", url, error)
+        return True
+
+    for raw in wds.tarfile_samples([{"url": url}], handler=warn_tar):
+        key = raw["__key__"]
+        try:
+            if "jpg" not in raw or "json" not in raw:
+                raise ValueError(f"missing {'jpg' if 'jpg' not in raw else 'json'} member")
+            image = Image.open(io.BytesIO(raw["jpg"]))
+            image.load()
+            yield sample_from_metadata(key, image.convert("RGB"), raw["json"])
+        except (OSError, ValueError, SyntaxError) as error:
+            issues["corrupt_sample"] = issues.get("corrupt_sample", 0) + 1
+            log.warning("shard %s, sample %r skipped: %s", url, key, error)
