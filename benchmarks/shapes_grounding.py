@@ -4,13 +4,16 @@
 
 Trains `experiment=shapes` twice through train.py (amc_weight 1 and 0) on the same data and seed, evaluates both
 on the held-out test splits, scores uniformly random points on the same splits, and writes
-benchmarks/results/shapes_grounding.{json,md}.
+benchmarks/results/shapes_grounding.{json,md}. It also splits each trained model's test hits by whether another
+shape in the scene has the phrase's colour: that tells a model that grounds colour words from one that binds
+colour and shape.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+from collections import defaultdict
 import subprocess
 import sys
 import time
@@ -34,13 +37,43 @@ def train(name: str, *overrides: str) -> dict:
     return {"seconds": round(time.perf_counter() - start, 1), **metrics}
 
 
+def shapes_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=["experiment=shapes", "data.num_workers=0", *overrides])
+
+
+def hits_by_colour_sharing(name: str, *overrides: str) -> dict:
+    """Test pointing game of a trained run, split by: is the phrase's colour unique in its scene, or shared?"""
+    from synground.callbacks import pointing_game_hits
+    from synground.generation.shapes import COLOURS
+
+    cfg = shapes_config(*overrides)
+    datamodule, module = instantiate(cfg.data), instantiate(cfg.model)
+    best = next(p for p in sorted((RUNS / name / "checkpoints").glob("*.ckpt")) if p.name != "last.ckpt")
+    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    module.eval()
+    items = []  # (scene key, phrase, hit)
+    for loader in datamodule.test_dataloader():
+        for batch in loader:
+            maps = module.evaluation_maps(batch)["maps"]
+            hits = pointing_game_hits(maps, batch["original_boxes"], batch["original_sizes"])
+            items += [(key.rsplit("-", 1)[0], text, bool(hit)) for key, text, hit in zip(batch["keys"], batch["texts"], hits)]
+    phrases = defaultdict(list)
+    for scene, text, _ in items:
+        phrases[scene].append(text)
+    groups = defaultdict(list)
+    for scene, text, hit in items:
+        colour = next(word for word in text.split() if word in COLOURS)
+        shared = sum(colour in other.split() for other in phrases[scene]) > 1
+        groups["colour shared in scene" if shared else "colour unique in scene"].append(hit)
+    return {group: {"accuracy": sum(hits) / len(hits), "items": len(hits)} for group, hits in sorted(groups.items())}
+
+
 def random_point_baseline(draws: int = 5) -> dict:
     """Uniformly random points on the same test splits, averaged over `draws` seeds."""
     from synground.callbacks import PointingGame
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=shapes", "data.num_workers=0"])
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(shapes_config().data)
     results = {}
     for name, loader in zip(datamodule.test_split_names, datamodule.test_dataloader()):
         batches = list(loader)
@@ -63,8 +96,10 @@ def main() -> None:
         "ITM only (amc_weight=0)": train("itm_only", "model.amc_weight=0"),
         "random point": random_point_baseline(),
     }
+    breakdown = {"ITM + AMC (amc_weight=1)": hits_by_colour_sharing("amc"),
+                 "ITM only (amc_weight=0)": hits_by_colour_sharing("itm_only", "model.amc_weight=0")}
     record = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-              "command": "python benchmarks/shapes_grounding.py", "rows": rows}
+              "command": "python benchmarks/shapes_grounding.py", "rows": rows, "by_colour_sharing": breakdown}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "shapes_grounding.json").write_text(json.dumps(record, indent=2))
     splits = ["shapes_clean", "shapes_textured"]
@@ -73,6 +108,11 @@ def main() -> None:
         cells = [f"{100 * metrics[f'test/pointing_game/{s}']:.1f}%" for s in splits]
         seconds = f"{metrics['seconds'] / 60:.1f} min" if "seconds" in metrics else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {seconds} |")
+    groups = ["colour unique in scene", "colour shared in scene"]
+    lines += ["", "| method (both test splits) | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+    for method, result in breakdown.items():
+        lines.append(f"| {method} | " + " | ".join(
+            f"{100 * result[g]['accuracy']:.1f}% of {result[g]['items']}" for g in groups) + " |")
     table = "\n".join(lines)
     (RESULTS / "shapes_grounding.md").write_text(table + "\n")
     print(table)

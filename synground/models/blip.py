@@ -70,17 +70,21 @@ class BlipGroundingModel(GroundingModel):
     @classmethod
     def tiny(cls, vocabulary: list[str] | None = None, image_size: int = 128, patch_size: int = 16,
              vision_width: int = 64, vision_layers: int = 3, text_width: int = 64, text_layers: int = 2,
-             heads: int = 4, gradcam_layer: int = 1, max_text_length: int = 16, **kwargs) -> "BlipGroundingModel":
-        """A randomly initialised BLIP of the same architecture, small enough to train on a CPU."""
+             heads: int = 4, gradcam_layer: int = 1, max_text_length: int = 16, initializer_range: float = 0.1, **kwargs) -> "BlipGroundingModel":
+        """A randomly initialised BLIP of the same architecture, small enough to train on a CPU.
+
+        At BERT's initializer_range of 0.02 and width 64, queries and keys start so small that cross-attention is
+        uniform and image-text matching stays at chance for hundreds of steps; 0.1 lets it learn from the start.
+        """
         tokenizer = wordpiece_tokenizer(vocabulary or [])
         special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.cls_token_id,
                    "eos_token_id": tokenizer.sep_token_id, "sep_token_id": tokenizer.sep_token_id}
         config = BlipConfig(
             text_config=dict(vocab_size=len(tokenizer), hidden_size=text_width, encoder_hidden_size=vision_width,
                              intermediate_size=4 * text_width, num_hidden_layers=text_layers, num_attention_heads=heads,
-                             max_position_embeddings=max(64, max_text_length), **special),
+                             max_position_embeddings=max(64, max_text_length), initializer_range=initializer_range, **special),
             vision_config=dict(hidden_size=vision_width, intermediate_size=4 * vision_width, num_hidden_layers=vision_layers,
-                               num_attention_heads=heads, image_size=image_size, patch_size=patch_size, initializer_range=0.02),
+                               num_attention_heads=heads, image_size=image_size, patch_size=patch_size, initializer_range=initializer_range),
             image_text_hidden_size=min(64, text_width),
         )
         return cls(BlipForImageTextRetrieval(config), tokenizer, gradcam_layer=gradcam_layer, max_text_length=max_text_length, **kwargs)
