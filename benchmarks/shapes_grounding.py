@@ -50,7 +50,7 @@ def hits_by_colour_sharing(name: str, *overrides: str) -> dict:
     cfg = shapes_config(*overrides)
     datamodule, module = instantiate(cfg.data), instantiate(cfg.model)
     best = next(p for p in sorted((RUNS / name / "checkpoints").glob("*.ckpt")) if p.name != "last.ckpt")
-    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     module.eval()
     items = []  # (scene key, phrase, hit)
     for loader in datamodule.test_dataloader():

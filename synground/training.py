@@ -35,7 +35,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
         if not best:
             log.warning("no best checkpoint: testing the final weights")
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics, prefixes=("test/",)))
     write_metrics(metrics, Path(cfg.paths.output_dir))
     return metrics

@@ -108,6 +108,9 @@ class MixedTrainStream(IterableDataset):
             raise ValueError("no training source: give data.train.synthetic and/or data.train.real")
         self.synthetic, self.real = list(synthetic), list(real)
         self.synthetic_ratio = synthetic_ratio if synthetic and real else float(bool(synthetic))
+        if self.synthetic_ratio != synthetic_ratio:
+            log.warning("only %s training data given: synthetic_ratio %.2f is ignored",
+                        "synthetic" if synthetic else "real", synthetic_ratio)
         self.transform = transform
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch

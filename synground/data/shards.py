@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
 
@@ -118,8 +119,6 @@ def resolve_shards(spec: str | os.PathLike) -> list[str]:
 def iterate_shard(url: str, issues: dict[str, int]) -> Iterator[GroundingSample]:
     """The samples of one shard in order; a corrupt image or record is skipped with a warning and counted."""
     # webdataset's own tar expansion and key grouping; decoding is ours so that nothing is unpickled.
-    import webdataset as wds
-
     def warn_tar(error: Exception) -> bool:
         issues["corrupt_shard"] = issues.get("corrupt_shard", 0) + 1
         log.warning("shard %s: %s; reading goes on with the next shard", url, error)

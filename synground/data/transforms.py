@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from typing import Any
@@ -61,7 +62,8 @@ def boxes_to_mask(boxes: torch.Tensor, image_size: int, mask_size: int) -> torch
     mask = torch.zeros(mask_size, mask_size)
     scale = mask_size / image_size
     for x0, y0, x1, y1 in (boxes * scale).tolist():
-        mask[int(y0) : max(int(y0) + 1, int(-(-y1 // 1))), int(x0) : max(int(x0) + 1, int(-(-x1 // 1)))] = 1.0
+        top, left = int(y0), int(x0)
+        mask[top : max(top + 1, math.ceil(y1)), left : max(left + 1, math.ceil(x1))] = 1.0
     return mask
 
 
