@@ -21,8 +21,7 @@ class GroundingModel(nn.Module, ABC):
     """An image-text matching model whose cross-attention yields Grad-CAM maps."""
 
     image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    temperature: float  # of the contrastive similarities
 
     @abstractmethod
     def tokenize(self, texts: list[str]) -> Tokens: ...

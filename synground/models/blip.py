@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+
 import torch
 import torch.nn.functional as F
-from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BertTokenizer, BlipConfig, BlipForImageTextRetrieval, PreTrainedTokenizerBase
 
 from synground.models.base import GradCamOutput, GroundingModel, Tokens
 from synground.models.gradcam import attention_gradcam, capture_attention
@@ -32,9 +33,6 @@ class BlipGroundingModel(GroundingModel):
     `first_token="enc"` replaces [CLS] by [ENC] as BLIP's own retrieval training does; transformers keeps [CLS].
     """
 
-    mean = (0.48145466, 0.4578275, 0.40821073)
-    std = (0.26862954, 0.26130258, 0.27577711)
-
     def __init__(self, model: BlipForImageTextRetrieval, tokenizer: PreTrainedTokenizerBase, gradcam_layer: int = 6,
                  max_text_length: int = 35, first_token: str = "cls", temperature: float = 0.07):
         super().__init__()
@@ -57,8 +55,6 @@ class BlipGroundingModel(GroundingModel):
 
     @classmethod
     def from_pretrained(cls, model_id: str = "Salesforce/blip-itm-base-coco", **kwargs) -> "BlipGroundingModel":
-        from transformers import AutoTokenizer
-
         try:
             model = BlipForImageTextRetrieval.from_pretrained(model_id)
             tokenizer = AutoTokenizer.from_pretrained(model_id)
