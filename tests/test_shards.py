@@ -2,6 +2,7 @@ import io
 import json
 import logging
 import tarfile
+from collections import Counter
 
 import pytest
 from PIL import Image
@@ -20,7 +21,7 @@ def test_round_trip_keeps_keys_text_boxes_and_image(tmp_path):
     samples = shapes(5)
     entry = write_shard(tmp_path / "a.tar", samples)
     assert entry["samples"] == 5 and (tmp_path / "a.tar").exists() and not list(tmp_path.glob("*.partial"))
-    read = list(iterate_shard(str(tmp_path / "a.tar"), {}))
+    read = list(iterate_shard(str(tmp_path / "a.tar"), Counter()))
     assert [s.key for s in read] == [s.key for s in samples]
     for original, loaded in zip(samples, read):
         assert loaded.caption == original.caption
@@ -67,7 +68,7 @@ def test_corrupt_image_and_json_are_skipped_with_a_warning_naming_shard_and_key(
                 payload = b"{broken"
             member.size = len(payload)
             target.addfile(member, io.BytesIO(payload))
-    issues = {}
+    issues = Counter()
     with caplog.at_level(logging.WARNING):
         read = list(iterate_shard(str(tmp_path / "bad.tar"), issues))
     assert [s.key for s in read] == ["s-2"]

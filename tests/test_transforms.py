@@ -1,4 +1,5 @@
 import random
+from collections import Counter
 
 import torch
 from PIL import Image
@@ -33,7 +34,7 @@ def test_boxes_partly_outside_are_clipped_degenerate_ones_dropped_and_counted():
         Region("no boxes", []),
         Region("one good one bad", [[10.0, 10.0, 20.0, 20.0], [200.0, 10.0, 300.0, 20.0]]),
     ], "test")
-    issues = {}
+    issues = Counter()
     regions = clean_regions(sample, issues)
     assert [r.phrase for r in regions] == ["partly outside", "one good one bad"]
     assert regions[0].boxes == [[0.0, 10.0, 50.0, 80.0]]

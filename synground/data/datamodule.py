@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 import logging
 import random
 from dataclasses import dataclass
@@ -43,16 +44,21 @@ def as_source(source: Source) -> str | GeneratorSource:
     raise TypeError(f"a data source must be a shard path, a GeneratorSource or a TripletGenerator, got {type(source).__name__}")
 
 
+def _local_worker() -> tuple[int, int]:
+    """(index, count) of this data-loading worker within its rank."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
 def _worker_slot() -> tuple[int, int]:
     """(index, count) of this data-loading worker across all ranks."""
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if (
         torch.distributed.is_available() and torch.distributed.is_initialized()) else (0, 1)
-    info = get_worker_info()
-    worker, workers = (info.id, info.num_workers) if info else (0, 1)
+    worker, workers = _local_worker()
     return rank * workers + worker, world * workers
 
 
-def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: dict[str, int]) -> Iterator[GroundingSample]:
+def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: Counter[str]) -> Iterator[GroundingSample]:
     """Training stream: shards resampled in random order, or generator requests with fresh seeds."""
     if isinstance(source, str):
         shards = resolve_shards(source)
@@ -74,7 +80,7 @@ def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: 
             yield from source.generator.generate(requests)
 
 
-def _split_samples(source: str | GeneratorSource, slot: int, slots: int, issues: dict[str, int]) -> Iterator[GroundingSample]:
+def _split_samples(source: str | GeneratorSource, slot: int, slots: int, issues: Counter[str]) -> Iterator[GroundingSample]:
     """Evaluation stream: every sample exactly once across all workers and ranks, in a fixed order."""
     if isinstance(source, str):
         shards = resolve_shards(source)
@@ -122,10 +128,9 @@ class MixedTrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         slot, slots = _worker_slot()
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        worker, workers = _local_worker()
         rng = random.Random(f"{self.seed}:{self.epoch}:{slot}")
-        issues: dict[str, int] = {}
+        issues: Counter[str] = Counter()
         streams = {
             name: self._interleave([_endless_samples(s, random.Random(f"{self.seed}:{self.epoch}:{slot}:{name}:{i}"), issues)
                                     for i, s in enumerate(sources)], rng)
@@ -139,7 +144,7 @@ class MixedTrainStream(IterableDataset):
                 sample = next(streams[domain])
                 regions = clean_regions(sample, issues)
                 if not regions:
-                    issues["sample_without_regions"] = issues.get("sample_without_regions", 0) + 1
+                    issues["sample_without_regions"] += 1
                     continue
                 # one random region per sample and step, as the AMC reference draws one box per caption
                 item = self.transform(sample.image, rng.choice(regions), sample.key, rng)
@@ -147,7 +152,7 @@ class MixedTrainStream(IterableDataset):
                 items.append(item)
             batch = collate(items)
             batch["synthetic"] = torch.tensor([item["domain"] == "synthetic" for item in items])
-            batch["data_issues"], issues = issues, {}
+            batch["data_issues"], issues = dict(issues), Counter()
             yield batch
 
     @staticmethod
@@ -164,7 +169,7 @@ class EvalSplit(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         slot, slots = _worker_slot()
-        issues: dict[str, int] = {}
+        issues: Counter[str] = Counter()
         for sample in _split_samples(self.source, slot, slots, issues):
             for index, region in enumerate(clean_regions(sample, issues)):
                 yield self.transform(sample.image, region, f"{sample.key}-{index}")

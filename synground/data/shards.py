@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 import glob
 import hashlib
 import io
@@ -116,11 +117,11 @@ def resolve_shards(spec: str | os.PathLike) -> list[str]:
     return files
 
 
-def iterate_shard(url: str, issues: dict[str, int]) -> Iterator[GroundingSample]:
+def iterate_shard(url: str, issues: Counter[str]) -> Iterator[GroundingSample]:
     """The samples of one shard in order; a corrupt image or record is skipped with a warning and counted."""
     # webdataset's own tar expansion and key grouping; decoding is ours so that nothing is unpickled.
     def warn_tar(error: Exception) -> bool:
-        issues["corrupt_shard"] = issues.get("corrupt_shard", 0) + 1
+        issues["corrupt_shard"] += 1
         log.warning("shard %s: %s; reading goes on with the next shard", url, error)
         return True
 
@@ -133,5 +134,5 @@ def iterate_shard(url: str, issues: dict[str, int]) -> Iterator[GroundingSample]
             image.load()
             yield sample_from_metadata(key, image.convert("RGB"), raw["json"])
         except (OSError, ValueError, SyntaxError) as error:
-            issues["corrupt_sample"] = issues.get("corrupt_sample", 0) + 1
+            issues["corrupt_sample"] += 1
             log.warning("shard %s, sample %r skipped: %s", url, key, error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 import math
 import random
 import re
@@ -32,7 +33,7 @@ def swap_left_right(text: str) -> str:
     return _LEFT_RIGHT.sub(swap, text)
 
 
-def clean_regions(sample: GroundingSample, issues: dict[str, int], min_box_size: float = 1.0) -> list[Region]:
+def clean_regions(sample: GroundingSample, issues: Counter[str], min_box_size: float = 1.0) -> list[Region]:
     """Clip boxes to the image, drop degenerate boxes and regions left without boxes; count each."""
     width, height = sample.image.size
     regions = []
@@ -40,20 +41,20 @@ def clean_regions(sample: GroundingSample, issues: dict[str, int], min_box_size:
         boxes = []
         for box in region.boxes:
             if len(box) != 4:
-                issues["box_malformed"] = issues.get("box_malformed", 0) + 1
+                issues["box_malformed"] += 1
                 continue
             x0, y0, x1, y1 = box
             clipped = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
             if clipped != list(box):
-                issues["box_clipped"] = issues.get("box_clipped", 0) + 1
+                issues["box_clipped"] += 1
             if clipped[2] - clipped[0] < min_box_size or clipped[3] - clipped[1] < min_box_size:
-                issues["box_degenerate"] = issues.get("box_degenerate", 0) + 1
+                issues["box_degenerate"] += 1
                 continue
             boxes.append(clipped)
         if boxes and region.phrase.strip():
             regions.append(Region(region.phrase, boxes, region.score))
         else:
-            issues["region_dropped"] = issues.get("region_dropped", 0) + 1
+            issues["region_dropped"] += 1
     return regions
 
 

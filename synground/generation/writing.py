@@ -35,7 +35,7 @@ def generate_shards(generator: TripletGenerator, output_dir: str | Path, num_sam
     todo = [i for i in range(num_shards) if f"{name}-{i:06d}.tar" not in manifest.finished]
     if len(todo) < num_shards:
         log.info("%d of %d shards already finished in %s", num_shards - len(todo), num_shards, output_dir)
-    with tqdm(total=sum(len(shard_requests(name, i, samples_per_shard, num_samples, seed)) for i in todo),
+    with tqdm(total=sum(min(samples_per_shard, num_samples - i * samples_per_shard) for i in todo),
               desc=f"generating {name}", unit="sample") as progress:
         for shard_index in todo:
             requests = shard_requests(name, shard_index, samples_per_shard, num_samples, seed)
