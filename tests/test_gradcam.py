@@ -1,51 +1,66 @@
 import torch
 
+from synground.models import BlipGroundingModel
 from synground.models.gradcam import attention_gradcam, normalise_cam
 from synground.models.losses import amc_loss
+
+
+TEXTS = ["the red circle", "the blue square on the left", "the circle"]
 
 
 def inputs(model, batch=3):
     torch.manual_seed(1)
     images = torch.randn(batch, 3, model.image_size, model.image_size)
-    tokens = model.tokenize(["the red circle", "the blue square on the left", "the circle"][:batch])
-    return images, tokens
+    return images, model.encode_texts(model.tokenize(TEXTS[:batch]))
 
 
-def test_gradcam_gives_one_map_per_item_on_the_patch_grid(tiny_blip):
-    images, tokens = inputs(tiny_blip)
-    out = tiny_blip.gradcam(tiny_blip.encode_images(images), tokens, create_graph=False)
+def test_gradcam_gives_one_map_per_item_on_the_patch_grid(tiny_model):
+    images, texts = inputs(tiny_model)
+    out = tiny_model.gradcam(tiny_model.encode_images(images), texts, create_graph=False)
     assert out.maps.shape == (3, 4, 4)  # 64 px / patch 16
     assert out.itm_logits.shape == (3, 2)
     assert out.maps.abs().sum() > 0
 
 
-def test_amc_gradient_reaches_vision_and_text_parameters_through_the_map(tiny_blip):
-    images, tokens = inputs(tiny_blip)
-    cam = tiny_blip.gradcam(tiny_blip.encode_images(images), tokens, create_graph=True)
+def test_other_input_sizes_give_their_own_grid(tiny_model):
+    images = torch.randn(2, 3, 96, 96)  # the model was built for 64 px: position embeddings are resized
+    out = tiny_model.gradcam(tiny_model.encode_images(images), tiny_model.tokenize(TEXTS[:2]), create_graph=False)
+    assert out.maps.shape == (2, 6, 6)
+
+
+def patch_and_query_weights(model):
+    if isinstance(model, BlipGroundingModel):
+        layer = model.model.text_encoder.encoder.layer[model.gradcam_layer]
+        return model.model.vision_model.embeddings.patch_embedding.weight, layer.crossattention.self.query.weight
+    return model.visual_encoder.patch_embed.proj.weight, model.gradcam_attention.query.weight
+
+
+def test_amc_gradient_reaches_vision_and_text_parameters_through_the_map(tiny_model):
+    images, texts = inputs(tiny_model)
+    cam = tiny_model.gradcam(tiny_model.encode_images(images), texts, create_graph=True)
     masks = torch.zeros(3, 64, 64)
     masks[:, :32, :32] = 1
     # the AMC loss alone (no ITM term): any gradient it gives flows through the Grad-CAM map
     amc_loss(normalise_cam(cam.maps, 64), masks).backward()
-    patch = tiny_blip.model.vision_model.embeddings.patch_embedding.weight.grad
-    query = tiny_blip.model.text_encoder.encoder.layer[1].crossattention.self.query.weight.grad
-    assert patch is not None and patch.abs().sum() > 0
-    assert query is not None and query.abs().sum() > 0
+    for weight in patch_and_query_weights(tiny_model):
+        assert weight.grad is not None and weight.grad.abs().sum() > 0
 
 
-def test_evaluation_maps_leave_no_gradient_on_parameters(tiny_blip):
-    images, tokens = inputs(tiny_blip)
-    tiny_blip.gradcam(tiny_blip.encode_images(images), tokens, create_graph=False)
-    assert all(p.grad is None for p in tiny_blip.parameters())
+def test_evaluation_maps_leave_no_gradient_on_parameters(tiny_model):
+    images, texts = inputs(tiny_model)
+    tiny_model.gradcam(tiny_model.encode_images(images), texts, create_graph=False)
+    assert all(p.grad is None for p in tiny_model.parameters())
 
 
-def test_batched_maps_equal_per_sample_maps(tiny_blip):
-    tiny_blip.eval()
-    images, tokens = inputs(tiny_blip)
-    batched = tiny_blip.gradcam(tiny_blip.encode_images(images), tokens, create_graph=False).maps
+def test_batched_maps_equal_per_sample_maps(tiny_model):
+    tiny_model.eval()
+    images, texts = inputs(tiny_model)
+    batched = tiny_model.gradcam(tiny_model.encode_images(images), texts, create_graph=False)
     for i in range(3):
-        single_tokens = tiny_blip.tokenize([["the red circle", "the blue square on the left", "the circle"][i]])
-        single = tiny_blip.gradcam(tiny_blip.encode_images(images[i : i + 1]), single_tokens, create_graph=False).maps
-        torch.testing.assert_close(single[0], batched[i], rtol=1e-4, atol=1e-4 * batched[i].abs().max().item())
+        single_texts = tiny_model.encode_texts(tiny_model.tokenize([TEXTS[i]]))
+        single = tiny_model.gradcam(tiny_model.encode_images(images[i : i + 1]), single_texts, create_graph=False)
+        torch.testing.assert_close(single.maps[0], batched.maps[i], rtol=1e-4, atol=1e-4 * batched.maps[i].abs().max().item())
+        torch.testing.assert_close(single.itm_logits[0], batched.itm_logits[i], rtol=1e-4, atol=1e-5)
 
 
 def test_attention_gradcam_ignores_the_image_cls_column_and_padded_text():
@@ -54,7 +69,7 @@ def test_attention_gradcam_ignores_the_image_cls_column_and_padded_text():
     attention[0, 0, 0] = torch.tensor([9.0, 1.0, 0.0, 0.0, 2.0])  # column 0 is the image [CLS]
     attention[0, 0, 1] = torch.tensor([0.0, 0.0, 7.0, 0.0, 0.0])  # a padded text token
     grad[0, 0, 0, 4] = -1.0  # negative gradients are clamped to zero
-    cam = attention_gradcam(attention, grad, torch.tensor([[1, 0]]), grid=(2, 2))
+    cam = attention_gradcam(attention, grad, torch.tensor([[1, 0]]))
     torch.testing.assert_close(cam, torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))  # the padded row does not count
 
 

@@ -30,18 +30,26 @@ class GroundingModel(nn.Module, ABC):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] normalised pixels -> [B, 1 + N, D] patch embeddings ([CLS] first)."""
 
-    @abstractmethod
-    def itm_logits(self, image_embeds: torch.Tensor, tokens: Tokens) -> torch.Tensor:
-        """[B, 2] image-text matching logits for aligned rows of images and texts."""
+    def encode_texts(self, tokens: Tokens) -> Tokens:
+        """The text-only part of the model, run once per batch and reused by ITC and every ITM pair.
+
+        Returns `tokens` with any extra per-row tensors ([B, ...]) the model needs; rows can be re-indexed
+        together to pair a text with another image. Models whose fusion reads raw tokens return them unchanged.
+        """
+        return tokens
 
     @abstractmethod
-    def gradcam(self, image_embeds: torch.Tensor, tokens: Tokens, create_graph: bool) -> GradCamOutput:
+    def itm_logits(self, image_embeds: torch.Tensor, texts: Tokens) -> torch.Tensor:
+        """[B, 2] image-text matching logits for aligned rows of images and encoded texts."""
+
+    @abstractmethod
+    def gradcam(self, image_embeds: torch.Tensor, texts: Tokens, create_graph: bool) -> GradCamOutput:
         """Grad-CAM of the match logit on the captured cross-attention layer, for the whole batch at once.
 
         create_graph=True keeps the graph so a loss on the map trains the model (the AMC loss);
         False gives the evaluation map without building second-order graphs.
         """
 
-    def contrastive_features(self, image_embeds: torch.Tensor, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def contrastive_features(self, image_embeds: torch.Tensor, texts: Tokens) -> tuple[torch.Tensor, torch.Tensor] | None:
         """L2-normalised image and text features for ITC and hard-negative mining; None if the model has none."""
         return None

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer, BertTokenizer, BlipConfig, BlipForImageTextRetrieval, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval, PreTrainedTokenizerBase
 
 from synground.models.base import GradCamOutput, GroundingModel, Tokens
+from synground.models.checkpoints import CheckpointError
 from synground.models.gradcam import attention_gradcam, capture_attention
-
-log = logging.getLogger(__name__)
-
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[ENC]"]
-
-
-def wordpiece_tokenizer(words: list[str]) -> BertTokenizer:
-    """An in-memory BERT tokenizer over `words`, with single characters as the fallback for any other word."""
-    pieces = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,;:!?'\"-()")
-    vocabulary = list(dict.fromkeys(SPECIAL_TOKENS + [w.lower() for w in words] + pieces + [f"##{p}" for p in pieces]))
-    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(vocabulary)})
-    tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
-    return tokenizer
+from synground.models.text import TextTokenizer, wordpiece_tokenizer
 
 
 class BlipGroundingModel(GroundingModel):
@@ -41,26 +28,29 @@ class BlipGroundingModel(GroundingModel):
             raise ValueError(f"gradcam_layer {gradcam_layer} is outside the text encoder's {layers} layers")
         if first_token not in ("cls", "enc"):
             raise ValueError(f"first_token must be 'cls' or 'enc', got {first_token!r}")
+        vision = model.config.vision_config
         self.model = model
         self.tokenizer = tokenizer
+        self.text_tokenizer = TextTokenizer(tokenizer, max_text_length, first_token=f"[{first_token.upper()}]", end_with_sep=True)
         self.gradcam_layer = gradcam_layer
-        self.max_text_length = max_text_length
-        self.first_token = first_token
         self.temperature = temperature
-        vision = model.config.vision_config
         self.image_size = vision.image_size
-        self.grid = (vision.image_size // vision.patch_size,) * 2
-        self._enc_token_id = tokenizer.convert_tokens_to_ids("[ENC]") if first_token == "enc" else None
-        self._warned_truncation = False
 
     @classmethod
     def from_pretrained(cls, model_id: str = "Salesforce/blip-itm-base-coco", **kwargs) -> "BlipGroundingModel":
+        """Weights and tokenizer from a hub id or a local directory (safetensors when the repository has them)."""
         try:
-            model = BlipForImageTextRetrieval.from_pretrained(model_id)
+            model, info = BlipForImageTextRetrieval.from_pretrained(model_id, output_loading_info=True)
             tokenizer = AutoTokenizer.from_pretrained(model_id)
         except OSError as error:
             raise OSError(f"cannot load BLIP weights {model_id!r}: download them once with network access "
-                          f"(huggingface-cli download {model_id}) or pass a local directory as model_id") from error
+                          f"(hf download {model_id}) or pass a local directory as model_id") from error
+        except RuntimeError as error:  # transformers' report of weights of another shape
+            raise CheckpointError(f"{model_id} does not fit BlipForImageTextRetrieval: {error}") from error
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise CheckpointError(f"{model_id} is not a BLIP image-text matching checkpoint: it lacks {len(missing)} weights, "
+                                  f"e.g. {', '.join(missing[:8])} (use a Salesforce/blip-itm-* model)")
         return cls(model, tokenizer, **kwargs)
 
     @classmethod
@@ -86,38 +76,31 @@ class BlipGroundingModel(GroundingModel):
         return cls(BlipForImageTextRetrieval(config), tokenizer, gradcam_layer=gradcam_layer, max_text_length=max_text_length, **kwargs)
 
     def tokenize(self, texts: list[str]) -> Tokens:
-        tokens = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_text_length,
-                                return_tensors="pt")
-        if not self._warned_truncation and tokens["input_ids"].shape[1] == self.max_text_length and any(
-                len(ids) > self.max_text_length for ids in self.tokenizer(list(texts))["input_ids"]):
-            log.warning("texts longer than %d tokens are truncated (warned once per run)", self.max_text_length)
-            self._warned_truncation = True
-        input_ids = tokens["input_ids"]
-        if self._enc_token_id is not None:
-            input_ids = input_ids.clone()
-            input_ids[:, 0] = self._enc_token_id
-        device = self.model.itm_head.weight.device
-        return {"input_ids": input_ids.to(device), "attention_mask": tokens["attention_mask"].to(device)}
+        return self.text_tokenizer(texts, self.model.itm_head.weight.device)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.vision_model(pixel_values=images).last_hidden_state
+        # other input sizes work too: transformers resizes the position embeddings (bicubic)
+        resize = images.shape[-1] != self.image_size or images.shape[-2] != self.image_size
+        return self.model.vision_model(pixel_values=images, interpolate_pos_encoding=resize).last_hidden_state
 
-    def itm_logits(self, image_embeds: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+    def itm_logits(self, image_embeds: torch.Tensor, texts: Tokens) -> torch.Tensor:
         image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
-        fused = self.model.text_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+        fused = self.model.text_encoder(input_ids=texts["input_ids"], attention_mask=texts["attention_mask"],
                                         encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask)
         return self.model.itm_head(fused.last_hidden_state[:, 0])
 
-    def gradcam(self, image_embeds: torch.Tensor, tokens: Tokens, create_graph: bool) -> GradCamOutput:
+    def gradcam(self, image_embeds: torch.Tensor, texts: Tokens, create_graph: bool) -> GradCamOutput:
         attention_module = self.model.text_encoder.encoder.layer[self.gradcam_layer].crossattention.self
         with capture_attention(attention_module) as captured:
-            logits = self.itm_logits(image_embeds, tokens)
+            logits = self.itm_logits(image_embeds, texts)
         (grad,) = torch.autograd.grad(logits[:, 1].sum(), captured.value, create_graph=create_graph)
-        maps = attention_gradcam(captured.value, grad, tokens["attention_mask"], self.grid)
+        maps = attention_gradcam(captured.value, grad, texts["attention_mask"])
         return GradCamOutput(maps=maps, itm_logits=logits)
 
-    def contrastive_features(self, image_embeds: torch.Tensor, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
-        text = self.model.text_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    def contrastive_features(self, image_embeds: torch.Tensor, texts: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids = texts["input_ids"].clone()
+        input_ids[:, 0] = self.tokenizer.cls_token_id  # BLIP's unimodal text encoder reads [CLS], even when ITM uses [ENC]
+        text = self.model.text_encoder(input_ids=input_ids, attention_mask=texts["attention_mask"])
         image_features = F.normalize(self.model.vision_proj(image_embeds[:, 0]), dim=-1)
         text_features = F.normalize(self.model.text_proj(text.last_hidden_state[:, 0]), dim=-1)
         return image_features, text_features

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -29,18 +30,21 @@ def capture_attention(attention_module: nn.Module) -> Iterator[_Captured]:
         handle.remove()
 
 
-def attention_gradcam(attention: torch.Tensor, grad: torch.Tensor, text_mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """cam = attention * relu(grad) * text_mask, image [CLS] dropped, mean over heads then text tokens -> [B, h, w].
+def attention_gradcam(attention: torch.Tensor, grad: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """cam = attention * relu(grad) * text_mask, image [CLS] dropped, mean over heads then text tokens -> [B, g, g].
 
-    attention and grad are [B, heads, L_text, 1 + N_patches]; text_mask is [B, L_text]. The mean over text tokens
-    divides by the number of real tokens, not the padded length as the reference does: that only rescales each
-    map by a positive factor (same argmax, same min-max normalised map) and makes a batch give the same maps as
-    its samples one at a time.
+    attention and grad are [B, heads, L_text, 1 + g*g] for a square g x g patch grid; text_mask is [B, L_text].
+    The mean over text tokens divides by the number of real tokens, not the padded length as the reference does:
+    that only rescales each map by a positive factor (same argmax, same min-max normalised map) and makes a batch
+    give the same maps as its samples one at a time.
     """
     mask = text_mask.to(attention.dtype)
     cam = attention[..., 1:] * grad[..., 1:].clamp(min=0) * mask[:, None, :, None]
     cam = cam.mean(dim=1).sum(dim=1) / mask.sum(dim=1, keepdim=True)
-    return cam.reshape(attention.shape[0], *grid)
+    side = math.isqrt(cam.shape[1])
+    if side * side != cam.shape[1]:
+        raise ValueError(f"{cam.shape[1]} image patches do not form a square grid: give square images")
+    return cam.reshape(attention.shape[0], side, side)
 
 
 def normalise_cam(cam: torch.Tensor, size: int, eps: float = 1e-7) -> torch.Tensor:

@@ -17,11 +17,15 @@ from synground.models.losses import amc_loss, itc_loss, sample_hard_negatives, t
 class GroundingModule(L.LightningModule):
     """total = L_itm + itc_weight * L_itc + amc_weight * L_amc; amc_weight=0 trains ITM alone.
 
+    ITM scores each positive pair, one negative image per text and one negative text per image. With
+    `hard_negatives` the negatives are drawn from the softmax of the contrastive similarities (as ALBEF does);
+    without, uniformly from the rest of the batch. Either way a negative never has the positive's exact text.
+
     Validation and test return the evaluation Grad-CAM maps ({"maps": [B, h, w]}) for callbacks such as the
     pointing game; they need `Trainer(inference_mode=False)` because the maps are gradients.
     """
 
-    def __init__(self, net: GroundingModel, amc_weight: float = 1.0, itc_weight: float = 0.0, lr: float = 1e-5,
+    def __init__(self, net: GroundingModel, amc_weight: float = 1.0, itc_weight: float = 0.0, hard_negatives: bool = True, lr: float = 1e-5,
                  weight_decay: float = 0.02, warmup_steps: int = 2000, warmup_start_lr: float = 1e-6, min_lr: float = 1e-6):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -29,29 +33,34 @@ class GroundingModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         texts = batch["texts"]
-        tokens = self.net.tokenize(texts)
+        encoded = self.net.encode_texts(self.net.tokenize(texts))
         image_embeds = self.net.encode_images(batch["images"])
         same_text = texts_equal(texts, device=self.device)
         losses = {}
 
-        features = self.net.contrastive_features(image_embeds, tokens) if self.hparams.itc_weight > 0 else None
-        similarity = torch.zeros(len(texts), len(texts), device=self.device)
-        if features is not None:
-            similarity = features[0] @ features[1].t() / self.net.temperature
-            losses["itc"] = itc_loss(*features, self.net.temperature, same_text)
+        similarity = torch.zeros(len(texts), len(texts), device=self.device)  # uniform negatives unless hard_negatives
+        if self.hparams.itc_weight > 0 or self.hparams.hard_negatives:
+            with torch.set_grad_enabled(self.hparams.itc_weight > 0):
+                features = self.net.contrastive_features(image_embeds, encoded)
+            if features is None:
+                raise ValueError(f"{type(self.net).__name__} has no contrastive features: set itc_weight=0 and hard_negatives=false")
+            if self.hparams.itc_weight > 0:
+                losses["itc"] = itc_loss(*features, self.net.temperature, same_text)
+            if self.hparams.hard_negatives:
+                similarity = features[0] @ features[1].t() / self.net.temperature
 
         if self.hparams.amc_weight > 0:
-            cam = self.net.gradcam(image_embeds, tokens, create_graph=True)
+            cam = self.net.gradcam(image_embeds, encoded, create_graph=True)
             positive_logits = cam.itm_logits
             losses["amc"] = amc_loss(normalise_cam(cam.maps, batch["masks"].shape[-1]), batch["masks"])
         else:
-            positive_logits = self.net.itm_logits(image_embeds, tokens)
+            positive_logits = self.net.itm_logits(image_embeds, encoded)
 
         with torch.no_grad():
             negative_image = sample_hard_negatives(similarity.detach().t(), same_text)  # for each text
             negative_text = sample_hard_negatives(similarity.detach(), same_text)  # for each image
-        negative_tokens = {k: torch.cat([v, v[negative_text]]) for k, v in tokens.items()}
-        negative_logits = self.net.itm_logits(torch.cat([image_embeds[negative_image], image_embeds]), negative_tokens)
+        negative_texts = {key: torch.cat([value, value[negative_text]]) for key, value in encoded.items()}
+        negative_logits = self.net.itm_logits(torch.cat([image_embeds[negative_image], image_embeds]), negative_texts)
         logits = torch.cat([positive_logits, negative_logits])
         labels = torch.cat([torch.ones(len(texts)), torch.zeros(2 * len(texts))]).long().to(self.device)
         losses["itm"] = F.cross_entropy(logits, labels)
@@ -67,8 +76,8 @@ class GroundingModule(L.LightningModule):
 
     def evaluation_maps(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         with torch.enable_grad():
-            tokens = self.net.tokenize(batch["texts"])
-            cam = self.net.gradcam(self.net.encode_images(batch["images"]), tokens, create_graph=False)
+            texts = self.net.encode_texts(self.net.tokenize(batch["texts"]))
+            cam = self.net.gradcam(self.net.encode_images(batch["images"]), texts, create_graph=False)
         return {"maps": cam.maps.detach(), "itm_logits": cam.itm_logits.detach()}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:

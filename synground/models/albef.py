@@ -1,0 +1,374 @@
+"""ALBEF (Li et al., NeurIPS 2021) for grounding: ViT-B/16 + BERT fused from layer 6, ITM head, ITC projections.
+
+Module names follow the released checkpoints (`ALBEF.pth`, `refcoco.pth`) so their state dicts load as they are.
+Attention is fused (`scaled_dot_product_attention`) everywhere except the cross-attention layer Grad-CAM reads,
+which runs eagerly to return its probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertTokenizer, PreTrainedTokenizerBase
+
+from synground.models.base import GradCamOutput, GroundingModel, Tokens
+from synground.models.checkpoints import CheckpointError, check_state_dict, read_state_dict
+from synground.models.gradcam import attention_gradcam, capture_attention
+from synground.models.text import TextTokenizer, wordpiece_tokenizer
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_HELP = ("ALBEF's weights are not on the Hugging Face Hub: download ALBEF.pth (14M), ALBEF_4M.pth or refcoco.pth "
+                   "from the links in github.com/salesforce/ALBEF's README and pass the local path as checkpoint=...")
+# in the released files but not used for grounding: momentum encoders, ITC queues, the MLM head, BERT's id buffer
+IGNORED_PREFIXES = ("visual_encoder_m.", "text_encoder_m.", "vision_proj_m.", "text_proj_m.", "image_queue", "text_queue",
+                    "idx_queue", "queue_ptr", "text_encoder.cls.", "text_encoder.pooler.", "text_encoder.embeddings.position_ids")
+
+
+@dataclass
+class AlbefConfig:
+    image_size: int = 256
+    patch_size: int = 16
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    text_width: int = 768
+    text_layers: int = 12
+    text_heads: int = 12
+    fusion_layer: int = 6  # layers before it read text only; it and later ones cross-attend to the image
+    vocab_size: int = 30522
+    max_positions: int = 512
+    embed_dim: int = 256  # of the contrastive projections
+    dropout: float = 0.1  # BERT's hidden and attention dropout (the ViT has none)
+    initializer_range: float = 0.02
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, L] 1/0 -> [B, 1, 1, L] with 0 for real keys and the most negative number for padding."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, L, D] -> [B, heads, L, D / heads]
+
+
+class MultiHeadAttention(nn.Module):
+    """BERT's query/key/value attention. With `return_probs` it runs eagerly and returns the probabilities too."""
+
+    def __init__(self, width: int, heads: int, key_width: int, dropout: float):
+        super().__init__()
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(key_width, width)
+        self.value = nn.Linear(key_width, width)
+        self.heads, self.dropout = heads, dropout
+        self.return_probs = False
+
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, k, v = (split_heads(x, self.heads) for x in (self.query(hidden), self.key(context), self.value(context)))
+        dropout = self.dropout if self.training else 0.0
+        if not self.return_probs:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            return out.transpose(1, 2).flatten(2), None
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        probs = (scores if mask is None else scores + mask).softmax(dim=-1)
+        out = F.dropout(probs, dropout, self.training) @ v
+        return out.transpose(1, 2).flatten(2), probs
+
+
+class ResidualOutput(nn.Module):
+    """LayerNorm(dropout(dense(x)) + residual), BERT's output of every sub-layer."""
+
+    def __init__(self, in_width: int, width: int, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(in_width, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, width: int, heads: int, key_width: int, dropout: float):
+        super().__init__()
+        self.self = MultiHeadAttention(width, heads, key_width, dropout)
+        self.output = ResidualOutput(width, width, dropout)
+
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        out, _ = self.self(hidden, context, mask)  # a forward hook on .self can read the probabilities
+        return self.output(out, hidden)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.dense = nn.Linear(width, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: AlbefConfig, cross_attention: bool):
+        super().__init__()
+        width, heads, dropout = config.text_width, config.text_heads, config.dropout
+        self.attention = BertAttention(width, heads, width, dropout)
+        self.crossattention = BertAttention(width, heads, config.vision_width, dropout) if cross_attention else None
+        self.intermediate = Intermediate(width, 4 * width)
+        self.output = ResidualOutput(4 * width, width, dropout)
+
+    def forward(self, hidden: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.attention(hidden, hidden, text_mask)
+        if self.crossattention is not None:
+            hidden = self.crossattention(hidden, image, None)  # every image token is real
+        return self.output(self.intermediate(hidden), hidden)
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: AlbefConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.text_width)
+        self.position_embeddings = nn.Embedding(config.max_positions, config.text_width)
+        self.token_type_embeddings = nn.Embedding(2, config.text_width)
+        self.LayerNorm = nn.LayerNorm(config.text_width, eps=1e-12)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: AlbefConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config, cross_attention=i >= config.fusion_layer) for i in range(config.text_layers))
+
+
+class FusionBert(nn.Module):
+    """BERT whose first `fusion_layer` layers encode the text alone and whose later layers cross-attend to the image."""
+
+    def __init__(self, config: AlbefConfig):
+        super().__init__()
+        self.fusion_layer = config.fusion_layer
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.embeddings(input_ids)
+        mask = additive_mask(attention_mask, hidden.dtype)
+        for layer in self.encoder.layer[: self.fusion_layer]:
+            hidden = layer(hidden, mask)
+        return hidden
+
+    def fuse(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        hidden, mask = text_embeds, additive_mask(attention_mask, text_embeds.dtype)
+        for layer in self.encoder.layer[self.fusion_layer :]:
+            hidden = layer(hidden, mask, image_embeds)
+        return hidden
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, width: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class VisionAttention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+class Mlp(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, 4 * width)
+        self.fc2 = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.attn = VisionAttention(width, heads)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = Mlp(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, config: AlbefConfig):
+        super().__init__()
+        width = config.vision_width
+        self.grid = config.image_size // config.patch_size
+        self.patch_embed = PatchEmbed(config.patch_size, width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, width))
+        self.blocks = nn.ModuleList(Block(width, config.vision_heads) for _ in range(config.vision_layers))
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(images)
+        grid = math.isqrt(x.shape[1])  # other input sizes than the trained one: positions resized as when loading
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + resize_position_embedding(self.pos_embed, grid)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+def resize_position_embedding(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """[1, 1 + g*g, D] -> [1, 1 + grid*grid, D], patch positions resized bicubically, [CLS] kept (ALBEF's rule)."""
+    old = math.isqrt(pos_embed.shape[1] - 1)
+    if old == grid:
+        return pos_embed
+    patches = pos_embed[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([pos_embed[:, :1], patches.permute(0, 2, 3, 1).flatten(1, 2).to(pos_embed.dtype)], dim=1)
+
+
+def bert_tokenizer(source: str) -> BertTokenizer:
+    """bert-base-uncased's WordPiece vocabulary from a hub id, a local tokenizer directory or a vocab.txt file."""
+    how_to_get = (f"download it once with network access (hf download {source} vocab.txt) and pass the directory or "
+                  "the vocab.txt file as text_encoder=...")
+    if Path(source).is_file():
+        return BertTokenizer(vocab_file=source, do_lower_case=True)
+    try:
+        tokenizer = BertTokenizer.from_pretrained(source)
+    except OSError as error:
+        raise OSError(f"cannot load the BERT vocabulary {source!r}: {how_to_get}") from error
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):  # transformers may return an empty vocabulary when offline
+        raise OSError(f"cannot load the BERT vocabulary {source!r} (found no words): {how_to_get}")
+    return tokenizer
+
+
+class AlbefGroundingModel(GroundingModel):
+    """ALBEF's ITM with Grad-CAM on the cross-attention of text layer `gradcam_layer` (8, the third fusion layer).
+
+    Texts are tokenized the ALBEF way, "[CLS] text" with no [SEP], at most `max_text_length` tokens.
+    """
+
+    def __init__(self, config: AlbefConfig, tokenizer: PreTrainedTokenizerBase, gradcam_layer: int = 8, max_text_length: int = 30):
+        super().__init__()
+        if not config.fusion_layer <= gradcam_layer < config.text_layers:
+            raise ValueError(f"gradcam_layer {gradcam_layer} has no cross-attention: use one of layers "
+                             f"{config.fusion_layer}..{config.text_layers - 1}")
+        self.config = config
+        self.visual_encoder = VisionTransformer(config)
+        self.text_encoder = FusionBert(config)
+        self.vision_proj = nn.Linear(config.vision_width, config.embed_dim)
+        self.text_proj = nn.Linear(config.text_width, config.embed_dim)
+        self.itm_head = nn.Linear(config.text_width, 2)
+        self.temp = nn.Parameter(torch.tensor(0.07))
+        self.initialise(config.initializer_range)
+        self.gradcam_layer = gradcam_layer
+        self.gradcam_attention.return_probs = True
+        self.image_size = config.image_size
+        self.tokenizer = tokenizer
+        self.text_tokenizer = TextTokenizer(tokenizer, max_text_length, first_token="[CLS]", end_with_sep=False)
+
+    def initialise(self, std: float) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.visual_encoder.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.visual_encoder.cls_token, std=0.02)
+
+    @property
+    def gradcam_attention(self) -> MultiHeadAttention:
+        return self.text_encoder.encoder.layer[self.gradcam_layer].crossattention.self
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.temp.clamp(0.001, 0.5)  # ALBEF's bounds on the learnt temperature
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str, text_encoder: str = "bert-base-uncased", image_size: int = 256,
+                        gradcam_layer: int = 8, max_text_length: int = 30) -> "AlbefGroundingModel":
+        """ViT-B/16 + BERT-base from a released checkpoint: a local file, an http(s) URL or hf://owner/repo/file."""
+        tokenizer = bert_tokenizer(text_encoder)
+        state_dict = read_state_dict(checkpoint, how_to_get=CHECKPOINT_HELP)
+        rows = next((value.shape[0] for key, value in state_dict.items() if key.endswith("embeddings.word_embeddings.weight")), None)
+        if rows is not None and rows != len(tokenizer):
+            raise CheckpointError(f"the vocabulary {text_encoder!r} has {len(tokenizer)} tokens but {checkpoint}'s word embeddings "
+                                  f"have {rows} rows: ALBEF uses bert-base-uncased's vocabulary")
+        model = cls(AlbefConfig(image_size=image_size), tokenizer, gradcam_layer, max_text_length)
+        model.load_albef_state_dict(state_dict, name=checkpoint)
+        return model
+
+    @classmethod
+    def tiny(cls, vocabulary: list[str] | None = None, image_size: int = 128, patch_size: int = 16, vision_width: int = 64,
+             vision_layers: int = 3, text_width: int = 64, text_layers: int = 3, fusion_layer: int = 1, heads: int = 4,
+             gradcam_layer: int = 2, max_text_length: int = 16, initializer_range: float = 0.1) -> "AlbefGroundingModel":
+        """A randomly initialised ALBEF of the same architecture, small enough to train on a CPU."""
+        tokenizer = wordpiece_tokenizer(vocabulary or [])
+        config = AlbefConfig(image_size=image_size, patch_size=patch_size, vision_width=vision_width, vision_layers=vision_layers,
+                             vision_heads=heads, text_width=text_width, text_layers=text_layers, text_heads=heads,
+                             fusion_layer=fusion_layer, vocab_size=len(tokenizer), max_positions=max(64, max_text_length),
+                             embed_dim=min(64, text_width), initializer_range=initializer_range)
+        return cls(config, tokenizer, gradcam_layer, max_text_length)
+
+    def load_albef_state_dict(self, state_dict: dict[str, torch.Tensor], name: str) -> None:
+        """Load a released ALBEF state dict (either key style); fail on a missing or misshapen weight."""
+        state_dict = {key.replace("text_encoder.bert.", "text_encoder.", 1): value for key, value in state_dict.items()}
+        ignored = [key for key in state_dict if key.startswith(IGNORED_PREFIXES)]
+        state_dict = {key: value for key, value in state_dict.items() if not key.startswith(IGNORED_PREFIXES)}
+        if "visual_encoder.pos_embed" in state_dict:
+            state_dict["visual_encoder.pos_embed"] = resize_position_embedding(state_dict["visual_encoder.pos_embed"], self.visual_encoder.grid)
+        unexpected = check_state_dict(self, state_dict, name)
+        self.load_state_dict({key: value for key, value in state_dict.items() if key not in unexpected})
+        log.info("loaded %s: %d weights, %d training-only entries ignored (momentum encoders, queues, MLM head)",
+                 name, len(state_dict) - len(unexpected), len(ignored))
+        if unexpected:
+            log.warning("%s has %d weights this model does not use: %s", name, len(unexpected), ", ".join(unexpected[:8]))
+
+    def tokenize(self, texts: list[str]) -> Tokens:
+        return self.text_tokenizer(texts, self.itm_head.weight.device)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual_encoder(images)
+
+    def encode_texts(self, tokens: Tokens) -> Tokens:
+        return {**tokens, "text_embeds": self.text_encoder.encode_text(tokens["input_ids"], tokens["attention_mask"])}
+
+    def itm_logits(self, image_embeds: torch.Tensor, texts: Tokens) -> torch.Tensor:
+        if "text_embeds" not in texts:
+            texts = self.encode_texts(texts)
+        fused = self.text_encoder.fuse(texts["text_embeds"], texts["attention_mask"], image_embeds)
+        return self.itm_head(fused[:, 0])
+
+    def gradcam(self, image_embeds: torch.Tensor, texts: Tokens, create_graph: bool) -> GradCamOutput:
+        with capture_attention(self.gradcam_attention) as captured:
+            logits = self.itm_logits(image_embeds, texts)
+        (grad,) = torch.autograd.grad(logits[:, 1].sum(), captured.value, create_graph=create_graph)
+        return GradCamOutput(maps=attention_gradcam(captured.value, grad, texts["attention_mask"]), itm_logits=logits)
+
+    def contrastive_features(self, image_embeds: torch.Tensor, texts: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        if "text_embeds" not in texts:
+            texts = self.encode_texts(texts)
+        image_features = F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+        text_features = F.normalize(self.text_proj(texts["text_embeds"][:, 0]), dim=-1)
+        return image_features, text_features

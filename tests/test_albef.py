@@ -1,0 +1,154 @@
+"""ALBEF: released checkpoints load by their own key names; bad files fail with errors that say what is wrong."""
+
+import argparse
+import logging
+
+import pytest
+import torch
+
+from synground.models import AlbefGroundingModel
+from synground.models.albef import AlbefConfig
+from synground.models.checkpoints import CheckpointError, read_state_dict
+
+
+def released_albef_shapes(c: AlbefConfig, grid: int, bert: str = "text_encoder.bert.", queue: int = 8) -> dict[str, tuple]:
+    """Every entry of a released ALBEF state dict, named as salesforce/ALBEF's modules name them (not by our code).
+
+    `bert` is "text_encoder.bert." in ALBEF.pth (BertForMaskedLM) and "text_encoder." in refcoco.pth (BertModel).
+    """
+    shapes: dict[str, tuple] = {}
+    v, t, e = c.vision_width, c.text_width, c.embed_dim
+
+    def linear(name, out, inp):
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (out, inp), (out,)
+
+    def norm(name, width):
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (width,), (width,)
+
+    shapes["visual_encoder.cls_token"] = (1, 1, v)
+    shapes["visual_encoder.pos_embed"] = (1, 1 + grid * grid, v)
+    shapes["visual_encoder.patch_embed.proj.weight"] = (v, 3, c.patch_size, c.patch_size)
+    shapes["visual_encoder.patch_embed.proj.bias"] = (v,)
+    for i in range(c.vision_layers):
+        block = f"visual_encoder.blocks.{i}"
+        norm(f"{block}.norm1", v), linear(f"{block}.attn.qkv", 3 * v, v), linear(f"{block}.attn.proj", v, v)
+        norm(f"{block}.norm2", v), linear(f"{block}.mlp.fc1", 4 * v, v), linear(f"{block}.mlp.fc2", v, 4 * v)
+    norm("visual_encoder.norm", v)
+    shapes[f"{bert}embeddings.position_ids"] = (1, c.max_positions)
+    shapes[f"{bert}embeddings.word_embeddings.weight"] = (c.vocab_size, t)
+    shapes[f"{bert}embeddings.position_embeddings.weight"] = (c.max_positions, t)
+    shapes[f"{bert}embeddings.token_type_embeddings.weight"] = (2, t)
+    norm(f"{bert}embeddings.LayerNorm", t)
+    for i in range(c.text_layers):
+        layer = f"{bert}encoder.layer.{i}"
+        for part, key_width in [("attention", t)] + ([("crossattention", v)] if i >= c.fusion_layer else []):
+            linear(f"{layer}.{part}.self.query", t, t), linear(f"{layer}.{part}.self.key", t, key_width)
+            linear(f"{layer}.{part}.self.value", t, key_width), linear(f"{layer}.{part}.output.dense", t, t)
+            norm(f"{layer}.{part}.output.LayerNorm", t)
+        linear(f"{layer}.intermediate.dense", 4 * t, t), linear(f"{layer}.output.dense", t, 4 * t), norm(f"{layer}.output.LayerNorm", t)
+    linear("vision_proj", e, v), linear("text_proj", e, t), linear("itm_head", 2, t)
+    shapes["temp"] = ()
+    if bert == "text_encoder.bert.":  # the pretraining checkpoint keeps its masked-language-model head
+        linear("text_encoder.cls.predictions.transform.dense", t, t), norm("text_encoder.cls.predictions.transform.LayerNorm", t)
+        shapes["text_encoder.cls.predictions.decoder.weight"], shapes["text_encoder.cls.predictions.bias"] = (c.vocab_size, t), (c.vocab_size,)
+    for key in list(shapes):  # momentum encoders and projections
+        module, _, rest = key.partition(".")
+        if module in ("visual_encoder", "text_encoder", "vision_proj", "text_proj"):
+            shapes[f"{module}_m.{rest}"] = shapes[key]
+    shapes.update({"image_queue": (e, queue), "text_queue": (e, queue), "idx_queue": (1, queue), "queue_ptr": (1,)})
+    return shapes
+
+
+def random_state_dict(shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {key: torch.zeros(shape, dtype=torch.long) if key.endswith(("position_ids", "queue_ptr", "idx_queue"))
+            else torch.randn(shape, generator=generator) for key, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("bert", ["text_encoder.bert.", "text_encoder."])
+def test_released_checkpoint_loads_every_weight_by_its_own_name(tiny_albef, tmp_path, bert):
+    c = tiny_albef.config
+    state = random_state_dict(released_albef_shapes(c, grid=c.image_size // c.patch_size, bert=bert))
+    path = tmp_path / "ALBEF.pth"
+    torch.save({"model": state, "config": {"image_res": 256, "queue_size": 8}, "epoch": 29}, path)
+    tiny_albef.load_albef_state_dict(read_state_dict(str(path)), name=str(path))
+    loaded = tiny_albef.state_dict()
+    for key, value in loaded.items():  # nothing missing: every weight of the model equals the file's
+        torch.testing.assert_close(value, state[key.replace("text_encoder.", bert, 1)], msg=key)
+    assert len(loaded) == sum(1 for key in state if not key.startswith(("visual_encoder_m", "text_encoder_m", "vision_proj_m",
+                                                                       "text_proj_m", "text_encoder.cls", "image_queue", "text_queue",
+                                                                       "idx_queue", "queue_ptr")) and "position_ids" not in key)
+
+
+def test_position_embeddings_are_resized_for_another_resolution(tiny_albef):
+    c = tiny_albef.config  # 64 px, patch 16: a 4x4 grid; the file was trained on a 2x2 grid
+    state = {key.replace("text_encoder.bert.", "text_encoder.", 1): value
+             for key, value in random_state_dict(released_albef_shapes(c, grid=2)).items()}
+    tiny_albef.load_albef_state_dict(state, name="small-grid.pth")
+    pos = tiny_albef.visual_encoder.pos_embed
+    assert pos.shape == (1, 1 + 16, c.vision_width)
+    torch.testing.assert_close(pos[:, 0], state["visual_encoder.pos_embed"][:, 0])  # [CLS] position kept
+
+
+def test_a_missing_weight_is_an_error_naming_it(tiny_albef):
+    c = tiny_albef.config
+    state = random_state_dict(released_albef_shapes(c, grid=4))
+    del state["itm_head.weight"]
+    with pytest.raises(CheckpointError, match="itm_head.weight"):
+        tiny_albef.load_albef_state_dict(state, name="no-itm.pth")
+
+
+def test_a_checkpoint_of_another_size_lists_the_mismatched_shapes(tiny_albef):
+    wider = AlbefConfig(**{**tiny_albef.config.__dict__, "vision_width": 48})
+    state = random_state_dict(released_albef_shapes(wider, grid=4))
+    with pytest.raises(CheckpointError, match=r"visual_encoder\.cls_token: file \(1, 1, 48\) vs model \(1, 1, 32\)"):
+        tiny_albef.load_albef_state_dict(state, name="wide.pth")
+
+
+def test_unused_weights_are_reported(tiny_albef, caplog):
+    state = random_state_dict(released_albef_shapes(tiny_albef.config, grid=4))
+    state["box_head.weight"] = torch.zeros(4, 4)
+    with caplog.at_level(logging.WARNING):
+        tiny_albef.load_albef_state_dict(state, name="extra.pth")
+    assert "box_head.weight" in caplog.text
+
+
+def test_safetensors_and_pickled_objects(tmp_path, tiny_albef):
+    from safetensors.torch import save_file
+
+    state = {key: value.contiguous() for key, value in tiny_albef.state_dict().items()}
+    save_file(state, tmp_path / "albef.safetensors")
+    assert read_state_dict(str(tmp_path / "albef.safetensors")).keys() == state.keys()
+    torch.save({"model": state, "args": argparse.Namespace(lr=1e-5)}, tmp_path / "objects.pth")
+    with pytest.raises(CheckpointError, match="objects.pth holds Python objects"):
+        read_state_dict(str(tmp_path / "objects.pth"))
+
+
+def test_offline_without_weights_the_error_says_how_to_get_them(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the"]))
+    with pytest.raises(CheckpointError, match=r"checkpoint file not found: .*ALBEF.pth.*github.com/salesforce/ALBEF"):
+        AlbefGroundingModel.from_checkpoint(str(tmp_path / "ALBEF.pth"), text_encoder=str(vocab))
+    with pytest.raises(OSError, match="cannot load the BERT vocabulary 'no-such-user/bert'"):
+        AlbefGroundingModel.from_checkpoint(str(tmp_path / "ALBEF.pth"), text_encoder="no-such-user/bert")
+
+
+def test_texts_are_cls_then_words_without_sep_and_long_ones_are_cut_once_warned(tiny_albef, caplog):
+    tokens = tiny_albef.tokenize(["the red circle", "the"])
+    cls_id, sep_id = tiny_albef.tokenizer.cls_token_id, tiny_albef.tokenizer.sep_token_id
+    assert tokens["input_ids"][:, 0].tolist() == [cls_id, cls_id]
+    assert sep_id not in tokens["input_ids"].tolist()[0]
+    assert tokens["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    with caplog.at_level(logging.WARNING):
+        long = tiny_albef.tokenize(["the red circle " * 20, "the blue square " * 20])
+    assert long["input_ids"].shape[1] == 16  # max_text_length of the tiny model
+    assert caplog.text.count("cut to the model's limit") == 1
+    assert tiny_albef.text_tokenizer.truncated == 2
+
+
+def test_a_vocabulary_that_does_not_fit_the_checkpoint_is_an_error(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the"]))
+    torch.save({"model": {"text_encoder.bert.embeddings.word_embeddings.weight": torch.zeros(30522, 8)}}, tmp_path / "ALBEF.pth")
+    with pytest.raises(CheckpointError, match=r"has \d+ tokens but .*ALBEF.pth's word embeddings have 30522 rows"):
+        AlbefGroundingModel.from_checkpoint(str(tmp_path / "ALBEF.pth"), text_encoder=str(vocab))

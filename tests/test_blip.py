@@ -1,0 +1,41 @@
+"""BLIP through transformers: local directories load, wrong checkpoints and missing weights fail clearly."""
+
+import pytest
+import torch
+from transformers import BlipForConditionalGeneration
+
+from synground.models import BlipGroundingModel
+from synground.models.checkpoints import CheckpointError
+
+
+def test_a_saved_model_directory_loads_with_the_same_outputs(tiny_blip, tmp_path):
+    tiny_blip.model.save_pretrained(tmp_path)
+    tiny_blip.tokenizer.save_pretrained(tmp_path)
+    loaded = BlipGroundingModel.from_pretrained(str(tmp_path), gradcam_layer=1)
+    images = torch.randn(2, 3, 64, 64)
+    texts = ["the red circle", "the square on the left"]
+    tiny_blip.eval(), loaded.eval()
+    expected = tiny_blip.gradcam(tiny_blip.encode_images(images), tiny_blip.tokenize(texts), create_graph=False)
+    actual = loaded.gradcam(loaded.encode_images(images), loaded.tokenize(texts), create_graph=False)
+    torch.testing.assert_close(actual.maps, expected.maps)
+    torch.testing.assert_close(actual.itm_logits, expected.itm_logits)
+
+
+def test_a_captioning_checkpoint_is_refused_naming_the_missing_weights(tiny_blip, tmp_path):
+    BlipForConditionalGeneration(tiny_blip.model.config).save_pretrained(tmp_path)
+    tiny_blip.tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="not a BLIP image-text matching checkpoint.*itm_head"):
+        BlipGroundingModel.from_pretrained(str(tmp_path), gradcam_layer=1)
+
+
+def test_offline_without_weights_the_error_names_the_model_and_how_to_get_it():
+    with pytest.raises(OSError, match="cannot load BLIP weights 'Salesforce/blip-itm-base-coco'.*hf download"):
+        BlipGroundingModel.from_pretrained("Salesforce/blip-itm-base-coco")
+
+
+def test_first_token_enc_replaces_cls_for_itm_and_keeps_sep(tiny_blip):
+    enc = BlipGroundingModel(tiny_blip.model, tiny_blip.tokenizer, gradcam_layer=1, first_token="enc")
+    ids = enc.tokenize(["the red circle"])["input_ids"][0].tolist()
+    assert ids[0] == tiny_blip.tokenizer.convert_tokens_to_ids("[ENC]")
+    assert ids[-1] == tiny_blip.tokenizer.sep_token_id
+    assert tiny_blip.tokenize(["the red circle"])["input_ids"][0, 0] == tiny_blip.tokenizer.cls_token_id
