@@ -54,8 +54,12 @@ def write_metrics(metrics: dict[str, float], output_dir: Path) -> None:
 
 
 def results_table(metrics: dict[str, float]) -> str:
-    rows = [(name, value) for name, value in sorted(metrics.items()) if "pointing_game" in name] or sorted(metrics.items())
-    width = max(len(name) for name, _ in rows) if rows else 10
-    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
-    lines += [f"{name:<{width}}  {value:.4f}" for name, value in rows]
+    """Pointing game per split (with the number of items scored), or every metric when there is none."""
+    rows = [(name, f"{value:.4f}", metrics.get(name.replace("/pointing_game/", "/items/"))) for name, value in sorted(metrics.items())
+            if "/pointing_game/" in name]
+    if not rows:
+        rows = [(name, f"{value:.4f}", None) for name, value in sorted(metrics.items())]
+    width = max([len(name) for name, _, _ in rows] + [6])
+    lines = [f"{'metric':<{width}}  value   items", f"{'-' * width}  ------  -----"]
+    lines += [f"{name:<{width}}  {value}  {'' if items is None else int(items)}" for name, value, items in rows]
     return "\n".join(lines)

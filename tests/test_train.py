@@ -1,7 +1,8 @@
-"""train.py and generate.py end to end, as a user runs them."""
+"""train.py, eval.py and generate.py end to end, as a user runs them."""
 
 import json
 import subprocess
+import tarfile
 import sys
 from pathlib import Path
 
@@ -44,3 +45,38 @@ def test_generated_shards_train_and_evaluate_through_the_shards_config(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 <= metrics["test/pointing_game/held_out"] <= 1.0
+
+
+def test_eval_of_the_trained_checkpoint_reproduces_the_training_run_test_numbers(tmp_path):
+    shared = ["experiment=shapes", "model=albef_tiny", "trainer.limit_test_batches=2", "data.num_workers=0", "data.eval_batch_size=16"]
+    result = run("train.py", *shared, "data.batches_per_epoch=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
+                 f"hydra.run.dir={tmp_path}/train", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    checkpoint = next((tmp_path / "train" / "checkpoints").glob("epoch*.ckpt"))
+    result = run("eval.py", *shared, f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for split in ("shapes_clean", "shapes_textured"):
+        assert evaluated[f"test/pointing_game/{split}"] == trained[f"test/pointing_game/{split}"]
+        assert evaluated[f"test/items/{split}"] == 32  # 2 batches of 16 items
+    assert "test/pointing_game/shapes_textured" in result.stdout
+
+
+def test_eval_on_shards_scores_every_phrase_and_bad_arguments_fail_clearly(tmp_path):
+    result = run("generate.py", "generation=shapes", "generation.generator.image_size=64", "generation.num_samples=6",
+                 f"output_dir={tmp_path}/shards", f"hydra.run.dir={tmp_path}/gen", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with tarfile.open(next((tmp_path / "shards").glob("*.tar"))) as tar:
+        phrases = sum(len(json.load(tar.extractfile(member))["regions"]) for member in tar if member.name.endswith(".json"))
+    data = ["data=shards", f"+data.test.held_out={tmp_path}/shards", "data.image_size=64", "data.num_workers=0", "model.net.image_size=64"]
+    result = run("eval.py", *data, f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test/items/held_out"] == phrases
+    assert 0.0 <= metrics["test/pointing_game/held_out"] <= 1.0
+
+    result = run("eval.py", *data, f"ckpt_path={tmp_path}/missing.ckpt", f"hydra.run.dir={tmp_path}/eval2", cwd=tmp_path)
+    assert result.returncode != 0 and "missing.ckpt: no such file" in result.stderr
+    result = run("eval.py", "data=shards", f"hydra.run.dir={tmp_path}/eval3", cwd=tmp_path)
+    assert result.returncode != 0 and "no test splits" in result.stderr

@@ -44,7 +44,8 @@ class PointingGame(Metric):
 
 
 class PointingGameCallback(L.Callback):
-    """Logs `<stage>/pointing_game/<split>` for every evaluation split of the datamodule, and their mean.
+    """Logs `<stage>/pointing_game/<split>` for every evaluation split of the datamodule, their mean, and
+    `<stage>/items/<split>`, the number of (sample, phrase) items scored.
 
     Expects the LightningModule's validation/test steps to return {"maps": [B, h, w]} and batches to carry
     `original_boxes` and `original_sizes`.
@@ -71,6 +72,8 @@ class PointingGameCallback(L.Callback):
         if values:
             values[f"{stage}/pointing_game/mean"] = torch.stack(list(values.values())).mean()
             pl_module.log_dict(values, prog_bar=stage == "val")
+            pl_module.log_dict({f"{stage}/items/{name}": metric.total.float() for name, metric in self.metrics[stage].items()},
+                               sync_dist=True, reduce_fx="sum")  # this rank's count (compute() restores local states)
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._start(trainer, pl_module, "val")

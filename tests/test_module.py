@@ -1,0 +1,37 @@
+"""GroundingModule's training step with every loss switched on, for each model."""
+
+import pytest
+import torch
+
+from synground.models import GroundingModule
+
+
+def batch(size=4, image_size=64):
+    torch.manual_seed(0)
+    masks = torch.zeros(size, 32, 32)
+    masks[:, 8:24, 8:24] = 1
+    return {"images": torch.randn(size, 3, image_size, image_size), "masks": masks,
+            "texts": ["the red circle", "the blue square", "the red circle", "the square on the left"][:size]}
+
+
+@pytest.mark.parametrize("itc_weight, hard_negatives", [(1.0, True), (0.0, True), (0.0, False)])
+def test_training_step_combines_itm_itc_and_amc_into_one_finite_loss(tiny_model, itc_weight, hard_negatives):
+    module = GroundingModule(tiny_model, amc_weight=1.0, itc_weight=itc_weight, hard_negatives=hard_negatives)
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    module.log_dict = lambda values, **kwargs: logged.update(values)
+    loss = module.training_step(batch(), 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert ("train/itc" in logged) == (itc_weight > 0)
+    expected = logged["train/itm"] + itc_weight * logged.get("train/itc", 0.0) + logged["train/amc"]
+    torch.testing.assert_close(loss, expected)
+    assert sum(p.grad.abs().sum() for p in tiny_model.parameters() if p.grad is not None) > 0
+
+
+def test_a_model_without_contrastive_features_asks_to_switch_them_off(tiny_blip):
+    tiny_blip.contrastive_features = lambda image_embeds, texts: None
+    module = GroundingModule(tiny_blip, itc_weight=0.0, hard_negatives=True)
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    with pytest.raises(ValueError, match="hard_negatives=false"):
+        module.training_step(batch(), 0)
