@@ -21,3 +21,4 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/shapes_grounding.py
+	$(PY) benchmarks/gradcam_throughput.py

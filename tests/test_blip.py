@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import BlipForConditionalGeneration
+from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 
 from synground.models import BlipGroundingModel
 from synground.models.checkpoints import CheckpointError
@@ -39,3 +39,13 @@ def test_first_token_enc_replaces_cls_for_itm_and_keeps_sep(tiny_blip):
     assert ids[0] == tiny_blip.tokenizer.convert_tokens_to_ids("[ENC]")
     assert ids[-1] == tiny_blip.tokenizer.sep_token_id
     assert tiny_blip.tokenize(["the red circle"])["input_ids"][0, 0] == tiny_blip.tokenizer.cls_token_id
+
+
+def test_fused_vision_attention_equals_transformers_eager_attention(tiny_blip):
+    eager = BlipForImageTextRetrieval(tiny_blip.model.config).eval()
+    eager.load_state_dict(tiny_blip.model.state_dict())  # same weights, transformers' own attention
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = eager.vision_model(pixel_values=images).last_hidden_state
+        actual = tiny_blip.eval().encode_images(images)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)

@@ -35,3 +35,17 @@ def test_a_model_without_contrastive_features_asks_to_switch_them_off(tiny_blip)
     module.log = module.log_dict = lambda *args, **kwargs: None
     with pytest.raises(ValueError, match="hard_negatives=false"):
         module.training_step(batch(), 0)
+
+
+def test_evaluation_encodes_each_image_once_and_gives_the_same_maps(tiny_model):
+    module = GroundingModule(tiny_model).eval()
+    data = batch()
+    data["images"][2] = data["images"][0]  # items 0 and 2 are two phrases of one image
+    data["image_keys"] = ["a", "b", "a", "c"]
+    calls = []
+    encode = tiny_model.encode_images
+    tiny_model.encode_images = lambda images: calls.append(len(images)) or encode(images)
+    shared = module.evaluation_maps(data)
+    assert calls == [3]
+    separate = module.evaluation_maps({**data, "image_keys": None})
+    torch.testing.assert_close(shared["maps"], separate["maps"], rtol=1e-4, atol=1e-6)

@@ -12,14 +12,20 @@ from torchmetrics import Metric
 
 def pointing_game_hits(maps: torch.Tensor, boxes: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
     """[B] bool: does the first maximum of each map, upsampled bicubically to its original (H, W), lie strictly
-    inside any of that item's xyxy boxes (original pixel coordinates)?"""
+    inside any of that item's xyxy boxes (original pixel coordinates)?
+
+    Items of the same original size are upsampled together (COCO and Flickr30k repeat a few sizes often).
+    """
     hits = torch.zeros(len(boxes), dtype=torch.bool)
-    for index, (item_map, item_boxes, (height, width)) in enumerate(zip(maps, boxes, sizes.tolist())):
-        upsampled = F.interpolate(item_map[None, None].float(), size=(height, width), mode="bicubic", align_corners=False)
-        flat_index = int(upsampled.flatten().argmax())  # torch returns the first maximum in row-major order
-        y, x = divmod(flat_index, width)
-        b = item_boxes.to("cpu", torch.float64)
-        hits[index] = bool(((b[:, 0] < x) & (x < b[:, 2]) & (b[:, 1] < y) & (y < b[:, 3])).any())
+    size_list = [tuple(size) for size in sizes.tolist()]
+    for height, width in dict.fromkeys(size_list):
+        group = [index for index, size in enumerate(size_list) if size == (height, width)]
+        upsampled = F.interpolate(maps[group][:, None].float(), size=(height, width), mode="bicubic", align_corners=False)
+        flat_index = upsampled.flatten(1).argmax(dim=1).cpu()  # torch returns the first maximum in row-major order
+        ys, xs = flat_index // width, flat_index % width
+        for index, x, y in zip(group, xs.tolist(), ys.tolist()):
+            b = boxes[index].to("cpu", torch.float64)
+            hits[index] = bool(((b[:, 0] < x) & (x < b[:, 2]) & (b[:, 1] < y) & (y < b[:, 3])).any())
     return hits
 
 

@@ -172,7 +172,9 @@ class EvalSplit(IterableDataset):
         issues: Counter[str] = Counter()
         for sample in _split_samples(self.source, slot, slots, issues):
             for index, region in enumerate(clean_regions(sample, issues)):
-                yield self.transform(sample.image, region, f"{sample.key}-{index}")
+                item = self.transform(sample.image, region, f"{sample.key}-{index}")
+                item["image_key"] = sample.key  # the phrases of one image share it: the model can encode it once
+                yield item
         if issues:
             log.warning("eval split %r: %s", self.name, issues)
 

@@ -115,4 +115,5 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "original_sizes": torch.stack([item["original_size"] for item in items]),
         "original_boxes": [item["original_boxes"] for item in items],
         "keys": [item["key"] for item in items],
+        "image_keys": [item.get("image_key", item["key"]) for item in items],  # equal keys: identical images
     }

@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval, PreTrainedTokenizerBase
 
 from synground.models.base import GradCamOutput, GroundingModel, Tokens
 from synground.models.checkpoints import CheckpointError
 from synground.models.gradcam import attention_gradcam, capture_attention
 from synground.models.text import TextTokenizer, wordpiece_tokenizer
+
+
+class FusedVisionAttention(nn.Module):
+    """BLIP's vision self-attention through `scaled_dot_product_attention`, on the same weights.
+
+    transformers computes it eagerly, keeping a [B, heads, 577, 577] probability tensor per layer at 384 px;
+    Grad-CAM never reads those, so the fused kernel (faster, far less memory in training) gives the same result.
+    """
+
+    def __init__(self, eager: nn.Module):
+        super().__init__()
+        self.qkv, self.projection = eager.qkv, eager.projection
+        self.num_heads, self.scale, self.dropout = eager.num_heads, eager.scale, eager.dropout.p
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, None]:
+        q, k, v = self.qkv(hidden_states).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
+        return self.projection(out.transpose(1, 2).flatten(2)), None
 
 
 class BlipGroundingModel(GroundingModel):
@@ -29,6 +48,9 @@ class BlipGroundingModel(GroundingModel):
         if first_token not in ("cls", "enc"):
             raise ValueError(f"first_token must be 'cls' or 'enc', got {first_token!r}")
         vision = model.config.vision_config
+        for layer in model.vision_model.encoder.layers:
+            if not isinstance(layer.self_attn, FusedVisionAttention):
+                layer.self_attn = FusedVisionAttention(layer.self_attn)
         self.model = model
         self.tokenizer = tokenizer
         self.text_tokenizer = TextTokenizer(tokenizer, max_text_length, first_token=f"[{first_token.upper()}]", end_with_sep=True)

@@ -75,9 +75,11 @@ class GroundingModule(L.LightningModule):
         return loss
 
     def evaluation_maps(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        with torch.enable_grad():
+        with torch.no_grad():  # the map's gradient flows from the captured layer on: no graph is needed before it
+            image_embeds = encode_each_image_once(self.net, batch["images"], batch.get("image_keys"))
             texts = self.net.encode_texts(self.net.tokenize(batch["texts"]))
-            cam = self.net.gradcam(self.net.encode_images(batch["images"]), texts, create_graph=False)
+        with torch.enable_grad():
+            cam = self.net.gradcam(image_embeds, texts, create_graph=False)
         return {"maps": cam.maps.detach(), "itm_logits": cam.itm_logits.detach()}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
@@ -95,6 +97,17 @@ class GroundingModule(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
             step, total, self.hparams.lr, self.hparams.warmup_steps, self.hparams.warmup_start_lr, self.hparams.min_lr) / self.hparams.lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def encode_each_image_once(net: GroundingModel, images: torch.Tensor, image_keys: list[str] | None) -> torch.Tensor:
+    """Image embeddings for a batch whose items with equal keys have identical images (the phrases of one image)."""
+    if image_keys is None:
+        return net.encode_images(images)
+    first: dict[str, int] = {}  # image key -> its first item in the batch
+    for index, key in enumerate(image_keys):
+        first.setdefault(key, index)
+    rank = {key: position for position, key in enumerate(first)}
+    return net.encode_images(images[list(first.values())])[[rank[key] for key in image_keys]]
 
 
 def warmup_cosine(step: int, total: int, lr: float, warmup_steps: int, warmup_start_lr: float, min_lr: float) -> float:
