@@ -2,9 +2,9 @@
 
     python benchmarks/shapes_grounding.py        (or `make benchmark`)
 
-Trains `experiment=shapes` twice through train.py (amc_weight 1 and 0) on the same data and seed, evaluates both
-on the held-out test splits, scores uniformly random points on the same splits, and writes
-benchmarks/results/shapes_grounding.{json,md}. It also splits each trained model's test hits by whether another
+Trains `experiment=shapes` through train.py with the tiny BLIP (amc_weight 1 and 0) and the tiny ALBEF
+(amc_weight 1) on the same data and seed, evaluates each on the held-out test splits, scores uniformly random
+points on the same splits, and writes benchmarks/results/shapes_grounding.{json,md}. It also splits each trained model's test hits by whether another
 shape in the scene has the phrase's colour: that tells a model that grounds colour words from one that binds
 colour and shape.
 """
@@ -57,7 +57,7 @@ def hits_by_colour_sharing(name: str, *overrides: str) -> dict:
         for batch in loader:
             maps = module.evaluation_maps(batch)["maps"]
             hits = pointing_game_hits(maps, batch["original_boxes"], batch["original_sizes"])
-            items += [(key.rsplit("-", 1)[0], text, bool(hit)) for key, text, hit in zip(batch["keys"], batch["texts"], hits)]
+            items += [(scene, text, bool(hit)) for scene, text, hit in zip(batch["image_keys"], batch["texts"], hits)]
     phrases = defaultdict(list)
     for scene, text, _ in items:
         phrases[scene].append(text)
@@ -91,13 +91,14 @@ def random_point_baseline(draws: int = 5) -> dict:
 
 
 def main() -> None:
-    rows = {
-        "ITM + AMC (amc_weight=1)": train("amc"),
-        "ITM only (amc_weight=0)": train("itm_only", "model.amc_weight=0"),
-        "random point": random_point_baseline(),
+    runs = {  # method: (run name, overrides)
+        "tiny BLIP, ITM + AMC (amc_weight=1)": ("amc", ()),
+        "tiny BLIP, ITM only (amc_weight=0)": ("itm_only", ("model.amc_weight=0",)),
+        "tiny ALBEF, ITM + AMC (model=albef_tiny)": ("albef_amc", ("model=albef_tiny",)),
     }
-    breakdown = {"ITM + AMC (amc_weight=1)": hits_by_colour_sharing("amc"),
-                 "ITM only (amc_weight=0)": hits_by_colour_sharing("itm_only", "model.amc_weight=0")}
+    rows = {method: train(name, *overrides) for method, (name, overrides) in runs.items()}
+    rows["random point"] = random_point_baseline()
+    breakdown = {method: hits_by_colour_sharing(name, *overrides) for method, (name, overrides) in runs.items()}
     record = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
               "command": "python benchmarks/shapes_grounding.py", "rows": rows, "by_colour_sharing": breakdown}
     RESULTS.mkdir(parents=True, exist_ok=True)
