@@ -129,6 +129,7 @@ def test_offline_without_weights_the_error_says_how_to_get_them(tmp_path):
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the"]))
     with pytest.raises(CheckpointError, match=r"checkpoint file not found: .*ALBEF.pth.*github.com/salesforce/ALBEF"):
         AlbefGroundingModel.from_checkpoint(str(tmp_path / "ALBEF.pth"), text_encoder=str(vocab))
+    torch.save({"model": {"temp": torch.tensor(0.07)}}, tmp_path / "ALBEF.pth")
     with pytest.raises(OSError, match="cannot load the BERT vocabulary 'no-such-user/bert'"):
         AlbefGroundingModel.from_checkpoint(str(tmp_path / "ALBEF.pth"), text_encoder="no-such-user/bert")
 

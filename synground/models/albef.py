@@ -309,8 +309,8 @@ class AlbefGroundingModel(GroundingModel):
     def from_checkpoint(cls, checkpoint: str, text_encoder: str = "bert-base-uncased", image_size: int = 256,
                         gradcam_layer: int = 8, max_text_length: int = 30) -> "AlbefGroundingModel":
         """ViT-B/16 + BERT-base from a released checkpoint: a local file, an http(s) URL or hf://owner/repo/file."""
-        tokenizer = bert_tokenizer(text_encoder)
         state_dict = read_state_dict(checkpoint, how_to_get=CHECKPOINT_HELP)
+        tokenizer = bert_tokenizer(text_encoder)
         rows = next((value.shape[0] for key, value in state_dict.items() if key.endswith("embeddings.word_embeddings.weight")), None)
         if rows is not None and rows != len(tokenizer):
             raise CheckpointError(f"the vocabulary {text_encoder!r} has {len(tokenizer)} tokens but {checkpoint}'s word embeddings "

@@ -21,7 +21,7 @@ class GroundingModel(nn.Module, ABC):
     """An image-text matching model whose cross-attention yields Grad-CAM maps."""
 
     image_size: int
-    temperature: float  # of the contrastive similarities
+    temperature: float | torch.Tensor  # of the contrastive similarities (ALBEF learns it)
 
     @abstractmethod
     def tokenize(self, texts: list[str]) -> Tokens: ...
