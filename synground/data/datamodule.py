@@ -205,7 +205,8 @@ class GroundingDataModule(L.LightningDataModule):
                  val: Mapping[str, Source] | None = None, test: Mapping[str, Source] | None = None,
                  synthetic_ratio: float = 0.5, image_size: int = 384, mask_size: int | None = None,
                  batch_size: int = 32, eval_batch_size: int | None = None, batches_per_epoch: int = 1000,
-                 num_workers: int = 2, flip_prob: float = 0.5, seed: int = 0, pin_memory: bool = False):
+                 num_workers: int = 2, flip_prob: float = 0.5, seed: int = 0, pin_memory: bool = False,
+                 eval_image_size: Mapping[str, int] | None = None):
         super().__init__()
         if not 0.0 <= synthetic_ratio <= 1.0:
             raise ValueError(f"data.synthetic_ratio must lie in [0, 1], got {synthetic_ratio}")
@@ -224,6 +225,11 @@ class GroundingDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_transform = GroundingTransform(image_size, mask_size, flip_prob)
         self.eval_transform = GroundingTransform(image_size, mask_size, flip_prob=0.0)
+        unknown = set(eval_image_size or {}) - set(self.val_sources) - set(self.test_sources)
+        if unknown:
+            raise ValueError(f"data.eval_image_size names splits that are not in data.val or data.test: {sorted(unknown)}")
+        # per split, e.g. RefCOCO+ at 384 px while training and Flickr30k run at 256 px
+        self.eval_transforms = {name: GroundingTransform(size, mask_size, flip_prob=0.0) for name, size in (eval_image_size or {}).items()}
 
     @property
     def val_split_names(self) -> list[str]:
@@ -246,7 +252,8 @@ class GroundingDataModule(L.LightningDataModule):
         return [self._eval_loader(name, source) for name, source in self.test_sources.items()]
 
     def _eval_loader(self, name: str, source: str | GeneratorSource) -> DataLoader:
-        return DataLoader(EvalSplit(name, source, self.eval_transform), batch_size=self.eval_batch_size,
+        transform = self.eval_transforms.get(name, self.eval_transform)
+        return DataLoader(EvalSplit(name, source, transform), batch_size=self.eval_batch_size,
                           num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory)
 
 

@@ -25,9 +25,14 @@ MANIFEST_NAME = "manifest.json"
 
 
 def encode_sample(sample: GroundingSample, jpeg_quality: int = 95) -> dict[str, bytes]:
-    buffer = io.BytesIO()
-    sample.image.convert("RGB").save(buffer, format="JPEG", quality=jpeg_quality)
-    return {"jpg": buffer.getvalue(), "json": json.dumps(sample_metadata(sample)).encode()}
+    image = sample.image
+    if image.format == "JPEG" and getattr(image, "filename", ""):  # opened from a JPEG file: keep its bytes, no re-encoding
+        jpeg = Path(image.filename).read_bytes()
+    else:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=jpeg_quality)
+        jpeg = buffer.getvalue()
+    return {"jpg": jpeg, "json": json.dumps(sample_metadata(sample)).encode()}
 
 
 def write_shard(path: Path, samples: Iterable[GroundingSample]) -> dict[str, Any]:

@@ -1,0 +1,23 @@
+"""Convert a real dataset from its own files into WebDataset shards: `python convert.py dataset=flickr30k`."""
+
+from collections import Counter
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from synground.data.convert import convert_records
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="convert")
+def main(cfg: DictConfig) -> None:
+    issues: Counter[str] = Counter()
+    records = hydra.utils.instantiate(cfg.dataset.reader, issues=issues)
+    report = convert_records(records, cfg.output_dir, cfg.dataset.name, cfg.samples_per_shard, issues,
+                             config=OmegaConf.to_container(cfg.dataset, resolve=True))
+    print(f"{report['samples']} images with {report['regions']} phrases in {report['shards']} shards: {report['manifest']}")
+    if report["skipped"]:
+        print("skipped: " + ", ".join(f"{reason} {count}" for reason, count in report["skipped"].items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Real-dataset readers on fixtures in their exact upstream formats, converted to shards and read back."""
+
+import json
+import pickle
+from collections import Counter, OrderedDict
+
+import pytest
+
+from raw_datasets import write_flickr30k, write_image, write_refcoco, write_visual_genome
+from synground.data.convert import REPORT_NAME, convert_records
+from synground.data.readers import amc_json_records, flickr30k_records, load_refs, refcoco_records, visual_genome_records
+from synground.data.shards import iterate_shard, resolve_shards
+
+
+def read_back(directory):
+    return [sample for shard in resolve_shards(str(directory)) for sample in iterate_shard(shard, Counter())]
+
+
+def test_flickr30k_one_item_per_sentence_phrase_with_boxes_any_box_rule(tmp_path):
+    write_flickr30k(tmp_path / "f30k", ["101", "102"])
+    issues = Counter()
+    report = convert_records(flickr30k_records(tmp_path / "f30k", "test", issues=issues), tmp_path / "shards", "flickr30k-test",
+                             reader_issues=issues)
+    samples = read_back(tmp_path / "shards")
+    assert [s.key for s in samples] == ["flickr30k-101", "flickr30k-102"]
+    regions = samples[0].regions
+    # sentence 1: "Two men" (2 boxes), "a woman"; sentence 2: "A woman"; "the street" has no box
+    assert [r.phrase for r in regions] == ["Two men", "a woman", "A woman"]
+    assert regions[0].boxes == [[0.0, 0.0, 10.0, 20.0], [29.0, 4.0, 60.0, 40.0]]  # 1-based inclusive -> 0-based xyxy
+    assert samples[0].caption == "Two men talk to a woman in the street ."
+    assert report["regions"] == 6 and report["skipped"]["phrase_without_boxes"] == 2
+    assert json.loads((tmp_path / "shards" / REPORT_NAME).read_text()) == report
+
+
+def test_flickr30k_bad_files_are_skipped_and_counted_and_missing_folders_named(tmp_path):
+    root = tmp_path / "f30k"
+    write_flickr30k(root, ["1", "2", "3", "4"])
+    (root / "Annotations" / "2.xml").write_text("<annotation><object><name>1</name><bndbox><xmin>1</xmin>")  # cut short
+    (root / "flickr30k-images" / "3.jpg").unlink()
+    (root / "flickr30k-images" / "4.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    issues = Counter()
+    report = convert_records(flickr30k_records(root, issues=issues), tmp_path / "shards", "f", reader_issues=issues)
+    assert [s.key for s in read_back(tmp_path / "shards")] == ["flickr30k-1"]
+    assert report["skipped"]["malformed_annotation"] == 1
+    assert report["skipped"]["missing_image"] == 1 and report["skipped"]["unreadable_image"] == 1
+    assert not list((tmp_path / "shards").glob("*.partial"))
+    with pytest.raises(FileNotFoundError, match=r"split list 'test' not found: looked for .*elsewhere/test.txt"):
+        next(flickr30k_records(tmp_path / "elsewhere"))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "test.txt").write_text("1\n")
+    with pytest.raises(FileNotFoundError, match=r"Sentences folder not found: looked for .*elsewhere/Sentences"):
+        next(flickr30k_records(tmp_path / "elsewhere"))
+
+
+def test_refcoco_items_per_expression_from_the_split_with_coco_boxes(tmp_path):
+    write_refcoco(tmp_path, {7: [("testA", ["man on left", "left guy"]), ("testA", ["woman"])], 9: [("testB", ["red car"])],
+                             11: [("val", ["dog"])]})
+    records = list(refcoco_records(tmp_path / "refcoco+" / "refs(unc).p", tmp_path / "refcoco+" / "instances.json",
+                                   tmp_path / "train2014", split="testA"))
+    assert [r.key for r in records] == ["coco-7"]
+    assert [r.phrase for r in records[0].regions] == ["man on left", "left guy", "woman"]
+    assert records[0].regions[0].boxes == [[8.0, 6.0, 28.0, 22.0]]  # xywh -> xyxy
+    assert records[0].provenance["image_ids"] == ["coco:7"]
+    with pytest.raises(ValueError, match=r"no refs in split 'testC'; its splits are \['testA', 'testB', 'val'\]"):
+        next(refcoco_records(tmp_path / "refcoco+" / "refs(unc).p", tmp_path / "refcoco+" / "instances.json",
+                             tmp_path / "train2014", split="testC"))
+
+
+def test_the_refs_pickle_may_hold_plain_data_only(tmp_path):
+    with open(tmp_path / "evil.p", "wb") as file:
+        pickle.dump([OrderedDict(image_id=1)], file, protocol=2)  # a class, as a malicious file would carry a function
+    with pytest.raises(ValueError, match=r"evil.p is not a plain-data refs pickle: refuses to load collections.OrderedDict"):
+        load_refs(tmp_path / "evil.p")
+    with open(tmp_path / "plain.p", "wb") as file:
+        pickle.dump([{"image_id": 1, "sentences": [{"sent": "a"}], "split": "val", "box": (1.0, 2.0)}], file, protocol=2)
+    assert load_refs(tmp_path / "plain.p")[0]["box"] == (1.0, 2.0)
+
+
+def test_visual_genome_regions_with_ids_for_leakage_and_boxes_checked(tmp_path):
+    write_visual_genome(tmp_path / "vg", count=3, regions_per_image=2)
+    descriptions = json.loads((tmp_path / "vg" / "region_descriptions.json").read_text())
+    descriptions[0]["regions"][1].update(x=500, y=500)  # entirely outside the 64 x 48 image
+    (tmp_path / "vg" / "region_descriptions.json").write_text(json.dumps(descriptions))
+    issues = Counter()
+    report = convert_records(visual_genome_records(tmp_path / "vg", issues=issues), tmp_path / "shards", "vg", reader_issues=issues)
+    samples = read_back(tmp_path / "shards")
+    assert [s.key for s in samples] == ["vg-1", "vg-2", "vg-3"]
+    assert samples[0].provenance["image_ids"] == ["vg:1", "coco:1001"]
+    assert [r.phrase for r in samples[0].regions] == ["thing number 0"]
+    assert samples[1].regions[1].boxes == [[4.0, 2.0, 20.0, 14.0]]
+    assert report["skipped"]["box_degenerate"] == 1 and report["regions"] == 5
+
+
+def test_amc_json_groups_an_image_s_entries_and_keeps_every_caption(tmp_path):
+    write_image(tmp_path / "images" / "a.jpg")
+    write_image(tmp_path / "images" / "b.jpg")
+    entries = [{"image": "a.jpg", "caption": "a cat", "bbox": [[1, 2, 30, 40]]},
+               {"image": "a.jpg", "caption": ["a dog", "the dog"], "bbox": [[[5, 5, 20, 20]], [[30, 5, 50, 20]]]},
+               {"image": "b.jpg", "bbox": [[1, 1, 5, 5]]},  # no caption: malformed
+               {"image": "b.jpg", "caption": "a box", "bbox": [[1, 1, 5, 5]]}]
+    (tmp_path / "amc.json").write_text(json.dumps(entries))
+    issues = Counter()
+    records = list(amc_json_records(tmp_path / "amc.json", tmp_path / "images", issues=issues))
+    assert [(r.image_path.name, [g.phrase for g in r.regions]) for r in records] == [("a.jpg", ["a cat", "a dog", "the dog"]),
+                                                                                    ("b.jpg", ["a box"])]
+    assert records[0].regions[1].boxes == [[5.0, 5.0, 20.0, 20.0], [30.0, 5.0, 50.0, 20.0]]
+    assert issues["malformed_annotation"] == 1
+
+
+def test_a_rerun_keeps_finished_shards_and_ends_identical_to_an_uninterrupted_run(tmp_path):
+    write_visual_genome(tmp_path / "vg", count=7)
+    convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "whole", "vg", samples_per_shard=2)
+    # an interrupted run: two shards finished, a third left half-written
+    records = list(visual_genome_records(tmp_path / "vg"))
+    convert_records(records[:4], tmp_path / "resumed", "vg", samples_per_shard=2, config={})
+    (tmp_path / "resumed" / "vg-000002.tar.partial").write_bytes(b"half a tar")
+    before = (tmp_path / "resumed" / "vg-000000.tar").stat().st_mtime_ns
+    convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "resumed", "vg", samples_per_shard=2)
+    assert (tmp_path / "resumed" / "vg-000000.tar").stat().st_mtime_ns == before  # not rewritten
+    whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())["shards"]
+    resumed = json.loads((tmp_path / "resumed" / "manifest.json").read_text())["shards"]
+    assert [(e["name"], e["sha256"]) for e in resumed] == [(e["name"], e["sha256"]) for e in whole]
+    assert len(whole) == 4
