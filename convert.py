@@ -11,7 +11,8 @@ from synground.data.convert import convert_records
 @hydra.main(version_base="1.3", config_path="conf", config_name="convert")
 def main(cfg: DictConfig) -> None:
     issues: Counter[str] = Counter()
-    records = hydra.utils.instantiate(cfg.dataset.reader, issues=issues)
+    reader = hydra.utils.instantiate(cfg.dataset.reader, _partial_=True)
+    records = reader(issues=issues)  # passed here, not to instantiate, which would copy the Counter into a config
     report = convert_records(records, cfg.output_dir, cfg.dataset.name, cfg.samples_per_shard, issues,
                              config=OmegaConf.to_container(cfg.dataset, resolve=True))
     print(f"{report['samples']} images with {report['regions']} phrases in {report['shards']} shards: {report['manifest']}")

@@ -81,9 +81,14 @@ def test_training_reads_shards_and_counts_skipped_samples(tmp_path):
     assert len(batches) == 3 and all(k.startswith("s-") for b in batches for k in b["keys"])
 
 
-def test_a_missing_shard_path_fails_at_construction_naming_it(tmp_path):
+def test_a_missing_shard_path_fails_at_setup_of_the_stage_that_reads_it(tmp_path):
+    datamodule = GroundingDataModule(train={"real": ShapesGenerator()}, val={"held_out": str(tmp_path / "missing-val")},
+                                     test={"t": GeneratorSource(ShapesGenerator(), num_samples=2)})
+    datamodule.setup("test")  # eval.py reads the test splits only: a missing validation split is not its business
+    with pytest.raises(FileNotFoundError, match="missing-val"):
+        datamodule.setup("fit")
     with pytest.raises(FileNotFoundError, match="missing-dir"):
-        GroundingDataModule(train={"real": str(tmp_path / "missing-dir" / "*.tar")})
+        GroundingDataModule(test={"t": str(tmp_path / "missing-dir" / "*.tar")}).setup("test")
 
 
 def test_unknown_train_keys_are_rejected():

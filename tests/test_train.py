@@ -80,3 +80,20 @@ def test_eval_on_shards_scores_every_phrase_and_bad_arguments_fail_clearly(tmp_p
     assert result.returncode != 0 and "missing.ckpt: no such file" in result.stderr
     result = run("eval.py", "data=shards", f"hydra.run.dir={tmp_path}/eval3", cwd=tmp_path)
     assert result.returncode != 0 and "no test splits" in result.stderr
+
+
+def test_convert_then_evaluate_flickr30k_by_config_name(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from raw_datasets import write_flickr30k
+
+    write_flickr30k(tmp_path / "raw" / "flickr30k_entities", ["5", "6", "7"], size=(96, 64))
+    result = run("convert.py", "dataset=flickr30k", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path}/convert", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 images with 9 phrases in 1 shards" in result.stdout
+    result = run("eval.py", "data=flickr30k", f"paths.data_dir={tmp_path}", "data.num_workers=0", "data.image_size=64",
+                 f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test/items/flickr30k_test"] == 9

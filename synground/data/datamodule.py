@@ -39,7 +39,6 @@ def as_source(source: Source) -> str | GeneratorSource:
     if isinstance(source, TripletGenerator):
         return GeneratorSource(source)
     if isinstance(source, str):
-        resolve_shards(source)  # fail now, naming the path, rather than inside a worker
         return source
     raise TypeError(f"a data source must be a shard path, a GeneratorSource or a TripletGenerator, got {type(source).__name__}")
 
@@ -230,6 +229,14 @@ class GroundingDataModule(L.LightningDataModule):
             raise ValueError(f"data.eval_image_size names splits that are not in data.val or data.test: {sorted(unknown)}")
         # per split, e.g. RefCOCO+ at 384 px while training and Flickr30k run at 256 px
         self.eval_transforms = {name: GroundingTransform(size, mask_size, flip_prob=0.0) for name, size in (eval_image_size or {}).items()}
+
+    def setup(self, stage: str) -> None:
+        """Check that the shard paths this stage reads exist: fail now, naming the path, not inside a worker."""
+        sources = {"fit": [*self.train_sources["synthetic"], *self.train_sources["real"], *self.val_sources.values()],
+                   "validate": list(self.val_sources.values()), "test": list(self.test_sources.values())}.get(stage, [])
+        for source in sources:
+            if isinstance(source, str):
+                resolve_shards(source)
 
     @property
     def val_split_names(self) -> list[str]:
