@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import pickle
+import random
 from pathlib import Path
 
 from PIL import Image
 
 
 def write_image(path: Path, width: int = 64, height: int = 48, seed: int = 0) -> None:
+    """A JPEG of a few random rectangles: distinct seeds give structurally distinct pictures (distinct hashes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.new("RGB", (width, height), ((seed * 37) % 256, (seed * 91) % 256, 120))
-    image.paste((255, 255, 255), (width // 4, height // 4, width // 2, height // 2))
+    rng = random.Random(seed)
+    image = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
+    for _ in range(6):
+        x, y = rng.randrange(width), rng.randrange(height)
+        image.paste(tuple(rng.randrange(256) for _ in range(3)), (x, y, x + rng.randrange(4, width // 2), y + rng.randrange(4, height // 2)))
     image.save(path, quality=90)
 
 

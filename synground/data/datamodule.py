@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import lightning as L
@@ -108,7 +109,8 @@ class MixedTrainStream(IterableDataset):
     """
 
     def __init__(self, synthetic: Sequence[str | GeneratorSource], real: Sequence[str | GeneratorSource],
-                 synthetic_ratio: float, transform: GroundingTransform, batch_size: int, batches_per_epoch: int, seed: int):
+                 synthetic_ratio: float, transform: GroundingTransform, batch_size: int, batches_per_epoch: int, seed: int,
+                 exclude_keys: frozenset[str] = frozenset()):
         if not synthetic and not real:
             raise ValueError("no training source: give data.train.synthetic and/or data.train.real")
         self.synthetic, self.real = list(synthetic), list(real)
@@ -120,6 +122,7 @@ class MixedTrainStream(IterableDataset):
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
         self.seed = seed
+        self.exclude_keys = exclude_keys
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -141,6 +144,11 @@ class MixedTrainStream(IterableDataset):
             while len(items) < self.batch_size:
                 domain = "synthetic" if rng.random() < self.synthetic_ratio else "real"
                 sample = next(streams[domain])
+                if sample.key in self.exclude_keys:
+                    issues["excluded_sample"] += 1
+                    if issues["excluded_sample"] > 1000 * self.batch_size:
+                        raise RuntimeError("nearly every training sample is in data.exclude_keys")
+                    continue
                 regions = clean_regions(sample, issues)
                 if not regions:
                     issues["sample_without_regions"] += 1
@@ -205,7 +213,7 @@ class GroundingDataModule(L.LightningDataModule):
                  synthetic_ratio: float = 0.5, image_size: int = 384, mask_size: int | None = None,
                  batch_size: int = 32, eval_batch_size: int | None = None, batches_per_epoch: int = 1000,
                  num_workers: int = 2, flip_prob: float = 0.5, seed: int = 0, pin_memory: bool = False,
-                 eval_image_size: Mapping[str, int] | None = None):
+                 eval_image_size: Mapping[str, int] | None = None, exclude_keys: str | None = None):
         super().__init__()
         if not 0.0 <= synthetic_ratio <= 1.0:
             raise ValueError(f"data.synthetic_ratio must lie in [0, 1], got {synthetic_ratio}")
@@ -222,6 +230,11 @@ class GroundingDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
+        self.exclude_keys = frozenset()  # e.g. training samples that leak into evaluation (synground.data.leakage)
+        if exclude_keys:
+            if not Path(exclude_keys).is_file():
+                raise FileNotFoundError(f"data.exclude_keys={exclude_keys}: no such file (one sample key per line)")
+            self.exclude_keys = frozenset(Path(exclude_keys).read_text().split())
         self.train_transform = GroundingTransform(image_size, mask_size, flip_prob)
         self.eval_transform = GroundingTransform(image_size, mask_size, flip_prob=0.0)
         unknown = set(eval_image_size or {}) - set(self.val_sources) - set(self.test_sources)
@@ -248,7 +261,7 @@ class GroundingDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = MixedTrainStream(self.train_sources["synthetic"], self.train_sources["real"], self.synthetic_ratio,
-                                   self.train_transform, self.batch_size, self.batches_per_epoch, self.seed)
+                                   self.train_transform, self.batch_size, self.batches_per_epoch, self.seed, self.exclude_keys)
         epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else _counter()
         return _EpochLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, epoch=epoch)
 
