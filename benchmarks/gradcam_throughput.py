@@ -49,8 +49,9 @@ def build(model_name: str, items: int, batch_size: int):
     torch.manual_seed(0)
     module = instantiate(cfg.model).eval()
     batches, count = [], 0
-    for batch in instantiate(cfg.data).test_dataloader()[0]:  # shapes_clean, held-out seeds
-        batches.append(batch)
+    datamodule = instantiate(cfg.data)
+    for batch in datamodule.test_dataloader()[0]:  # shapes_clean, held-out seeds
+        batches.append(datamodule.on_after_batch_transfer(batch, 0))
         count += len(batch["texts"])
         if count >= items:
             break

@@ -55,7 +55,7 @@ def hits_by_colour_sharing(name: str, *overrides: str) -> dict:
     items = []  # (scene key, phrase, hit)
     for loader in datamodule.test_dataloader():
         for batch in loader:
-            maps = module.evaluation_maps(batch)["maps"]
+            maps = module.evaluation_maps(datamodule.on_after_batch_transfer(batch, 0))["maps"]
             hits = pointing_game_hits(maps, batch["original_boxes"], batch["original_sizes"])
             items += [(scene, text, bool(hit)) for scene, text, hit in zip(batch["image_keys"], batch["texts"], hits)]
     phrases = defaultdict(list)

@@ -49,3 +49,10 @@ def test_evaluation_encodes_each_image_once_and_gives_the_same_maps(tiny_model):
     assert calls == [3]
     separate = module.evaluation_maps({**data, "image_keys": None})
     torch.testing.assert_close(shared["maps"], separate["maps"], rtol=1e-4, atol=1e-6)
+
+
+def test_uint8_images_straight_from_a_dataloader_are_refused_with_what_to_do(tiny_blip):
+    data = batch()
+    data["images"] = torch.zeros(4, 3, 64, 64, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="on_after_batch_transfer"):
+        GroundingModule(tiny_blip).evaluation_maps(data)

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from synground.data.schema import GroundingSample, Region
-from synground.data.transforms import GroundingTransform, boxes_to_mask, clean_regions, swap_left_right
+from synground.data.transforms import GroundingTransform, boxes_to_mask, clean_regions, normalize_images, swap_left_right
 
 
 def test_left_and_right_are_swapped_keeping_case_and_word_boundaries():
@@ -16,11 +16,12 @@ def test_left_and_right_are_swapped_keeping_case_and_word_boundaries():
 def test_flip_mirrors_the_image_and_boxes_and_swaps_the_text():
     image = Image.new("RGB", (100, 50), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 20, 50))  # a white stripe on the left
-    transform = GroundingTransform(image_size=100, flip_prob=1.0, mean=(0, 0, 0), std=(1, 1, 1))
+    transform = GroundingTransform(image_size=100, flip_prob=1.0)
     item = transform(image, Region("the stripe on the left", [[0.0, 0.0, 20.0, 50.0]]), "k", random.Random(0))
     assert item["text"] == "the stripe on the right"
     torch.testing.assert_close(item["boxes"], torch.tensor([[80.0, 0.0, 100.0, 100.0]]))
-    assert item["image"][:, :, 90].mean() > 0.9 and item["image"][:, :, 10].mean() < 0.1
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (100, 100, 3)  # [H, W, 3]
+    assert item["image"][:, 90].float().mean() > 230 and item["image"][:, 10].float().mean() < 25
     assert item["mask"][:, 85:].all() and not item["mask"][:, :75].any()
     # the pointing game keeps the unflipped original
     torch.testing.assert_close(item["original_boxes"], torch.tensor([[0.0, 0.0, 20.0, 50.0]]))
@@ -43,7 +44,14 @@ def test_boxes_partly_outside_are_clipped_degenerate_ones_dropped_and_counted():
 
 
 def test_mask_is_the_union_of_boxes_at_the_loss_resolution():
-    mask = boxes_to_mask(torch.tensor([[0.0, 0.0, 50.0, 50.0], [150.0, 150.0, 200.0, 200.0]]), image_size=200, mask_size=20)
+    mask = boxes_to_mask([[0.0, 0.0, 50.0, 50.0], [150.0, 150.0, 200.0, 200.0]], image_size=200, mask_size=20)
     assert mask.shape == (20, 20)
     assert mask.sum().item() == 2 * 25
     assert mask[0, 0] == 1 and mask[19, 19] == 1 and mask[10, 10] == 0
+
+
+def test_normalize_images_scales_uint8_and_applies_the_channel_statistics():
+    images = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(2, 3, 1, 2)
+    normalised = normalize_images(images, mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 0.5))
+    torch.testing.assert_close(normalised[0, :, 0, 0], torch.tensor([-1.0, -2.0, -1.0]))
+    torch.testing.assert_close(normalised[0, :, 0, 1], torch.tensor([1.0, 2.0, 1.0]))

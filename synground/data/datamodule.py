@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator
 from synground.data.shards import iterate_shard, resolve_shards
-from synground.data.transforms import GroundingTransform, clean_regions, collate
+from synground.data.transforms import CLIP_MEAN, CLIP_STD, GroundingTransform, clean_regions, collate, normalize_images
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,10 @@ class EvalSplit(IterableDataset):
         slot, slots = _worker_slot()
         issues: Counter[str] = Counter()
         for sample in _split_samples(self.source, slot, slots, issues):
-            for index, region in enumerate(clean_regions(sample, issues)):
-                item = self.transform(sample.image, region, f"{sample.key}-{index}")
+            regions = clean_regions(sample, issues)
+            pixels = self.transform.pixels(sample.image) if regions else None  # once for all the sample's phrases
+            for index, region in enumerate(regions):
+                item = self.transform.region_item(pixels, sample.image.size, region, f"{sample.key}-{index}")
                 item["image_key"] = sample.key  # the phrases of one image share it: the model can encode it once
                 yield item
         if issues:
@@ -213,7 +215,8 @@ class GroundingDataModule(L.LightningDataModule):
                  synthetic_ratio: float = 0.5, image_size: int = 384, mask_size: int | None = None,
                  batch_size: int = 32, eval_batch_size: int | None = None, batches_per_epoch: int = 1000,
                  num_workers: int = 2, flip_prob: float = 0.5, seed: int = 0, pin_memory: bool = False,
-                 eval_image_size: Mapping[str, int] | None = None, exclude_keys: str | None = None):
+                 eval_image_size: Mapping[str, int] | None = None, exclude_keys: str | None = None,
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
         super().__init__()
         if not 0.0 <= synthetic_ratio <= 1.0:
             raise ValueError(f"data.synthetic_ratio must lie in [0, 1], got {synthetic_ratio}")
@@ -235,6 +238,7 @@ class GroundingDataModule(L.LightningDataModule):
             if not Path(exclude_keys).is_file():
                 raise FileNotFoundError(f"data.exclude_keys={exclude_keys}: no such file (one sample key per line)")
             self.exclude_keys = frozenset(Path(exclude_keys).read_text().split())
+        self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = GroundingTransform(image_size, mask_size, flip_prob)
         self.eval_transform = GroundingTransform(image_size, mask_size, flip_prob=0.0)
         unknown = set(eval_image_size or {}) - set(self.val_sources) - set(self.test_sources)
@@ -242,6 +246,15 @@ class GroundingDataModule(L.LightningDataModule):
             raise ValueError(f"data.eval_image_size names splits that are not in data.val or data.test: {sorted(unknown)}")
         # per split, e.g. RefCOCO+ at 384 px while training and Flickr30k run at 256 px
         self.eval_transforms = {name: GroundingTransform(size, mask_size, flip_prob=0.0) for name, size in (eval_image_size or {}).items()}
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """uint8 images and masks -> normalised float images and float masks, once the (4x smaller) uint8 batch is
+        on the model's device. Lightning calls this; a loop without a Trainer calls it on each batch itself.
+        """
+        if batch["images"].dtype == torch.uint8:
+            batch["images"] = normalize_images(batch["images"], self.mean, self.std)
+            batch["masks"] = batch["masks"].float()
+        return batch
 
     def setup(self, stage: str) -> None:
         """Check that the shard paths this stage reads exist: fail now, naming the path, not inside a worker."""

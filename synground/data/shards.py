@@ -137,7 +137,7 @@ def iterate_shard(url: str, issues: Counter[str]) -> Iterator[GroundingSample]:
                 raise ValueError(f"missing {'jpg' if 'jpg' not in raw else 'json'} member")
             image = Image.open(io.BytesIO(raw["jpg"]))
             image.load()
-            yield sample_from_metadata(key, image.convert("RGB"), raw["json"])
+            yield sample_from_metadata(key, image if image.mode == "RGB" else image.convert("RGB"), raw["json"])
         except (OSError, ValueError, SyntaxError) as error:
             issues["corrupt_sample"] += 1
             log.warning("shard %s, sample %r skipped: %s", url, key, error)

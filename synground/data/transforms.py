@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
 import math
 import random
 import re
+from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 
 from synground.data.schema import GroundingSample, Region
@@ -58,13 +58,13 @@ def clean_regions(sample: GroundingSample, issues: Counter[str], min_box_size: f
     return regions
 
 
-def boxes_to_mask(boxes: torch.Tensor, image_size: int, mask_size: int) -> torch.Tensor:
-    """Union of xyxy boxes (in model-input pixels) as a [mask_size, mask_size] float mask; a pixel counts if touched."""
-    mask = torch.zeros(mask_size, mask_size)
+def boxes_to_mask(boxes: list[list[float]], image_size: int, mask_size: int) -> torch.Tensor:
+    """Union of xyxy boxes (in model-input pixels) as a [mask_size, mask_size] uint8 0/1 mask; a pixel counts if touched."""
+    mask = torch.zeros(mask_size, mask_size, dtype=torch.uint8)
     scale = mask_size / image_size
-    for x0, y0, x1, y1 in (boxes * scale).tolist():
+    for x0, y0, x1, y1 in ([value * scale for value in box] for box in boxes):
         top, left = int(y0), int(x0)
-        mask[top : max(top + 1, math.ceil(y1)), left : max(left + 1, math.ceil(x1))] = 1.0
+        mask[top : max(top + 1, math.ceil(y1)), left : max(left + 1, math.ceil(x1))] = 1
     return mask
 
 
@@ -72,43 +72,58 @@ class GroundingTransform:
     """Turns (sample, region) into one model input item.
 
     Training: square resize (no crop, as the AMC reference), optional horizontal flip that mirrors boxes and swaps
-    left/right in the text, CLIP normalisation, and a box mask at the loss resolution. Evaluation: the same without
-    the flip, plus the original size and boxes the pointing game needs.
+    left/right in the text, and a box mask at the loss resolution. Evaluation: the same without the flip, plus the
+    original size and boxes the pointing game needs. Images and masks stay uint8 here, images as [H, W, 3] (a
+    quarter of the float bytes to copy, batch and transfer, and batching is a plain copy);
+    `GroundingDataModule.on_after_batch_transfer` makes model input of a batch, on the GPU when there is one.
     """
 
-    def __init__(self, image_size: int, mask_size: int | None = None, flip_prob: float = 0.5,
-                 mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD):
+    def __init__(self, image_size: int, mask_size: int | None = None, flip_prob: float = 0.5):
         self.image_size = image_size
         self.mask_size = mask_size or image_size
         self.flip_prob = flip_prob
-        self.mean, self.std = list(mean), list(std)
 
     def __call__(self, image: Image.Image, region: Region, key: str, rng: random.Random | None = None) -> dict[str, Any]:
-        width, height = image.size
-        pixels = TF.to_tensor(image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC))
-        original_boxes = torch.tensor(region.boxes, dtype=torch.float32).reshape(-1, 4)
-        scale = torch.tensor([self.image_size / width, self.image_size / height] * 2)
-        boxes = original_boxes * scale
+        return self.region_item(self.pixels(image), image.size, region, key, rng)
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """[size, size, 3] uint8 of the resized image: computed once and shared by all the regions of an evaluation sample."""
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        return torch.from_numpy(np.array(image.resize((self.image_size, self.image_size), Image.BICUBIC)))
+
+    def region_item(self, pixels: torch.Tensor, original_size: tuple[int, int], region: Region, key: str,
+                    rng: random.Random | None = None) -> dict[str, Any]:
+        """One item from the image's `pixels`, its original (width, height) and one region."""
+        width, height = original_size
+        size, scale_x, scale_y = self.image_size, self.image_size / width, self.image_size / height
+        boxes = [[x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y] for x0, y0, x1, y1 in region.boxes]
         text = region.phrase
         if rng is not None and rng.random() < self.flip_prob:
-            pixels = pixels.flip(-1)
-            boxes = torch.stack([self.image_size - boxes[:, 2], boxes[:, 1], self.image_size - boxes[:, 0], boxes[:, 3]], 1)
+            pixels = pixels.flip(1)  # the width axis of [H, W, 3]
+            boxes = [[size - x1, y0, size - x0, y1] for x0, y0, x1, y1 in boxes]
             text = swap_left_right(text)
         return {
-            "image": TF.normalize(pixels, self.mean, self.std),
+            "image": pixels,
             "text": text,
-            "boxes": boxes,
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "mask": boxes_to_mask(boxes, self.image_size, self.mask_size),
             "original_size": torch.tensor([height, width]),
-            "original_boxes": original_boxes,
+            "original_boxes": torch.tensor(region.boxes, dtype=torch.float32).reshape(-1, 4),
             "key": key,
         }
+
+
+def normalize_images(images: torch.Tensor, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+    """[B, 3, H, W] uint8 -> float, scaled to [0, 1] and normalised per channel (CLIP's statistics by default)."""
+    mean_ = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
+    std_ = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean_) / std_
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack tensors of equal shape; boxes stay lists (each item has its own number of boxes)."""
     return {
-        "images": torch.stack([item["image"] for item in items]),
+        "images": torch.stack([item["image"] for item in items]).permute(0, 3, 1, 2),  # [B, 3, H, W] uint8 (channels last)
         "texts": [item["text"] for item in items],
         "boxes": [item["boxes"] for item in items],
         "masks": torch.stack([item["mask"] for item in items]),

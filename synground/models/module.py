@@ -32,6 +32,7 @@ class GroundingModule(L.LightningModule):
         self.net = net
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        check_normalised(batch)
         texts = batch["texts"]
         encoded = self.net.encode_texts(self.net.tokenize(texts))
         image_embeds = self.net.encode_images(batch["images"])
@@ -75,6 +76,7 @@ class GroundingModule(L.LightningModule):
         return loss
 
     def evaluation_maps(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        check_normalised(batch)
         with torch.no_grad():  # the map's gradient flows from the captured layer on: no graph is needed before it
             image_embeds = encode_each_image_once(self.net, batch["images"], batch.get("image_keys"))
             texts = self.net.encode_texts(self.net.tokenize(batch["texts"]))
@@ -97,6 +99,12 @@ class GroundingModule(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
             step, total, self.hparams.lr, self.hparams.warmup_steps, self.hparams.warmup_start_lr, self.hparams.min_lr) / self.hparams.lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def check_normalised(batch: dict[str, Any]) -> None:
+    if batch["images"].dtype == torch.uint8:
+        raise TypeError("batch['images'] is uint8: GroundingDataModule normalises batches in on_after_batch_transfer, which "
+                        "Lightning calls; outside a Trainer call datamodule.on_after_batch_transfer(batch, 0) on each batch")
 
 
 def encode_each_image_once(net: GroundingModel, images: torch.Tensor, image_keys: list[str] | None) -> torch.Tensor:
