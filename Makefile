@@ -22,3 +22,4 @@ test: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) benchmarks/shapes_grounding.py
 	$(PY) benchmarks/gradcam_throughput.py
+	$(PY) benchmarks/data_throughput.py
