@@ -114,9 +114,11 @@ def test_a_rerun_keeps_finished_shards_and_ends_identical_to_an_uninterrupted_ru
     records = list(visual_genome_records(tmp_path / "vg"))
     convert_records(records[:4], tmp_path / "resumed", "vg", samples_per_shard=2, config={})
     (tmp_path / "resumed" / "vg-000002.tar.partial").write_bytes(b"half a tar")
+    (tmp_path / "resumed" / "vg-000099.tar.partial").write_bytes(b"left by an older kill")
     before = (tmp_path / "resumed" / "vg-000000.tar").stat().st_mtime_ns
     convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "resumed", "vg", samples_per_shard=2)
     assert (tmp_path / "resumed" / "vg-000000.tar").stat().st_mtime_ns == before  # not rewritten
+    assert not list((tmp_path / "resumed").glob("*.partial"))
     whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())["shards"]
     resumed = json.loads((tmp_path / "resumed" / "manifest.json").read_text())["shards"]
     assert [(e["name"], e["sha256"]) for e in resumed] == [(e["name"], e["sha256"]) for e in whole]

@@ -35,6 +35,8 @@ def convert_records(records: Iterable[Record], output_dir: str | Path, name: str
                          "use a new output_dir or the same settings to resume")
     manifest.config = {"name": name, "samples_per_shard": samples_per_shard, "source": config or {}}
     finished = manifest.finished
+    for leftover in output_dir.glob("*.tar.partial"):  # half-written by a run that was killed
+        leftover.unlink()
     stream = iter(records)
     with tqdm(desc=f"converting {name}", unit="image") as progress:
         for shard_index in range(1 << 62):

@@ -43,7 +43,10 @@ def refcoco_records(refs_file: str | Path, instances_file: str | Path, image_dir
     """Records of one split ('val', 'testA', 'testB', ...) in image-id order."""
     issues = Counter() if issues is None else issues
     refs = load_refs(refs_file)
-    instances = json.loads(require(Path(instances_file), "COCO instances.json").read_text())
+    try:
+        instances = json.loads(require(Path(instances_file), "COCO instances.json").read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{instances_file} is not valid JSON: {error}") from error
     image_dir = require(Path(image_dir), "COCO image folder")
     images = {image["id"]: image for image in instances["images"]}
     boxes = {annotation["id"]: annotation["bbox"] for annotation in instances["annotations"]}
