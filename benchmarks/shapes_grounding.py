@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import platform
-from collections import defaultdict
+import shutil
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ RUNS = ROOT / "logs" / "benchmarks"
 
 def train(name: str, *overrides: str) -> dict:
     run_dir = RUNS / name
+    shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of an earlier benchmark run must not be read as this one's
     start = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=shapes", *overrides, f"hydra.run.dir={run_dir}"],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
