@@ -72,13 +72,11 @@ def per_sample_maps(module, batch) -> torch.Tensor:
     from synground.models.gradcam import attention_gradcam, capture_attention
 
     net = module.net
-    attention_module = net.gradcam_attention if hasattr(net, "gradcam_attention") else \
-        net.model.text_encoder.encoder.layer[net.gradcam_layer].crossattention.self
     maps = []
     for image, text in zip(batch["images"], batch["texts"]):
         tokens = net.tokenize([text])
         saved = {}
-        with capture_attention(attention_module) as captured:
+        with capture_attention(net.gradcam_attention) as captured:
             logits = net.itm_logits(net.encode_images(image[None]), tokens)
         captured.value.register_hook(lambda grad: saved.__setitem__("grad", grad))
         net.zero_grad()

@@ -29,10 +29,9 @@ def test_other_input_sizes_give_their_own_grid(tiny_model):
 
 
 def patch_and_query_weights(model):
-    if isinstance(model, BlipGroundingModel):
-        layer = model.model.text_encoder.encoder.layer[model.gradcam_layer]
-        return model.model.vision_model.embeddings.patch_embedding.weight, layer.crossattention.self.query.weight
-    return model.visual_encoder.patch_embed.proj.weight, model.gradcam_attention.query.weight
+    patch = (model.model.vision_model.embeddings.patch_embedding if isinstance(model, BlipGroundingModel)
+             else model.visual_encoder.patch_embed.proj)
+    return patch.weight, model.gradcam_attention.query.weight
 
 
 def test_amc_gradient_reaches_vision_and_text_parameters_through_the_map(tiny_model):

@@ -123,3 +123,5 @@ def test_a_rerun_keeps_finished_shards_and_ends_identical_to_an_uninterrupted_ru
     resumed = json.loads((tmp_path / "resumed" / "manifest.json").read_text())["shards"]
     assert [(e["name"], e["sha256"]) for e in resumed] == [(e["name"], e["sha256"]) for e in whole]
     assert len(whole) == 4
+    with pytest.raises(ValueError, match="holds a conversion with other settings"):  # shard i would hold other records
+        convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "resumed", "vg", samples_per_shard=3)

@@ -7,11 +7,12 @@ import logging
 from collections import Counter
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
 from synground.data.readers import Record, load_record
+from synground.data.schema import GroundingSample
 from synground.data.shards import Manifest, write_shard
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,12 @@ def convert_records(records: Iterable[Record], output_dir: str | Path, name: str
     report (also written to conversion_report.json): counts of records, samples, regions and skips by reason.
     """
     output_dir = Path(output_dir)
-    manifest = Manifest(output_dir, config={"name": name, "samples_per_shard": samples_per_shard, "source": config or {}})
-    if manifest.shards and manifest.config.get("source") != (config or {}):
+    settings = {"name": name, "samples_per_shard": samples_per_shard, "source": config or {}}
+    manifest = Manifest(output_dir, config=settings)
+    if manifest.shards and manifest.config != settings:  # shard i's records depend on every one of them
         raise ValueError(f"{output_dir} holds a conversion with other settings ({manifest.path}): "
                          "use a new output_dir or the same settings to resume")
-    manifest.config = {"name": name, "samples_per_shard": samples_per_shard, "source": config or {}}
+    manifest.config = settings  # a manifest without shards may still hold an older run's settings
     finished = manifest.finished
     for leftover in output_dir.glob("*.tar.partial"):  # half-written by a run that was killed
         leftover.unlink()
@@ -46,8 +48,9 @@ def convert_records(records: Iterable[Record], output_dir: str | Path, name: str
             shard = f"{name}-{shard_index:06d}.tar"
             if shard not in finished:
                 issues: Counter[str] = Counter()
-                entry = write_shard(output_dir / shard, loaded_samples(chunk, issues))
-                entry.update(records=len(chunk), regions=issues.pop("regions_written", 0), issues=dict(issues))
+                written: Counter[str] = Counter()
+                entry = write_shard(output_dir / shard, loaded_samples(chunk, issues, written))
+                entry.update(records=len(chunk), regions=written["regions"], issues=dict(issues))
                 manifest.add(entry)
             progress.update(len(chunk))
             progress.set_postfix(shards=shard_index + 1)
@@ -56,11 +59,12 @@ def convert_records(records: Iterable[Record], output_dir: str | Path, name: str
     return report
 
 
-def loaded_samples(records: list[Record], issues: Counter[str]):
+def loaded_samples(records: list[Record], issues: Counter[str], written: Counter[str]) -> Iterator[GroundingSample]:
+    """The records' samples, loaded one at a time as the shard writer asks; skips go to `issues`."""
     for record in records:
         sample = load_record(record, issues)
         if sample is not None:
-            issues["regions_written"] += len(sample.regions)
+            written["regions"] += len(sample.regions)
             yield sample
 
 

@@ -240,12 +240,13 @@ class GroundingDataModule(L.LightningDataModule):
             self.exclude_keys = frozenset(Path(exclude_keys).read_text().split())
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = GroundingTransform(image_size, mask_size, flip_prob)
-        self.eval_transform = GroundingTransform(image_size, mask_size, flip_prob=0.0)
-        unknown = set(eval_image_size or {}) - set(self.val_sources) - set(self.test_sources)
+        eval_image_size = eval_image_size or {}
+        unknown = set(eval_image_size) - set(self.val_sources) - set(self.test_sources)
         if unknown:
             raise ValueError(f"data.eval_image_size names splits that are not in data.val or data.test: {sorted(unknown)}")
         # per split, e.g. RefCOCO+ at 384 px while training and Flickr30k run at 256 px
-        self.eval_transforms = {name: GroundingTransform(size, mask_size, flip_prob=0.0) for name, size in (eval_image_size or {}).items()}
+        self.eval_transforms = {name: GroundingTransform(eval_image_size.get(name, image_size), mask_size, flip_prob=0.0)
+                                for name in [*self.val_sources, *self.test_sources]}
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """uint8 images and masks -> normalised float images and float masks, once the (4x smaller) uint8 batch is
@@ -285,8 +286,7 @@ class GroundingDataModule(L.LightningDataModule):
         return [self._eval_loader(name, source) for name, source in self.test_sources.items()]
 
     def _eval_loader(self, name: str, source: str | GeneratorSource) -> DataLoader:
-        transform = self.eval_transforms.get(name, self.eval_transform)
-        return DataLoader(EvalSplit(name, source, transform), batch_size=self.eval_batch_size,
+        return DataLoader(EvalSplit(name, source, self.eval_transforms[name]), batch_size=self.eval_batch_size,
                           num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory)
 
 

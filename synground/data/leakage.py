@@ -38,6 +38,8 @@ class ImageIndex:
     name: str
     ids: set[str]
     hashes: list[int]
+    max_distance: int
+    slices: list[tuple[int, int]]  # the bit ranges of the bands
     bands: list[dict[int, list[int]]]  # band -> band value -> positions in hashes
 
 
@@ -57,19 +59,23 @@ def index_split(name: str, source: str, max_distance: int) -> ImageIndex:
             if value not in seen:
                 seen.add(value)
                 hashes.append(value)
-    bands = []
-    for start, end in band_slices(max_distance):
+    slices, bands = band_slices(max_distance), []
+    for start, end in slices:
         table: dict[int, list[int]] = defaultdict(list)
         for position, value in enumerate(hashes):
-            table[(value >> start) & ((1 << (end - start)) - 1)].append(position)
+            table[band_value(value, start, end)].append(position)
         bands.append(table)
-    return ImageIndex(name, ids, hashes, bands)
+    return ImageIndex(name, ids, hashes, max_distance, slices, bands)
 
 
-def is_near_duplicate(value: int, index: ImageIndex, max_distance: int) -> bool:
-    for (start, end), table in zip(band_slices(max_distance), index.bands):
-        for position in table.get((value >> start) & ((1 << (end - start)) - 1), ()):
-            if (value ^ index.hashes[position]).bit_count() <= max_distance:
+def band_value(value: int, start: int, end: int) -> int:
+    return (value >> start) & ((1 << (end - start)) - 1)
+
+
+def is_near_duplicate(value: int, index: ImageIndex) -> bool:
+    for (start, end), table in zip(index.slices, index.bands):
+        for position in table.get(band_value(value, start, end), ()):
+            if (value ^ index.hashes[position]).bit_count() <= index.max_distance:
                 return True
     return False
 
@@ -88,7 +94,7 @@ def leakage_report(train: dict[str, str], evaluation: dict[str, str], max_distan
                 ids, value = set(sample.provenance.get("image_ids", [])), difference_hash(sample.image)
                 for index in indexes:
                     shared = bool(ids & index.ids)
-                    near = is_near_duplicate(value, index, max_distance)
+                    near = is_near_duplicate(value, index)
                     counts[index.name].update(shared_image_id=shared, near_duplicate=near, leaked=shared or near)
                     if shared or near:
                         leaked.add(sample.key)

@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertTokenizer, PreTrainedTokenizerBase
 
-from synground.models.base import GradCamOutput, GroundingModel, Tokens
+from synground.models.base import GroundingModel, Tokens
 from synground.models.checkpoints import CheckpointError, check_state_dict, read_state_dict
-from synground.models.gradcam import attention_gradcam, capture_attention
 from synground.models.text import TextTokenizer, wordpiece_tokenizer
 
 log = logging.getLogger(__name__)
@@ -354,21 +353,17 @@ class AlbefGroundingModel(GroundingModel):
     def encode_texts(self, tokens: Tokens) -> Tokens:
         return {**tokens, "text_embeds": self.text_encoder.encode_text(tokens["input_ids"], tokens["attention_mask"])}
 
+    def with_text_embeds(self, texts: Tokens) -> Tokens:
+        """Raw tokens are encoded here; what encode_texts returned passes through."""
+        return texts if "text_embeds" in texts else self.encode_texts(texts)
+
     def itm_logits(self, image_embeds: torch.Tensor, texts: Tokens) -> torch.Tensor:
-        if "text_embeds" not in texts:
-            texts = self.encode_texts(texts)
+        texts = self.with_text_embeds(texts)
         fused = self.text_encoder.fuse(texts["text_embeds"], texts["attention_mask"], image_embeds)
         return self.itm_head(fused[:, 0])
 
-    def gradcam(self, image_embeds: torch.Tensor, texts: Tokens, create_graph: bool) -> GradCamOutput:
-        with capture_attention(self.gradcam_attention) as captured:
-            logits = self.itm_logits(image_embeds, texts)
-        (grad,) = torch.autograd.grad(logits[:, 1].sum(), captured.value, create_graph=create_graph)
-        return GradCamOutput(maps=attention_gradcam(captured.value, grad, texts["attention_mask"]), itm_logits=logits)
-
     def contrastive_features(self, image_embeds: torch.Tensor, texts: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
-        if "text_embeds" not in texts:
-            texts = self.encode_texts(texts)
+        texts = self.with_text_embeds(texts)
         image_features = F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
         text_features = F.normalize(self.text_proj(texts["text_embeds"][:, 0]), dim=-1)
         return image_features, text_features

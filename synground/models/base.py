@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from synground.models.gradcam import attention_gradcam, capture_attention
+
 Tokens = dict[str, torch.Tensor]  # at least input_ids and attention_mask, [B, L]
 
 
@@ -42,13 +44,21 @@ class GroundingModel(nn.Module, ABC):
     def itm_logits(self, image_embeds: torch.Tensor, texts: Tokens) -> torch.Tensor:
         """[B, 2] image-text matching logits for aligned rows of images and encoded texts."""
 
+    @property
     @abstractmethod
+    def gradcam_attention(self) -> nn.Module:
+        """The cross-attention module whose probabilities (its second output) Grad-CAM reads."""
+
     def gradcam(self, image_embeds: torch.Tensor, texts: Tokens, create_graph: bool) -> GradCamOutput:
         """Grad-CAM of the match logit on the captured cross-attention layer, for the whole batch at once.
 
         create_graph=True keeps the graph so a loss on the map trains the model (the AMC loss);
         False gives the evaluation map without building second-order graphs.
         """
+        with capture_attention(self.gradcam_attention) as captured:
+            logits = self.itm_logits(image_embeds, texts)
+        (grad,) = torch.autograd.grad(logits[:, 1].sum(), captured.value, create_graph=create_graph)
+        return GradCamOutput(maps=attention_gradcam(captured.value, grad, texts["attention_mask"]), itm_logits=logits)
 
     def contrastive_features(self, image_embeds: torch.Tensor, texts: Tokens) -> tuple[torch.Tensor, torch.Tensor] | None:
         """L2-normalised image and text features for ITC and hard-negative mining; None if the model has none."""

@@ -7,9 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval, PreTrainedTokenizerBase
 
-from synground.models.base import GradCamOutput, GroundingModel, Tokens
+from synground.models.base import GroundingModel, Tokens
 from synground.models.checkpoints import CheckpointError
-from synground.models.gradcam import attention_gradcam, capture_attention
 from synground.models.text import TextTokenizer, wordpiece_tokenizer
 
 
@@ -57,6 +56,10 @@ class BlipGroundingModel(GroundingModel):
         self.gradcam_layer = gradcam_layer
         self.temperature = temperature
         self.image_size = vision.image_size
+
+    @property
+    def gradcam_attention(self) -> nn.Module:
+        return self.model.text_encoder.encoder.layer[self.gradcam_layer].crossattention.self
 
     @classmethod
     def from_pretrained(cls, model_id: str = "Salesforce/blip-itm-base-coco", **kwargs) -> "BlipGroundingModel":
@@ -110,14 +113,6 @@ class BlipGroundingModel(GroundingModel):
         fused = self.model.text_encoder(input_ids=texts["input_ids"], attention_mask=texts["attention_mask"],
                                         encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask)
         return self.model.itm_head(fused.last_hidden_state[:, 0])
-
-    def gradcam(self, image_embeds: torch.Tensor, texts: Tokens, create_graph: bool) -> GradCamOutput:
-        attention_module = self.model.text_encoder.encoder.layer[self.gradcam_layer].crossattention.self
-        with capture_attention(attention_module) as captured:
-            logits = self.itm_logits(image_embeds, texts)
-        (grad,) = torch.autograd.grad(logits[:, 1].sum(), captured.value, create_graph=create_graph)
-        maps = attention_gradcam(captured.value, grad, texts["attention_mask"])
-        return GradCamOutput(maps=maps, itm_logits=logits)
 
     def contrastive_features(self, image_embeds: torch.Tensor, texts: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
         input_ids = texts["input_ids"].clone()
