@@ -10,7 +10,7 @@ from synground.generation.writing import generate_shards
 def main(cfg: DictConfig) -> None:
     generation = cfg.generation
     manifest = generate_shards(hydra.utils.instantiate(generation.generator), cfg.output_dir, generation.num_samples,
-                               generation.samples_per_shard, generation.seed, generation.name, generation.batch_size,
+                               generation.samples_per_shard, generation.seed, generation.name, generation.chunk_size,
                                config=OmegaConf.to_container(generation, resolve=True))
     print(f"{sum(s['samples'] for s in manifest.shards)} samples in {len(manifest.shards)} shards: {manifest.path}")
 

@@ -34,6 +34,7 @@ class GenerationRequest:
 
     key: str
     seed: int
+    index: int | None = None  # position in a numbered set (shard writing); None for endless on-the-fly requests
     description: str | None = None
     concepts: list[str] | None = None
     image: Image.Image | None = None

@@ -1,47 +1,227 @@
-"""Writing a generator's samples as WebDataset shards: numbered requests, one shard at a time, resumable."""
+"""Writing a generator's samples as WebDataset shards under Lightning `Trainer.predict`.
+
+Lightning provides the processes (GPUs, nodes); the shard set is the unit of work. Shard i always holds requests
+[i * n, (i + 1) * n) with keys `<name>-<i>` and seeds `seed + i`, so any shard can be regenerated alone. Each rank
+takes every world-size-th unfinished shard, generates it in chunks, and writes it atomically (temporary name, then
+rename). Its manifest entry goes to `manifest.d/<shard>.json` (one file per shard: ranks never write the same file),
+and rank 0 merges those entries into manifest.json after each of its shards and at the end. A rerun after a crash or
+kill skips finished shards and regenerates the rest with the same seeds: the set equals an uninterrupted run's.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from synground.data.schema import GenerationRequest, TripletGenerator
-from synground.data.shards import Manifest, write_shard
+from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator
+from synground.data.shards import MANIFEST_NAME, Manifest, read_manifest, write_shard
+from synground.generation.filters import NearDuplicates
+from synground.generation.runtime import StageClock
 
 log = logging.getLogger(__name__)
 
+ENTRIES_DIR = "manifest.d"
 
-def shard_requests(name: str, shard_index: int, samples_per_shard: int, num_samples: int, seed: int) -> list[GenerationRequest]:
-    """Sample i always gets key `<name>-<i>` and seed `seed + i`, so any shard can be regenerated alone."""
-    start = shard_index * samples_per_shard
-    return [GenerationRequest(key=f"{name}-{i:09d}", seed=seed + i) for i in range(start, min(start + samples_per_shard, num_samples))]
+
+class ShardPlan:
+    """Which requests make up which shard: a pure function of the name, seed and sizes."""
+
+    def __init__(self, name: str, num_samples: int, samples_per_shard: int, seed: int):
+        if num_samples <= 0 or samples_per_shard <= 0:
+            raise ValueError(f"num_samples and samples_per_shard must be positive, got {num_samples}, {samples_per_shard}")
+        self.name, self.num_samples, self.samples_per_shard, self.seed = name, num_samples, samples_per_shard, seed
+        self.num_shards = -(-num_samples // samples_per_shard)
+
+    def shard_name(self, index: int) -> str:
+        return f"{self.name}-{index:06d}.tar"
+
+    def requests(self, index: int) -> list[GenerationRequest]:
+        start = index * self.samples_per_shard
+        return [GenerationRequest(key=f"{self.name}-{i:09d}", seed=self.seed + i, index=i)
+                for i in range(start, min(start + self.samples_per_shard, self.num_samples))]
+
+
+def finished_shards(output_dir: Path) -> dict[str, dict[str, Any]]:
+    """Manifest entries of the complete shards: the merged manifest plus entries not merged yet."""
+    entries = {}
+    if (output_dir / MANIFEST_NAME).exists():
+        entries = {entry["name"]: entry for entry in read_manifest(output_dir / MANIFEST_NAME)["shards"]}
+    for path in sorted((output_dir / ENTRIES_DIR).glob("*.json")):
+        entry = json.loads(path.read_text())
+        entries[entry["name"]] = entry
+    return {name: entry for name, entry in entries.items() if (output_dir / name).exists()}
+
+
+def merge_manifest(output_dir: Path, config: dict[str, Any]) -> Manifest:
+    manifest = Manifest(output_dir, config=config)
+    manifest.shards = sorted(finished_shards(output_dir).values(), key=lambda entry: entry["name"])
+    manifest.config = config
+    manifest.save()
+    return manifest
+
+
+def check_settings(output_dir: Path, config: dict[str, Any]) -> None:
+    """A shard set is made with one configuration: resuming with another would mix two datasets."""
+    path = output_dir / MANIFEST_NAME
+    if not path.exists():
+        return
+    previous = read_manifest(path).get("config", {})
+    if previous and previous != config:
+        changed = sorted(_changed_keys(previous, config))
+        raise ValueError(f"{output_dir} holds shards made with other settings ({path}); changed: {changed[:8]}. "
+                         "Use a new output_dir, or the same settings to resume.")
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in set(old) | set(new):
+            yield from _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+    elif old != new:
+        yield prefix.rstrip(".")
+
+
+class PendingShards(IterableDataset):
+    """The shard indices this rank generates, decided when iteration starts (every rank has started by then)."""
+
+    def __init__(self, task: GenerationTask):
+        self.task = task
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.task.assign_shards())
+
+
+class GenerationTask(L.LightningModule):
+    """Runs a generator over this rank's shards; each predict step returns one complete shard's samples."""
+
+    def __init__(self, generator: TripletGenerator, plan: ShardPlan, output_dir: str | Path, chunk_size: int = 64,
+                 near_duplicates: NearDuplicates | None = None):
+        super().__init__()
+        self.generator, self.plan, self.output_dir = generator, plan, Path(output_dir)
+        self.chunk_size, self.near_duplicates = chunk_size, near_duplicates
+        self.my_shards: list[int] = []
+        self.progress: tqdm | None = None
+        self.totals = {"seconds": Counter(), "items": Counter()}
+
+    def assign_shards(self) -> list[int]:
+        # rank 0 decides what is left and tells the others, so no shard is skipped or made twice
+        finished = self.trainer.strategy.broadcast(sorted(finished_shards(self.output_dir)), src=0)
+        todo = [i for i in range(self.plan.num_shards) if self.plan.shard_name(i) not in finished]
+        if self.global_rank == 0 and len(todo) < self.plan.num_shards:
+            log.info("%d of %d shards already finished in %s", self.plan.num_shards - len(todo), self.plan.num_shards, self.output_dir)
+        self.my_shards = todo[self.global_rank :: self.trainer.world_size]
+        total = sum(len(self.plan.requests(i)) for i in self.my_shards)
+        self.progress = tqdm(total=total, desc=f"generating {self.plan.name}", unit="sample",
+                             disable=self.global_rank != 0, dynamic_ncols=True)
+        return self.my_shards
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(PendingShards(self), batch_size=None)
+
+    def predict_step(self, shard_index: int) -> dict[str, Any]:
+        requests = self.plan.requests(int(shard_index))
+        clock = getattr(self.generator, "clock", None) or StageClock()  # pipelines count per stage; others still get timed
+        stats = {"stage_seconds": Counter(), "stage_items": Counter(), "rejections": Counter(), "events": Counter()}
+        samples: list[GroundingSample] = []
+        for start in range(0, len(requests), self.chunk_size):
+            chunk = requests[start : start + self.chunk_size]
+            with clock.stage("generate", len(chunk)):  # end to end: compared with the sum of the stages in it
+                samples += self.generator.generate(chunk)
+            self._account(clock.take(), stats)
+            self.progress.update(len(chunk))
+        if self.near_duplicates is not None:
+            samples = self.near_duplicates(samples, clock)
+            self._account(clock.take(), stats)
+        return {"index": int(shard_index), "samples": samples, "requests": len(requests),
+                **{kind: dict(counts) for kind, counts in stats.items()}}
+
+    def _account(self, taken: dict[str, dict[str, float]], stats: dict[str, Counter]) -> None:
+        for kind, counts in taken.items():
+            stats[kind].update(counts)
+        self.totals["seconds"].update(taken["stage_seconds"])
+        self.totals["items"].update(taken["stage_items"])
+        rates = {stage: self.totals["items"][stage] / seconds for stage, seconds in self.totals["seconds"].items() if seconds > 0}
+        self.progress.set_postfix({stage: f"{rate:.2f}/s" for stage, rate in rates.items()}, refresh=False)
+
+    def on_predict_end(self) -> None:
+        self.progress.close()
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each predicted shard atomically and records it; rank 0 keeps manifest.json up to date."""
+
+    def __init__(self, output_dir: str | Path, config: dict[str, Any]):
+        super().__init__(write_interval="batch")
+        self.output_dir, self.config = Path(output_dir), config
+        self.started = 0.0
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.started = time.perf_counter()
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+        plan = pl_module.plan
+        start = time.perf_counter()
+        entry = write_shard(self.output_dir / plan.shard_name(prediction["index"]), prediction["samples"])
+        prediction["stage_seconds"]["write"] = time.perf_counter() - start
+        prediction["stage_items"]["write"] = len(prediction["samples"])
+        entry.update({key: prediction[key] for key in ("requests", "rejections", "stage_seconds", "stage_items", "events")})
+        _write_json_atomically(self.output_dir / ENTRIES_DIR / f"{entry['name']}.json", entry)
+        if trainer.global_rank == 0:
+            merge_manifest(self.output_dir, self.config)
+        progress = pl_module.progress
+        remaining = progress.total - progress.n
+        eta = remaining * (time.perf_counter() - self.started) / max(progress.n, 1)
+        log.info("rank %d wrote %s: %d of %d requests kept, rejections %s; ETA %s", trainer.global_rank, entry["name"],
+                 entry["samples"], entry["requests"], entry["rejections"] or "none", _duration(eta))
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        trainer.strategy.barrier()
+        if trainer.global_rank == 0:
+            merge_manifest(self.output_dir, self.config)
+
+
+def _write_json_atomically(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record))
+    os.replace(partial, path)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
 def generate_shards(generator: TripletGenerator, output_dir: str | Path, num_samples: int, samples_per_shard: int = 1000,
-                    seed: int = 0, name: str = "shapes", batch_size: int = 16, config: dict[str, Any] | None = None) -> Manifest:
-    """Write `num_samples` samples into `<output_dir>/<name>-<shard>.tar` with a manifest.
+                    seed: int = 0, name: str = "shapes", chunk_size: int = 64, config: dict[str, Any] | None = None,
+                    near_duplicates: NearDuplicates | None = None, trainer: dict[str, Any] | None = None) -> Manifest:
+    """Write `num_samples` samples into `<output_dir>/<name>-<shard>.tar` with a manifest; resumable (see module doc).
 
-    Shards already in the manifest are kept, so a rerun after a crash finishes the set with the same result as an
-    uninterrupted run. A shard is written under a temporary name and renamed when complete.
+    `trainer` holds `lightning.Trainer` arguments for the devices and processes (default: this process, CPU or one GPU).
     """
-    if num_samples <= 0 or samples_per_shard <= 0:
-        raise ValueError(f"num_samples and samples_per_shard must be positive, got {num_samples}, {samples_per_shard}")
-    manifest = Manifest(output_dir, config={"name": name, "seed": seed, "num_samples": num_samples,
-                                            "samples_per_shard": samples_per_shard, "generator": config or {}})
-    num_shards = -(-num_samples // samples_per_shard)
-    todo = [i for i in range(num_shards) if f"{name}-{i:06d}.tar" not in manifest.finished]
-    if len(todo) < num_shards:
-        log.info("%d of %d shards already finished in %s", num_shards - len(todo), num_shards, output_dir)
-    with tqdm(total=sum(min(samples_per_shard, num_samples - i * samples_per_shard) for i in todo),
-              desc=f"generating {name}", unit="sample") as progress:
-        for shard_index in todo:
-            requests = shard_requests(name, shard_index, samples_per_shard, num_samples, seed)
-            samples = []
-            for start in range(0, len(requests), batch_size):
-                samples += generator.generate(requests[start : start + batch_size])
-                progress.update(len(requests[start : start + batch_size]))
-            manifest.add(write_shard(Path(output_dir) / f"{name}-{shard_index:06d}.tar", samples))
-    return manifest
+    output_dir = Path(output_dir)
+    plan = ShardPlan(name, num_samples, samples_per_shard, seed)
+    settings = json.loads(json.dumps({"name": name, "seed": seed, "num_samples": num_samples,
+                                      "samples_per_shard": samples_per_shard, "generator": config or {}}))
+    check_settings(output_dir, settings)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in [*output_dir.glob("*.partial"), *output_dir.glob(f"{ENTRIES_DIR}/*.partial")]:  # from a killed run
+        leftover.unlink()
+    arguments = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
+                 "enable_model_summary": False, **(trainer or {}),
+                 "enable_progress_bar": False}  # Lightning's bar counts shards; ours counts samples, with stage rates
+    trainer = L.Trainer(**arguments, callbacks=[ShardWriter(output_dir, settings)])
+    task = GenerationTask(generator, plan, output_dir, chunk_size, near_duplicates)
+    trainer.predict(task, return_predictions=False)
+    return Manifest(output_dir)

@@ -1,0 +1,72 @@
+"""A causal language model that completes batches of prompts (Vicuna by default, any transformers causal LM)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from synground.generation.runtime import (StageClock, load_pretrained, model_provenance, move_to, resolve_device,
+                                          run_batched, torch_dtype)
+
+
+class LanguageModel:
+    """Greedy or seeded sampling completions; the model is loaded on first use, once per process.
+
+    Loading lazily keeps the object cheap to build and to send to data-loading workers, which load it on their own
+    device after they start (CUDA cannot be initialised before a fork).
+    """
+
+    def __init__(self, model_id: str = "lmsys/vicuna-7b-v1.5", revision: str | None = None, device: str = "auto",
+                 dtype: str = "float16", max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 0.7,
+                 top_p: float = 0.9, batch_size: int = 16):
+        self.model_id, self.revision = model_id, revision
+        self.device, self.dtype = device, dtype
+        self.max_new_tokens, self.do_sample = max_new_tokens, do_sample
+        self.temperature, self.top_p = temperature, top_p
+        self.batch_size = batch_size
+        self._loaded: tuple[Any, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loaded": None}
+
+    @property
+    def uses_cuda(self) -> bool:
+        return self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
+
+    def load(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            device = resolve_device(self.device)
+            tokenizer = load_pretrained(AutoTokenizer, self.model_id, self.revision)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            dtype = torch_dtype(self.dtype) if device != "cpu" else torch.float32  # fp16 matmuls are slow or missing on CPUs
+            model = load_pretrained(AutoModelForCausalLM, self.model_id, self.revision, dtype=dtype).to(device).eval()
+            self._loaded = (tokenizer, model)
+        return self._loaded
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        model = self._loaded[1] if self._loaded else None
+        sampling = {"temperature": self.temperature, "top_p": self.top_p} if self.do_sample else {}
+        return model_provenance(self.model_id, self.revision, model, max_new_tokens=self.max_new_tokens,
+                                do_sample=self.do_sample, **sampling)
+
+    @torch.inference_mode()
+    def complete(self, prompts: Sequence[str], seed: int, do_sample: bool | None = None) -> list[str]:
+        """The completion of each prompt (the prompt itself left out). `seed` fixes sampling for this batch."""
+        tokenizer, model = self.load()
+        tokenizer.padding_side = "left"  # generation appends on the right: every prompt must end at the last column
+        inputs = move_to(dict(tokenizer(list(prompts), return_tensors="pt", padding=True)), model.device)
+        sample = self.do_sample if do_sample is None else do_sample
+        torch.manual_seed(seed)
+        settings = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if sample else {"do_sample": False}
+        output = model.generate(**inputs, max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **settings)
+        return tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def complete_all(self, prompts: Sequence[str], seeds: Sequence[int], clock: StageClock, stage: str,
+                     do_sample: bool | None = None) -> list[str | None]:
+        """`complete` in batches of `batch_size`, each seeded by its first request; None where memory ran out."""
+        return run_batched(lambda batch: self.complete([prompt for prompt, _ in batch], batch[0][1], do_sample),
+                           list(zip(prompts, seeds)), self.batch_size, clock, stage)

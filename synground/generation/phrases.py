@@ -1,0 +1,78 @@
+"""Noun phrases extracted from a description by a causal LM, with forgiving parsing of its answer."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from synground.generation.llm import LanguageModel
+from synground.generation.runtime import StageClock, prompt_version
+
+PROMPTS = {
+    "short": ("USER: List the objects in this description as short noun phrases of at most four words, one per "
+              "line.\nDescription: {description} ASSISTANT:"),
+    "long": ("USER: List the objects in this description as referring expressions that tell each object apart "
+             "(its attributes and where it is), one per line.\nDescription: {description} ASSISTANT:"),
+}
+STYLES = ("short", "long", "both")  # the paper: short phrases make better triplets, mixing adds nothing
+BULLET = re.compile(r"^\s*(?:[-*•]+|\d+\s*[.):]|\(\d+\))\s*")
+
+
+def parse_phrases(answer: str, max_words: int) -> list[str]:
+    """Phrases from a list-like answer: lines, or items separated by ';' or ','; bullets, numbers, quotes removed."""
+    phrases = []
+    for line in answer.splitlines():
+        for item in re.split(r"[;,]", BULLET.sub("", line)):
+            phrase = BULLET.sub("", item).strip(" \t\"'`.:").lower()
+            phrase = re.sub(r"\s+", " ", phrase)
+            if phrase and len(phrase.split()) <= max_words and any(character.isalpha() for character in phrase):
+                phrases.append(phrase)
+    return list(dict.fromkeys(phrases))
+
+
+class PhraseExtractor:
+    """`style` short, long or both (both prompts, phrases merged). An answer with no phrase is asked again once with
+    sampling; if it still has none the description is skipped and counted as `no_phrases`."""
+
+    def __init__(self, llm: LanguageModel, style: str = "short", prompts: dict[str, str] | None = None,
+                 max_phrases: int = 8, max_words: dict[str, int] | None = None):
+        if style not in STYLES:
+            raise ValueError(f"unknown phrase style {style!r}; choose one of {STYLES}")
+        self.llm, self.style, self.max_phrases = llm, style, max_phrases
+        self.prompts = {**PROMPTS, **(prompts or {})}
+        self.max_words = {"short": 4, "long": 16, **(max_words or {})}
+
+    @property
+    def uses_cuda(self) -> bool:
+        return self.llm.uses_cuda
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        kinds = ("short", "long") if self.style == "both" else (self.style,)
+        return {"llm": self.llm.provenance, "style": self.style, "max_phrases": self.max_phrases,
+                "prompt_versions": {kind: prompt_version(self.prompts[kind]) for kind in kinds}}
+
+    def extract(self, descriptions: Sequence[str], seeds: Sequence[int], clock: StageClock) -> list[list[str] | None]:
+        kinds = ("short", "long") if self.style == "both" else (self.style,)
+        found: list[list[str]] = [[] for _ in descriptions]
+        for kind in kinds:
+            for phrases, new in zip(found, self._ask(kind, descriptions, seeds, clock)):
+                phrases += [phrase for phrase in new if phrase not in phrases]
+        results: list[list[str] | None] = []
+        for phrases in found:
+            if not phrases:
+                clock.reject("no_phrases")
+            results.append(phrases[: self.max_phrases] or None)
+        return results
+
+    def _ask(self, kind: str, descriptions: Sequence[str], seeds: Sequence[int], clock: StageClock) -> list[list[str]]:
+        prompts = [self.prompts[kind].format(description=text) for text in descriptions]
+        answers = self.llm.complete_all(prompts, seeds, clock, "phrases")
+        phrases = [parse_phrases(answer or "", self.max_words[kind]) for answer in answers]
+        retry = [i for i, found in enumerate(phrases) if not found and answers[i] is not None]
+        if retry:
+            clock.events["phrases_retried"] += len(retry)
+            again = self.llm.complete_all([prompts[i] for i in retry], [seeds[i] + 1 for i in retry], clock, "phrases", do_sample=True)
+            for i, answer in zip(retry, again):
+                phrases[i] = parse_phrases(answer or "", self.max_words[kind])
+        return phrases

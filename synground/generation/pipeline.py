@@ -1,0 +1,98 @@
+"""SynGround: description -> Stable Diffusion image -> LLM phrases -> detector boxes -> CLIP filter -> triplet.
+
+Each stage is an object built by Hydra from pretrained ids and passed in; this file only composes them. Every
+stage runs once per batch of requests, images stay uint8 tensors in memory from the diffusion model to the
+shard writer, and each rejection is counted by reason in `clock` (read by the writer after each call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from synground.data.schema import GenerationRequest, GroundingSample, Region
+from synground.generation.descriptions import Description
+from synground.generation.detection import OpenVocabularyDetector
+from synground.generation.filters import ClipScore
+from synground.generation.phrases import PhraseExtractor
+from synground.generation.runtime import StageClock
+from synground.generation.text_to_image import StableDiffusion
+
+VERSION = 1  # bump when the composition changes, so provenance tells old samples from new
+
+
+class SynGroundGenerator:
+    """A `TripletGenerator`; `descriptions` is any source with `describe(requests, clock)` (descriptions.py)."""
+
+    def __init__(self, descriptions: Any, text_to_image: StableDiffusion, phrases: PhraseExtractor,
+                 detector: OpenVocabularyDetector, clip_filter: ClipScore | None = None, source: str = "synground"):
+        self.descriptions, self.text_to_image, self.phrases = descriptions, text_to_image, phrases
+        self.detector, self.clip_filter, self.source = detector, clip_filter, source
+        self.clock = StageClock()
+
+    @property
+    def uses_cuda(self) -> bool:
+        stages = (self.descriptions, self.text_to_image, self.phrases, self.detector, self.clip_filter)
+        return any(getattr(stage, "uses_cuda", False) for stage in stages)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GroundingSample]:
+        clock = self.clock
+        descriptions = self.descriptions.describe(requests, clock)
+        clock.reject("no_description", sum(d is None for d in descriptions))
+        drafts = [Draft(request, description) for request, description in zip(requests, descriptions) if description is not None]
+
+        drawn = self.text_to_image.generate([d.description.text for d in drafts], [d.request.seed for d in drafts], clock)
+        for draft, image_and_prompt in zip(drafts, drawn):
+            draft.image, draft.prompt = image_and_prompt or (None, "")
+        drafts = [d for d in drafts if d.image is not None]
+
+        phrases = self.phrases.extract([d.description.text for d in drafts], [d.request.seed for d in drafts], clock)
+        drafts = [replace(d, phrases=found) for d, found in zip(drafts, phrases) if found]
+
+        regions = self.detector.detect([d.image for d in drafts], [d.phrases for d in drafts], clock)
+        clock.reject("no_detection", sum(found is not None and not found for found in regions))
+        drafts = [replace(d, regions=found) for d, found in zip(drafts, regions) if found]
+
+        if self.clip_filter is not None:
+            scores = self.clip_filter.score([d.image for d in drafts], [d.description.text for d in drafts], clock)
+            drafts = [replace(d, clip_score=score) for d, score in zip(drafts, scores) if score is not None]
+            low = [d for d in drafts if d.clip_score < self.clip_filter.min_score]
+            clock.reject("low_clip_score", len(low))
+            drafts = [d for d in drafts if d.clip_score >= self.clip_filter.min_score]
+        return [self._sample(draft) for draft in drafts]
+
+    def _sample(self, draft: Draft) -> GroundingSample:
+        text_to_image = self.text_to_image.provenance
+        if draft.prompt != draft.description.text:
+            text_to_image["prompt"] = draft.prompt
+        provenance = {
+            "generator": f"synground-v{VERSION}", "seed": draft.request.seed, "index": draft.request.index,
+            "description": draft.description.provenance, "text_to_image": text_to_image,
+            "phrases": self.phrases.provenance, "detector": self.detector.provenance,
+            "image_ids": draft.description.provenance.get("image_ids", []),
+        }
+        if self.clip_filter is not None:
+            provenance.update(clip=self.clip_filter.provenance, clip_score=round(draft.clip_score, 4))
+        return GroundingSample(draft.request.key, to_pil(draft.image), draft.description.text, draft.regions,
+                               self.source, provenance)
+
+
+@dataclass
+class Draft:
+    """One request on its way through the stages."""
+
+    request: GenerationRequest
+    description: Description
+    image: torch.Tensor | None = None  # uint8 [3, H, W]
+    prompt: str = ""  # what the diffusion model read (the description, shortened if too long)
+    phrases: list[str] = field(default_factory=list)
+    regions: list[Region] = field(default_factory=list)
+    clip_score: float | None = None
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """uint8 [3, H, W] -> PIL, the one conversion of an image on its way to the shard."""
+    return Image.fromarray(image.permute(1, 2, 0).cpu().numpy())

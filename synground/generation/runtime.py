@@ -1,0 +1,146 @@
+"""What every pipeline stage shares: per-stage telemetry, batching with an out-of-memory fallback, loading a
+pretrained model once per process, and the provenance of a model."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import time
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class StageClock:
+    """Seconds and items per stage, rejections by reason and other events, since the last `take()`."""
+
+    def __init__(self):
+        self.seconds: Counter[str] = Counter()
+        self.items: Counter[str] = Counter()
+        self.rejections: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
+
+    @contextmanager
+    def stage(self, name: str, items: int) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if torch.cuda.is_available():  # kernels run asynchronously: charge them to the stage that launched them
+            torch.cuda.synchronize()
+        self.seconds[name] += time.perf_counter() - start
+        self.items[name] += items
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        self.rejections[reason] += count
+
+    def take(self) -> dict[str, dict[str, float]]:
+        """The counts so far, as plain dicts, and a fresh start."""
+        taken = {"stage_seconds": dict(self.seconds), "stage_items": dict(self.items),
+                 "rejections": dict(self.rejections), "events": dict(self.events)}
+        self.__init__()
+        return taken
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def run_batched(function: Callable[[Sequence[Item]], list[Result]], items: Sequence[Item], batch_size: int,
+                clock: StageClock, stage: str) -> list[Result | None]:
+    """`function` over `items` in batches of `batch_size`, one result per item.
+
+    A batch that runs out of memory is retried as two halves; a half that runs out again is skipped: its items
+    get None and are counted as `out_of_memory`, and the run goes on.
+    """
+    results: list[Result | None] = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        try:
+            results += _timed(function, batch, clock, stage)
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                raise
+            log.warning("%s: out of memory on a batch of %d; retrying at half size", stage, len(batch))
+            clock.events[f"{stage}/out_of_memory_retry"] += 1
+            half = max(1, len(batch) // 2)
+            for part in (batch[:half], batch[half:]):
+                if not part:
+                    continue
+                _release_memory()
+                try:
+                    results += _timed(function, part, clock, stage)
+                except (torch.OutOfMemoryError, RuntimeError) as retry_error:
+                    if not is_out_of_memory(retry_error):
+                        raise
+                    log.warning("%s: out of memory again at %d items; skipping them", stage, len(part))
+                    clock.reject("out_of_memory", len(part))
+                    results += [None] * len(part)
+    return results
+
+
+def _timed(function: Callable[[Sequence[Item]], list[Result]], batch: Sequence[Item], clock: StageClock, stage: str) -> list[Result]:
+    with clock.stage(stage, len(batch)):
+        results = function(batch)
+    if len(results) != len(batch):
+        raise RuntimeError(f"stage {stage} returned {len(results)} results for {len(batch)} items")
+    return results
+
+
+def _release_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(dtypes)}")
+    return dtypes[name]
+
+
+def resolve_device(device: str) -> str:
+    """`auto` is the GPU this process owns (Lightning sets the current device per rank), else the CPU."""
+    if device == "auto":
+        return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@functools.lru_cache(maxsize=None)
+def load_pretrained(loader: Callable[..., Any], model_id: str, revision: str | None = None, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(model_id, ...)`, once per process for equal arguments (stages share models)."""
+    try:
+        return loader.from_pretrained(model_id, revision=revision, **kwargs)
+    except OSError as error:
+        raise OSError(f"cannot load {model_id!r} (revision {revision or 'main'}) with {getattr(loader, '__name__', loader)}: "
+                      f"{error}\nDownload it first (`huggingface-cli download {model_id}`) or pass a local directory "
+                      f"that holds it; offline runs need HF_HUB_OFFLINE=1 and a filled cache.") from error
+
+
+def model_provenance(model_id: str, revision: str | None, model: Any = None, **settings: Any) -> dict[str, Any]:
+    """Model id, the commit actually loaded (when the hub reports it) and the settings that shaped the output."""
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    return {"model": model_id, "revision": commit or revision, **settings}
+
+
+def prompt_version(template: str) -> str:
+    """A short content hash: a changed prompt is a different prompt, whatever its name."""
+    return hashlib.sha256(template.encode()).hexdigest()[:10]
+
+
+def move_to(batch: dict[str, Any], device: str, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Tensors of a processor's output on `device`; floating ones in the model's dtype."""
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+        moved[key] = value
+    return moved
