@@ -277,7 +277,8 @@ class GroundingDataModule(L.LightningDataModule):
         dataset = MixedTrainStream(self.train_sources["synthetic"], self.train_sources["real"], self.synthetic_ratio,
                                    self.train_transform, self.batch_size, self.batches_per_epoch, self.seed, self.exclude_keys)
         epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else _counter()
-        return _EpochLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, epoch=epoch)
+        return _EpochLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, epoch=epoch,
+                            multiprocessing_context=self._worker_start([*self.train_sources["synthetic"], *self.train_sources["real"]]))
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._eval_loader(name, source) for name, source in self.val_sources.items()]
@@ -287,7 +288,14 @@ class GroundingDataModule(L.LightningDataModule):
 
     def _eval_loader(self, name: str, source: str | GeneratorSource) -> DataLoader:
         return DataLoader(EvalSplit(name, source, self.eval_transforms[name]), batch_size=self.eval_batch_size,
-                          num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory)
+                          num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory,
+                          multiprocessing_context=self._worker_start([source]))
+
+    def _worker_start(self, sources: Sequence[str | GeneratorSource]) -> str | None:
+        """"spawn" when a worker will run a generator on the GPU: a forked child cannot use CUDA. Such generators load
+        their models lazily, so each spawned worker loads its own copy on first use."""
+        on_gpu = any(getattr(s.generator, "uses_cuda", False) for s in sources if isinstance(s, GeneratorSource))
+        return "spawn" if on_gpu and self.num_workers > 0 else None
 
 
 def _as_list(value: Any) -> list:

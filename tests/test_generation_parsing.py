@@ -1,0 +1,53 @@
+"""The parts of the pipeline that must survive what models say and do: LLM answers, out-of-memory batches."""
+
+import pytest
+import torch
+
+from synground.generation.layout import parse_layout
+from synground.generation.phrases import parse_phrases
+from synground.generation.runtime import StageClock, run_batched
+
+
+def test_phrases_are_parsed_from_numbered_bulleted_and_inline_lists():
+    answer = '1. A red dog\n2) the tall tree;  "a blue car"\n- grass, sky\n* Sure! Here are the objects in the photo of a park:\n3.'
+    assert parse_phrases(answer, max_words=4) == ["a red dog", "the tall tree", "a blue car", "grass", "sky"]
+
+
+def test_an_answer_without_phrases_parses_to_nothing():
+    assert parse_phrases("", 4) == [] and parse_phrases("1.\n2.\n- \n; ,", 4) == []
+    assert parse_phrases("12 34", 4) == []  # no letters: not a phrase
+
+
+def test_layouts_keep_well_formed_boxes_only():
+    answer = ("1. a red dog: 0.1 0.2 0.5 0.9\n"
+              "the tree - [0.6, 0.0, 1.0, 0.8]\n"
+              "a car: 0.5 0.5 0.4 0.9\n"  # x0 > x1
+              "sky: 0 0 1.5 1\n"  # outside the image
+              "nothing here")
+    assert parse_layout(answer, max_objects=5) == [("a red dog", [0.1, 0.2, 0.5, 0.9]), ("the tree", [0.6, 0.0, 1.0, 0.8])]
+    assert len(parse_layout(answer, max_objects=1)) == 1
+
+
+def test_an_out_of_memory_batch_is_retried_at_half_size_then_skipped():
+    calls = []
+
+    def stage(batch):
+        calls.append(len(batch))
+        if len(batch) > 2 or 13 in batch:  # batches over 2 items do not fit; item 13 never fits
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [item * 10 for item in batch]
+
+    clock = StageClock()
+    results = run_batched(stage, list(range(10, 18)), batch_size=4, clock=clock, stage="text_to_image")
+    assert results == [100, 110, None, None, 140, 150, 160, 170]  # 12 shared the failing half with 13
+    assert calls == [4, 2, 2, 4, 2, 2]
+    assert clock.rejections == {"out_of_memory": 2} and clock.events == {"text_to_image/out_of_memory_retry": 2}
+    assert clock.items["text_to_image"] == 6
+
+
+def test_other_errors_are_not_mistaken_for_out_of_memory():
+    def broken(batch):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_batched(broken, [1, 2], 2, StageClock(), "detect")
