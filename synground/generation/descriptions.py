@@ -113,7 +113,7 @@ class Image2Text:
     def uses_cuda(self) -> bool:
         return self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
 
-    def _load(self) -> tuple[Any, Any]:
+    def load(self) -> tuple[Any, Any]:
         if self._loaded is None:
             device = resolve_device(self.device)
             processor = load_pretrained(AutoProcessor, self.model_id, self.revision)
@@ -133,7 +133,7 @@ class Image2Text:
 
     @torch.inference_mode()
     def _caption(self, images: Sequence[Image.Image]) -> list[str]:
-        processor, model = self._load()
+        processor, model = self.load()
         processor.tokenizer.padding_side = "left"
         inputs = processor(images=list(images), text=[self.prompt] * len(images), return_tensors="pt", padding=True)
         inputs = move_to(dict(inputs), model.device, model.dtype)

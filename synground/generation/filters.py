@@ -39,7 +39,7 @@ class ClipScore:
     def provenance(self) -> dict[str, Any]:
         return {"model": self.model_name, "pretrained": self.pretrained, "min_score": self.min_score}
 
-    def _load(self):
+    def load(self):
         if self._loaded is None:
             import open_clip
 
@@ -59,7 +59,7 @@ class ClipScore:
 
     @torch.inference_mode()
     def _score_batch(self, batch: Sequence[tuple[torch.Tensor, str]]) -> list[float]:
-        model, tokenizer, size, mean, std = self._load()
+        model, tokenizer, size, mean, std = self.load()
         device = next(model.parameters()).device
         # resized and normalised on the device, from the uint8 tensors the generator already holds (no PIL round trip)
         pixels = torch.stack([F.interpolate(image[None].to(device).float() / 255, size=size, mode="bicubic",

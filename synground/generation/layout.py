@@ -15,7 +15,7 @@ from synground.data.schema import GenerationRequest, GroundingSample, Region
 from synground.generation.filters import ClipScore
 from synground.generation.llm import LanguageModel
 from synground.generation.pipeline import to_pil
-from synground.generation.runtime import StageClock, prompt_version, run_batched
+from synground.generation.runtime import StageClock, load_stages, prompt_version, run_batched
 from synground.generation.text_to_image import StableDiffusion, checked_image
 
 LAYOUT_PROMPT = ("USER: Plan a photo of this description. List up to {max_objects} objects, one per line, as "
@@ -63,12 +63,15 @@ class Gligen(StableDiffusion):
 
     @torch.inference_mode()
     def _draw_layout(self, batch: Sequence[tuple[str, int, list[tuple[str, list[float]]]]]) -> list[torch.Tensor]:
-        output = self.load()(prompt=[prompt for prompt, _, _ in batch],
-                             gligen_phrases=[[phrase for phrase, _ in layout] for _, _, layout in batch],
-                             gligen_boxes=[[box for _, box in layout] for _, _, layout in batch],
-                             gligen_scheduled_sampling_beta=self.scheduled_sampling_beta,
-                             **self._call_arguments([(None, seed) for _, seed, _ in batch]), output_type="pt")
-        return list(output.images)
+        # diffusers' GLIGEN pipeline applies one layout to its whole batch: one call per layout
+        images = []
+        for prompt, seed, layout in batch:
+            output = self.load()(prompt=prompt, gligen_phrases=[phrase for phrase, _ in layout],
+                                 gligen_boxes=[box for _, box in layout],
+                                 gligen_scheduled_sampling_beta=self.scheduled_sampling_beta,
+                                 **self._call_arguments([(None, seed)]), output_type="pt")
+            images.append(output.images[0])
+        return images
 
 
 class LayoutGenerator:
@@ -84,6 +87,9 @@ class LayoutGenerator:
     def uses_cuda(self) -> bool:
         stages = (self.descriptions, self.llm, self.text_to_image, self.clip_filter)
         return any(getattr(stage, "uses_cuda", False) for stage in stages)
+
+    def load(self) -> None:
+        load_stages([self.descriptions, self.llm, self.text_to_image, self.clip_filter])
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GroundingSample]:
         clock = self.clock

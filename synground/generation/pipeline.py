@@ -18,7 +18,7 @@ from synground.generation.descriptions import Description
 from synground.generation.detection import OpenVocabularyDetector
 from synground.generation.filters import ClipScore
 from synground.generation.phrases import PhraseExtractor
-from synground.generation.runtime import StageClock
+from synground.generation.runtime import StageClock, load_stages
 from synground.generation.text_to_image import StableDiffusion
 
 VERSION = 1  # bump when the composition changes, so provenance tells old samples from new
@@ -37,6 +37,9 @@ class SynGroundGenerator:
     def uses_cuda(self) -> bool:
         stages = (self.descriptions, self.text_to_image, self.phrases, self.detector, self.clip_filter)
         return any(getattr(stage, "uses_cuda", False) for stage in stages)
+
+    def load(self) -> None:
+        load_stages([self.descriptions, self.text_to_image, self.phrases, self.detector, self.clip_filter])
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GroundingSample]:
         clock = self.clock

@@ -38,7 +38,8 @@ class StageClock:
         self.items[name] += items
 
     def reject(self, reason: str, count: int = 1) -> None:
-        self.rejections[reason] += count
+        if count:
+            self.rejections[reason] += count
 
     def take(self) -> dict[str, dict[str, float]]:
         """The counts so far, as plain dicts, and a fresh start."""
@@ -144,3 +145,12 @@ def move_to(batch: dict[str, Any], device: str, dtype: torch.dtype | None = None
                 value = value.to(dtype)
         moved[key] = value
     return moved
+
+
+def load_stages(stages: Sequence[Any]) -> None:
+    """Load every stage's models now, so the first batch's timing measures work, not loading."""
+    for stage in stages:
+        for owner in (stage, getattr(stage, "llm", None)):
+            load = getattr(owner, "load", None)
+            if callable(load):
+                load()

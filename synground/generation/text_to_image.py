@@ -57,7 +57,7 @@ class StableDiffusion:
 
             device = resolve_device(self.device)
             dtype = torch_dtype(self.dtype) if device != "cpu" else torch.float32
-            pipeline = load_pretrained(getattr(diffusers, self.pipeline_class), self.model_id, self.revision, torch_dtype=dtype)
+            pipeline = load_pretrained(getattr(diffusers, self.pipeline_class), self.model_id, self.revision, dtype=dtype)
             if self.scheduler != "default":
                 pipeline.scheduler = getattr(diffusers, SCHEDULERS[self.scheduler]).from_config(pipeline.scheduler.config)
             pipeline.set_progress_bar_config(disable=True)

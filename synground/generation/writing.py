@@ -125,6 +125,12 @@ class GenerationTask(L.LightningModule):
                              disable=self.global_rank != 0, dynamic_ncols=True)
         return self.my_shards
 
+    def on_predict_start(self) -> None:
+        if hasattr(self.generator, "load"):  # models on this rank's device before the first shard is timed
+            start = time.perf_counter()
+            self.generator.load()
+            log.info("rank %d: models loaded in %.1f s", self.global_rank, time.perf_counter() - start)
+
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(PendingShards(self), batch_size=None)
 

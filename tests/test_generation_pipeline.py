@@ -1,0 +1,246 @@
+"""The SynGround pipeline end to end on tiny random components, written by the real loading code into shards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from synground.data import GroundingDataModule
+from synground.data.schema import GenerationRequest, GroundingSample, Region
+from synground.data.shards import iterate_shard, read_manifest, resolve_shards, write_shard
+from synground.generation.descriptions import Concept2Text, Image2Text, RegionConcat, SeedImages
+from synground.generation.detection import OpenVocabularyDetector
+from synground.generation.filters import ClipScore, NearDuplicates
+from synground.generation.layout import Gligen, LayoutGenerator
+from synground.generation.llm import LanguageModel
+from synground.generation.phrases import PhraseExtractor
+from synground.generation.pipeline import SynGroundGenerator
+from synground.generation.runtime import StageClock
+from synground.generation.text_to_image import StableDiffusion, checked_image
+from synground.generation.tiny import WORDS, write_tiny_components
+from synground.generation.writing import generate_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+REJECTION_REASONS = {"no_description", "nan_image", "black_image", "no_phrases", "no_detection", "low_clip_score",
+                     "out_of_memory", "near_duplicate"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, str]:
+    return write_tiny_components(tmp_path_factory.mktemp("tiny"))
+
+
+def llm(tiny) -> LanguageModel:
+    return LanguageModel(tiny["llm"], device="cpu", dtype="float32", max_new_tokens=12, batch_size=4)
+
+
+def diffusion(tiny, **settings) -> StableDiffusion:
+    return StableDiffusion(tiny["stable_diffusion"], steps=2, height=64, width=64, device="cpu", dtype="float32",
+                           batch_size=4, **settings)
+
+
+def detector(tiny, kind="grounding_dino", **settings) -> OpenVocabularyDetector:
+    return OpenVocabularyDetector(tiny[kind], **{"box_threshold": 0.3, "text_threshold": 0.3, "min_box_size": 2,
+                                                 "device": "cpu", "batch_size": 4, **settings})
+
+
+def clip(tiny, min_score=-1.0) -> ClipScore:
+    return ClipScore(tiny["open_clip_model"], pretrained=tiny["open_clip_checkpoint"], model_config=tiny["open_clip_config"],
+                     min_score=min_score, device="cpu")
+
+
+def synground(tiny, descriptions=None, **stages) -> SynGroundGenerator:
+    return SynGroundGenerator(**{"descriptions": descriptions or Concept2Text(llm(tiny), WORDS[11:30]),
+                                 "text_to_image": diffusion(tiny), "phrases": PhraseExtractor(llm(tiny), max_words={"short": 12}),
+                                 "detector": detector(tiny), "clip_filter": clip(tiny), **stages})
+
+
+def read_samples(directory: Path) -> list[GroundingSample]:
+    issues = Counter()
+    samples = [s for shard in resolve_shards(str(directory)) for s in iterate_shard(shard, issues)]
+    assert not issues
+    return samples
+
+
+def test_triplets_reach_the_shards_with_boxes_phrases_and_provenance(tiny, tmp_path):
+    manifest = generate_shards(synground(tiny), tmp_path / "out", num_samples=12, samples_per_shard=4, name="syn",
+                               chunk_size=4, near_duplicates=NearDuplicates())
+    samples = read_samples(tmp_path / "out")
+    assert samples, "the tiny pipeline should keep some samples"
+    for sample in samples:
+        assert sample.image.size == (64, 64) and sample.caption and sample.source == "synground"
+        for region in sample.regions:
+            assert region.phrase and 0.0 <= region.score <= 1.0
+            for x0, y0, x1, y1 in region.boxes:
+                assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64 and min(x1 - x0, y1 - y0) >= 2
+        provenance = sample.provenance
+        assert provenance["text_to_image"]["model"] == tiny["stable_diffusion"] and provenance["text_to_image"]["steps"] == 2
+        assert provenance["detector"]["model"] == tiny["grounding_dino"]
+        assert provenance["phrases"]["llm"]["model"] == tiny["llm"] and provenance["phrases"]["prompt_versions"]["short"]
+        assert provenance["description"]["source"] == "concept2text" and provenance["description"]["concepts"]
+        assert isinstance(provenance["clip_score"], float) and provenance["seed"] == int(sample.key.split("-")[1])
+    # every request ends as a sample or as exactly one counted rejection; every stage is timed
+    for entry in manifest.shards:
+        assert set(entry["rejections"]) <= REJECTION_REASONS
+        assert entry["samples"] + sum(entry["rejections"].values()) == entry["requests"]
+    timed = {stage for entry in manifest.shards for stage in entry["stage_seconds"]}
+    assert {"describe", "text_to_image", "phrases", "detect", "clip_score", "write", "generate"} <= timed
+
+
+def test_a_detector_that_finds_nothing_leaves_empty_shards_and_counts_every_request(tiny, tmp_path):
+    generator = synground(tiny, detector=detector(tiny, box_threshold=1.01))
+    manifest = generate_shards(generator, tmp_path / "out", num_samples=6, samples_per_shard=3, name="none", chunk_size=3)
+    assert [entry["samples"] for entry in manifest.shards] == [0, 0]
+    rejected = Counter()
+    for entry in manifest.shards:
+        rejected.update(entry["rejections"])
+    assert rejected["no_detection"] + rejected["no_phrases"] == 6
+    assert not list((tmp_path / "out").glob("*.partial"))
+
+
+def test_nan_and_black_images_are_rejected_and_counted(tiny, monkeypatch):
+    clock = StageClock()
+    assert checked_image(torch.full((3, 8, 8), float("nan")), clock) is None
+    assert checked_image(torch.zeros(3, 8, 8), clock) is None
+    assert checked_image(torch.rand(3, 8, 8), clock).dtype == torch.uint8
+    assert clock.rejections == {"nan_image": 1, "black_image": 1}
+
+    generator = synground(tiny)
+    real_draw = generator.text_to_image._draw
+    monkeypatch.setattr(generator.text_to_image, "_draw", lambda batch: [image * float("nan") if seed % 2 else image
+                                                                          for image, (_, seed) in zip(real_draw(batch), batch)])
+    samples = generator.generate([GenerationRequest(f"k-{i}", i, i) for i in range(4)])
+    taken = generator.clock.take()
+    assert taken["rejections"]["nan_image"] == 2 and all(s.provenance["seed"] % 2 == 0 for s in samples)
+
+
+def test_long_descriptions_are_cut_at_a_sentence_boundary_and_counted(tiny):
+    stage = diffusion(tiny)
+    tokenizer = stage.load().tokenizer
+    short = "a red dog on the grass."
+    long = short + " " + " ".join(["a blue car near the house"] * 30) + "."
+    assert stage.fit_prompt(short) == short
+    assert stage.fit_prompt(long) == short
+    cut = StableDiffusion(tiny["stable_diffusion"], device="cpu", dtype="float32", long_prompts="truncate").fit_prompt(long)
+    assert len(tokenizer(cut).input_ids) <= tokenizer.model_max_length and cut.startswith("a red dog")
+    clock = StageClock()
+    stage.generate([short, long], [0, 1], clock)
+    assert clock.events["prompt_shortened"] == 1
+
+
+def test_image2text_captions_seed_images_and_carries_their_ids_for_the_leakage_check(tiny, tmp_path):
+    seeds = [GroundingSample(f"vg-{i}", Image.new("RGB", (48, 40), (40 * i, 90, 200)), "", [Region("a red dog", [[1, 1, 20, 20]])],
+                             "visual_genome", {"image_ids": [f"vg:{i}", f"coco:{100 + i}"]}) for i in range(3)]
+    write_shard(tmp_path / "seeds" / "seeds-000000.tar", seeds)
+    seed_images = SeedImages(str(tmp_path / "seeds" / "*.tar"))
+    captioner = Image2Text(seed_images, tiny["llava"], prompt="USER: <image>\nDescribe the image. ASSISTANT:",
+                           max_new_tokens=8, device="cpu", dtype="float32", batch_size=2)
+    clock = StageClock()
+    requests = [GenerationRequest(f"s-{i}", i, index=i) for i in range(4)]
+    described = captioner.describe(requests, clock)
+    assert any(described) and clock.items["describe"] == 4
+    for request, description in zip(requests, described):
+        if description is not None:  # request i describes seed image i modulo 3
+            seed = request.index % 3
+            assert description.provenance["seed_key"] == f"vg-{seed}" and description.provenance["model"] == tiny["llava"]
+            assert description.provenance["image_ids"] == [f"vg:{seed}", f"coco:{100 + seed}"]
+
+    concat = RegionConcat(seed_images).describe([GenerationRequest("c", 0, index=4)], clock)[0]
+    assert concat.text == "a red dog." and concat.provenance["seed_key"] == "vg-1"  # index 4 wraps to seed 1
+
+
+def test_owlv2_is_a_drop_in_detector(tiny):
+    generator = synground(tiny, detector=detector(tiny, "owlv2", box_threshold=0.0, text_threshold=0.0))
+    samples = generator.generate([GenerationRequest(f"o-{i}", i, i) for i in range(3)])
+    assert samples and all(s.provenance["detector"]["model"] == tiny["owlv2"] for s in samples)
+    for sample in samples:
+        assert all(0 <= v <= 64 for region in sample.regions for box in region.boxes for v in box)
+
+
+class ScriptedLanguageModel(LanguageModel):
+    """The tiny LM writes random words; layouts need numbers, so this test scripts the LLM's answer."""
+
+    def __init__(self, answer):
+        super().__init__("scripted", device="cpu", batch_size=4)
+        self.answer = answer
+
+    def complete(self, prompts, seed, do_sample=None):
+        return [self.answer] * len(prompts)
+
+
+def layout_generator(tiny, answer) -> LayoutGenerator:
+    return LayoutGenerator(Concept2Text(llm(tiny), WORDS[11:30]), ScriptedLanguageModel(answer),
+                           Gligen(tiny["gligen"], steps=2, height=64, width=64, device="cpu", dtype="float32"),
+                           clip_filter=clip(tiny))
+
+
+def test_layout_generator_draws_the_proposed_boxes_with_gligen(tiny):
+    generator = layout_generator(tiny, "1. a red dog: 0.1 0.2 0.5 0.9\n2. a tree: 0.5 0.0 1.0 0.6")
+    samples = generator.generate([GenerationRequest(f"l-{i}", i, i) for i in range(2)])
+    assert len(samples) == 2
+    for sample in samples:
+        assert [(r.phrase, r.boxes) for r in sample.regions] == [("a red dog", [[6.4, 12.8, 32.0, 57.6]]),
+                                                                 ("a tree", [[32.0, 0.0, 64.0, 38.4]])]
+        assert sample.provenance["text_to_image"]["model"] == tiny["gligen"]
+
+    refusing = layout_generator(tiny, "I cannot draw boxes.")  # no layout, even when asked again
+    assert refusing.generate([GenerationRequest("l-bad", 1, 9)]) == []
+    taken = refusing.clock.take()
+    assert taken["rejections"] == {"no_layout": 1} and taken["events"]["layout_retried"] == 1
+
+
+def test_on_the_fly_training_batches_come_from_the_pipeline(tiny):
+    generator = synground(tiny)
+    datamodule = GroundingDataModule(train={"synthetic": generator}, image_size=32, batch_size=2, batches_per_epoch=1,
+                                     num_workers=0)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["images"].shape == (2, 3, 32, 32) and len(batch["texts"]) == 2 and batch["synthetic"].all()
+    assert datamodule._worker_start(datamodule.train_sources["synthetic"]) is None  # CPU: workers may fork
+
+    generator.text_to_image.device = "cuda"  # a GPU generator in workers: they must be spawned, not forked
+    workers = GroundingDataModule(train={"synthetic": generator}, num_workers=2)
+    assert workers._worker_start(workers.train_sources["synthetic"]) == "spawn"
+
+
+def _generate(tiny_dir: Path, output_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "generation=synground_tiny",
+                             f"generation.tiny_dir={tiny_dir}", f"output_dir={output_dir}", "generation.num_samples=24",
+                             "generation.samples_per_shard=4", "generation.chunk_size=4", "report=false", *extra],
+                            cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _shard_set(directory: Path) -> list[tuple[str, str, int]]:
+    return [(e["name"], e["sha256"], e["samples"]) for e in read_manifest(directory / "manifest.json")["shards"]]
+
+
+def test_a_killed_generation_run_resumes_to_the_same_shards(tiny, tmp_path):
+    tiny_dir = Path(tiny["llm"]).parent
+    full = _generate(tiny_dir, tmp_path / "full")
+    killed = _generate(tiny_dir, tmp_path / "killed")
+    entries = tmp_path / "killed" / "manifest.d"
+    deadline = time.time() + 240
+    while len(list(entries.glob("*.json"))) < 2 and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    finished_before = sorted(p.name for p in entries.glob("*.json"))
+    assert 2 <= len(finished_before) < 6, "the kill should land mid-run"
+
+    output, _ = full.communicate(timeout=600)
+    assert full.returncode == 0, output
+    resumed = _generate(tiny_dir, tmp_path / "killed")
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    assert _shard_set(tmp_path / "killed") == _shard_set(tmp_path / "full")  # same shards, byte for byte
+    keys = [s.key for s in read_samples(tmp_path / "killed")]
+    assert len(keys) == len(set(keys)) and keys == [s.key for s in read_samples(tmp_path / "full")]
+    assert not list((tmp_path / "killed").rglob("*.partial"))
