@@ -244,3 +244,16 @@ def test_a_killed_generation_run_resumes_to_the_same_shards(tiny, tmp_path):
     keys = [s.key for s in read_samples(tmp_path / "killed")]
     assert len(keys) == len(set(keys)) and keys == [s.key for s in read_samples(tmp_path / "full")]
     assert not list((tmp_path / "killed").rglob("*.partial"))
+
+
+def test_two_processes_write_the_same_shard_set_as_one(tmp_path):
+    """DDP generation: each rank writes whole shards, none twice, and the set equals a single process's."""
+    common = [sys.executable, str(ROOT / "generate.py"), "generation=shapes", "generation.generator.image_size=32",
+              "generation.num_samples=20", "generation.samples_per_shard=3", "report=false"]
+    for name, extra in (("one", []), ("two", ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"])):
+        result = subprocess.run([*common, f"output_dir={tmp_path / name}", *extra], cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert _shard_set(tmp_path / "two") == _shard_set(tmp_path / "one") and len(_shard_set(tmp_path / "one")) == 7
+    keys = [s.key for s in read_samples(tmp_path / "two")]
+    assert len(keys) == len(set(keys)) == 20
