@@ -23,3 +23,4 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/shapes_grounding.py
 	$(PY) benchmarks/gradcam_throughput.py
 	$(PY) benchmarks/data_throughput.py
+	$(PY) benchmarks/generation_pipeline.py

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -205,6 +206,13 @@ def test_on_the_fly_training_batches_come_from_the_pipeline(tiny):
     assert batch["images"].shape == (2, 3, 32, 32) and len(batch["texts"]) == 2 and batch["synthetic"].all()
     assert datamodule._worker_start(datamodule.train_sources["synthetic"]) is None  # CPU: workers may fork
 
+    # a spawned worker receives the generator pickled: without its loaded models, which it loads itself
+    shipped = pickle.dumps(generator)
+    assert len(shipped) < 50_000
+    requests = [GenerationRequest(f"w-{i}", i, i) for i in range(4)]
+    here, there = generator.generate(requests), pickle.loads(shipped).generate(requests)
+    assert here and [(s.key, s.caption) for s in there] == [(s.key, s.caption) for s in here]
+
     generator.text_to_image.device = "cuda"  # a GPU generator in workers: they must be spawned, not forked
     workers = GroundingDataModule(train={"synthetic": generator}, num_workers=2)
     assert workers._worker_start(workers.train_sources["synthetic"]) == "spawn"
@@ -257,3 +265,14 @@ def test_two_processes_write_the_same_shard_set_as_one(tmp_path):
     assert _shard_set(tmp_path / "two") == _shard_set(tmp_path / "one") and len(_shard_set(tmp_path / "one")) == 7
     keys = [s.key for s in read_samples(tmp_path / "two")]
     assert len(keys) == len(set(keys)) == 20
+
+
+def test_the_gpu_benchmark_script_runs_on_tiny_components(tmp_path):
+    output = tmp_path / "tiny_generation.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_generation.py"), "--tiny", "--images", "2",
+                             "--batch-size", "2", "--steps", "2", "--requests", "4", "--output", str(output)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    measured = json.loads(output.read_text())
+    assert measured["stable_diffusion"]["images_per_hour"] > 0 and measured["end_to_end"]["requests"] == 4
+    assert "text_to_image" in measured["end_to_end"]["items_per_second"]

@@ -1,7 +1,6 @@
 """Leakage report: shared image ids and near-duplicate images between training and evaluation shards."""
 
 import shutil
-from collections import Counter
 
 from PIL import Image
 

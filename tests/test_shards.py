@@ -5,7 +5,6 @@ import tarfile
 from collections import Counter
 
 import pytest
-from PIL import Image
 
 from synground.data import GenerationRequest, Manifest, read_manifest, resolve_shards, write_shard
 from synground.data.shards import iterate_shard

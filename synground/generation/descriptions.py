@@ -5,7 +5,6 @@ no real image at all)."""
 from __future__ import annotations
 
 import io
-import json
 import random
 import tarfile
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from synground.data.schema import GenerationRequest, GroundingSample, sample_from_metadata
 from synground.data.shards import resolve_shards
 from synground.generation.llm import LanguageModel
-from synground.generation.runtime import (StageClock, load_pretrained, model_provenance, move_to, prompt_version,
-                                          resolve_device, run_batched, torch_dtype)
+from synground.generation.runtime import (LazyModels, StageClock, load_pretrained, model_dtype, model_provenance,
+                                          move_to, prompt_version, resolve_device, run_batched)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -93,7 +92,7 @@ def _seed_provenance(seed: GroundingSample) -> dict[str, Any]:
     return {"seed_key": seed.key, "image_ids": list(seed.provenance.get("image_ids", []))}
 
 
-class Image2Text:
+class Image2Text(LazyModels):
     """Detailed captions of real seed images by a vision-language model (LLaVA-1.5 by default)."""
 
     needs_seed_images = True
@@ -106,18 +105,11 @@ class Image2Text:
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self._loaded: tuple[Any, Any] | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_loaded": None}
-
-    @property
-    def uses_cuda(self) -> bool:
-        return self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
-
     def load(self) -> tuple[Any, Any]:
         if self._loaded is None:
             device = resolve_device(self.device)
             processor = load_pretrained(AutoProcessor, self.model_id, self.revision)
-            dtype = torch_dtype(self.dtype) if device != "cpu" else torch.float32
+            dtype = model_dtype(self.dtype, device)
             model = load_pretrained(LlavaForConditionalGeneration, self.model_id, self.revision, dtype=dtype).to(device).eval()
             self._loaded = (processor, model)
         return self._loaded

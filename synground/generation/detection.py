@@ -16,13 +16,13 @@ from torchvision.ops import batched_nms, box_convert
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from synground.data.schema import Region
-from synground.generation.runtime import (StageClock, load_pretrained, model_provenance, move_to, resolve_device,
-                                          run_batched, torch_dtype)
+from synground.generation.runtime import (LazyModels, StageClock, load_pretrained, model_dtype, model_provenance,
+                                          move_to, resolve_device, run_batched)
 
 KINDS = ("grounding_dino", "owlv2")
 
 
-class OpenVocabularyDetector:
+class OpenVocabularyDetector(LazyModels):
     def __init__(self, model_id: str = "IDEA-Research/grounding-dino-base", revision: str | None = None,
                  box_threshold: float = 0.35, text_threshold: float = 0.25, nms_iou: float = 0.5, max_box_area: float = 0.9,
                  min_box_size: float = 8.0, max_boxes_per_phrase: int = 3, device: str = "auto", dtype: str = "float32",
@@ -33,18 +33,11 @@ class OpenVocabularyDetector:
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self._loaded: tuple[Any, Any, str] | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_loaded": None}
-
-    @property
-    def uses_cuda(self) -> bool:
-        return self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
-
     def load(self) -> tuple[Any, Any, str]:
         if self._loaded is None:
             device = resolve_device(self.device)
             processor = load_pretrained(AutoProcessor, self.model_id, self.revision)
-            dtype = torch_dtype(self.dtype) if device != "cpu" else torch.float32
+            dtype = model_dtype(self.dtype, device)
             model = load_pretrained(AutoModelForZeroShotObjectDetection, self.model_id, self.revision, dtype=dtype)
             kind = model.config.model_type.replace("-", "_")
             if kind not in KINDS:

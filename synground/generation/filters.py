@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from synground.data.leakage import difference_hash
 from synground.data.schema import GroundingSample
-from synground.generation.runtime import StageClock, resolve_device, run_batched
+from synground.generation.runtime import LazyModels, StageClock, resolve_device, run_batched
 
 
-class ClipScore:
+class ClipScore(LazyModels):
     """Cosine similarity of image and description embeddings; samples below `min_score` are rejected.
 
     `model_config` registers a model config JSON first (a custom or tiny architecture); `pretrained` is an
@@ -27,13 +27,6 @@ class ClipScore:
         self.model_name, self.pretrained, self.min_score = model, pretrained, min_score
         self.model_config, self.device, self.batch_size = model_config, device, batch_size
         self._loaded: tuple[Any, Any, tuple[int, int], tuple[float, ...], tuple[float, ...]] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_loaded": None}
-
-    @property
-    def uses_cuda(self) -> bool:
-        return self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
 
     @property
     def provenance(self) -> dict[str, Any]:

@@ -7,16 +7,12 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from synground.generation.runtime import (StageClock, load_pretrained, model_provenance, move_to, resolve_device,
-                                          run_batched, torch_dtype)
+from synground.generation.runtime import (LazyModels, StageClock, load_pretrained, model_dtype, model_provenance,
+                                          move_to, resolve_device, run_batched)
 
 
-class LanguageModel:
-    """Greedy or seeded sampling completions; the model is loaded on first use, once per process.
-
-    Loading lazily keeps the object cheap to build and to send to data-loading workers, which load it on their own
-    device after they start (CUDA cannot be initialised before a fork).
-    """
+class LanguageModel(LazyModels):
+    """Greedy or seeded sampling completions of batches of prompts."""
 
     def __init__(self, model_id: str = "lmsys/vicuna-7b-v1.5", revision: str | None = None, device: str = "auto",
                  dtype: str = "float16", max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 0.7,
@@ -28,20 +24,13 @@ class LanguageModel:
         self.batch_size = batch_size
         self._loaded: tuple[Any, Any] | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_loaded": None}
-
-    @property
-    def uses_cuda(self) -> bool:
-        return self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
-
     def load(self) -> tuple[Any, Any]:
         if self._loaded is None:
             device = resolve_device(self.device)
             tokenizer = load_pretrained(AutoTokenizer, self.model_id, self.revision)
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            dtype = torch_dtype(self.dtype) if device != "cpu" else torch.float32  # fp16 matmuls are slow or missing on CPUs
+            dtype = model_dtype(self.dtype, device)
             model = load_pretrained(AutoModelForCausalLM, self.model_id, self.revision, dtype=dtype).to(device).eval()
             self._loaded = (tokenizer, model)
         return self._loaded

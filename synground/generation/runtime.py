@@ -49,6 +49,21 @@ class StageClock:
         return taken
 
 
+class LazyModels:
+    """A stage whose models load on first use, once per process: cheap to build, and safe to send to data-loading
+    workers, which load their own copy on their own device after they start (CUDA cannot survive a fork)."""
+
+    device: str = "auto"
+    _loaded: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loaded": None}
+
+    @property
+    def uses_cuda(self) -> bool:
+        return self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
@@ -99,11 +114,12 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def torch_dtype(name: str) -> torch.dtype:
+def model_dtype(name: str, device: str) -> torch.dtype:
+    """The configured dtype on a GPU; float32 on the CPU, where half-precision matmuls are slow or missing."""
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if name not in dtypes:
         raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(dtypes)}")
-    return dtypes[name]
+    return dtypes[name] if device != "cpu" else torch.float32
 
 
 def resolve_device(device: str) -> str:

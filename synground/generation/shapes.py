@@ -104,7 +104,7 @@ class ShapesGenerator:
         fill = tuple(int(c) for c in colour)
         outline = (30, 30, 30) if self.style == "textured" else None
         x0, y0, x1, y1 = shape["box"]
-        (cx, cy), r = shape["centre"], shape["radius"]
+        cx, cy = shape["centre"]
         if shape["shape"] == "circle":
             draw.ellipse((x0, y0, x1, y1), fill=fill, outline=outline)
         elif shape["shape"] == "square":

@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from synground.generation.runtime import StageClock, load_pretrained, model_provenance, resolve_device, run_batched, torch_dtype
+from synground.generation.runtime import (LazyModels, StageClock, load_pretrained, model_dtype, model_provenance,
+                                          resolve_device, run_batched)
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ SCHEDULERS = {  # name -> diffusers class; "default" keeps the checkpoint's own 
 LONG_PROMPT_POLICIES = ("sentences", "truncate")
 
 
-class StableDiffusion:
+class StableDiffusion(LazyModels):
     """Images as uint8 tensors [3, H, W] that stay in memory until the shard is written (encoded once).
 
     CLIP's text encoder reads 77 tokens and detailed captions are longer. `long_prompts="sentences"` keeps the
@@ -42,31 +43,24 @@ class StableDiffusion:
         self.steps, self.guidance, self.height, self.width = steps, guidance, height, width
         self.negative_prompt, self.long_prompts = negative_prompt, long_prompts
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
-        self._pipeline: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pipeline": None}
-
-    @property
-    def uses_cuda(self) -> bool:
-        return self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
+        self._loaded: Any = None
 
     def load(self) -> Any:
-        if self._pipeline is None:
+        if self._loaded is None:
             import diffusers  # slow to import: only when a diffusion stage runs
 
             device = resolve_device(self.device)
-            dtype = torch_dtype(self.dtype) if device != "cpu" else torch.float32
+            dtype = model_dtype(self.dtype, device)
             pipeline = load_pretrained(getattr(diffusers, self.pipeline_class), self.model_id, self.revision, dtype=dtype)
             if self.scheduler != "default":
                 pipeline.scheduler = getattr(diffusers, SCHEDULERS[self.scheduler]).from_config(pipeline.scheduler.config)
             pipeline.set_progress_bar_config(disable=True)
-            self._pipeline = pipeline.to(device)
-        return self._pipeline
+            self._loaded = pipeline.to(device)
+        return self._loaded
 
     @property
     def provenance(self) -> dict[str, Any]:
-        unet = self._pipeline.unet if self._pipeline is not None else None
+        unet = self._loaded.unet if self._loaded is not None else None
         return model_provenance(self.model_id, self.revision, unet, scheduler=self.scheduler, steps=self.steps,
                                 guidance=self.guidance, height=self.height, width=self.width,
                                 negative_prompt=self.negative_prompt, long_prompts=self.long_prompts)

@@ -14,12 +14,12 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
@@ -228,6 +228,8 @@ def generate_shards(generator: TripletGenerator, output_dir: str | Path, num_sam
                  "enable_model_summary": False, **(trainer or {}),
                  "enable_progress_bar": False}  # Lightning's bar counts shards; ours counts samples, with stage rates
     trainer = L.Trainer(**arguments, callbacks=[ShardWriter(output_dir, settings)])
+    # the writer needs no batch indices (a shard knows its own index); Lightning warns that it cannot infer them
+    warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
     task = GenerationTask(generator, plan, output_dir, chunk_size, near_duplicates)
     trainer.predict(task, return_predictions=False)
     return Manifest(output_dir)
