@@ -45,22 +45,27 @@ class SeedImages:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_index": None}
 
-    def _entries(self) -> list:
+    def load(self) -> list:
+        """The index of the seed images (tar member offsets, or file paths), built once."""
         if self._index is None:
             folder = Path(self.path)
-            if folder.is_dir() and not (folder / "manifest.json").exists():
-                self._index = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            else:
-                self._index = [entry for shard in resolve_shards(self.path) for entry in _shard_members(shard)]
+            try:
+                if folder.is_dir() and not (folder / "manifest.json").exists():
+                    self._index = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+                else:
+                    self._index = [entry for shard in resolve_shards(self.path) for entry in _shard_members(shard)]
+            except (FileNotFoundError, ValueError) as error:
+                raise FileNotFoundError(f"seed images {self.path!r}: {error}. Convert a dataset first (python convert.py "
+                                        "dataset=visual_genome) or point seed_images.path at a folder of images") from error
             if not self._index:
                 raise FileNotFoundError(f"seed images {self.path!r}: no image found (give a shard set or a folder of images)")
         return self._index
 
     def __len__(self) -> int:
-        return len(self._entries())
+        return len(self.load())
 
     def get(self, request: GenerationRequest) -> GroundingSample:
-        entries = self._entries()
+        entries = self.load()
         position = request.index if request.index is not None else random.Random(request.seed).randrange(len(entries))
         entry = entries[position % len(entries)]
         if isinstance(entry, Path):
@@ -184,8 +189,9 @@ class Concept2Text:
 
     def __init__(self, llm: LanguageModel, concepts: Sequence[str] | str, concepts_per_description: tuple[int, int] = (2, 4),
                  prompt: str = ("USER: Write a detailed description of a realistic photo that shows: {concepts}. "
-                                "ASSISTANT:")):
-        self.llm, self.prompt = llm, prompt
+                                "ASSISTANT:"), do_sample: bool = True):
+        # sampled by default: greedy decoding would give one description per concept combination
+        self.llm, self.prompt, self.do_sample = llm, prompt, do_sample
         self.concepts = _read_concepts(concepts)
         low, high = concepts_per_description
         if not 1 <= low <= high <= len(self.concepts):
@@ -206,8 +212,9 @@ class Concept2Text:
     def describe(self, requests: Sequence[GenerationRequest], clock: StageClock) -> list[Description | None]:
         chosen = [self.concepts_for(request) for request in requests]
         prompts = [self.prompt.format(concepts=", ".join(concepts)) for concepts in chosen]
-        texts = self.llm.complete_all(prompts, [request.seed for request in requests], clock, "describe")
-        provenance = {"source": "concept2text", "llm": self.llm.provenance, "prompt_version": prompt_version(self.prompt)}
+        texts = self.llm.complete_all(prompts, [request.seed for request in requests], clock, "describe", self.do_sample)
+        provenance = {"source": "concept2text", "llm": self.llm.provenance, "prompt_version": prompt_version(self.prompt),
+                      "do_sample": self.do_sample}
         return [Description(text.strip(), {**provenance, "concepts": concepts}) if text and text.strip() else None
                 for text, concepts in zip(texts, chosen)]
 

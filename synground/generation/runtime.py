@@ -164,9 +164,10 @@ def move_to(batch: dict[str, Any], device: str, dtype: torch.dtype | None = None
 
 
 def load_stages(stages: Sequence[Any]) -> None:
-    """Load every stage's models now, so the first batch's timing measures work, not loading."""
+    """Load every stage's models (and seed image index) now: a missing one fails before any work, and the first
+    batch's timing measures work, not loading."""
     for stage in stages:
-        for owner in (stage, getattr(stage, "llm", None)):
+        for owner in (getattr(stage, "seed_images", None), stage, getattr(stage, "llm", None)):
             load = getattr(owner, "load", None)
             if callable(load):
                 load()
