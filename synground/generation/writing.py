@@ -110,7 +110,8 @@ class GenerationTask(L.LightningModule):
         self.generator, self.plan, self.output_dir = generator, plan, Path(output_dir)
         self.chunk_size, self.near_duplicates = chunk_size, near_duplicates
         self.my_shards: list[int] = []
-        self.progress: tqdm | None = None
+        self.progress: tqdm | None = None  # shown on rank 0 only
+        self.requests_total, self.requests_done = 0, 0  # this rank's, for its ETA
         self.totals = {"seconds": Counter(), "items": Counter()}
 
     def assign_shards(self) -> list[int]:
@@ -120,8 +121,8 @@ class GenerationTask(L.LightningModule):
         if self.global_rank == 0 and len(todo) < self.plan.num_shards:
             log.info("%d of %d shards already finished in %s", self.plan.num_shards - len(todo), self.plan.num_shards, self.output_dir)
         self.my_shards = todo[self.global_rank :: self.trainer.world_size]
-        total = sum(len(self.plan.requests(i)) for i in self.my_shards)
-        self.progress = tqdm(total=total, desc=f"generating {self.plan.name}", unit="sample",
+        self.requests_total = sum(len(self.plan.requests(i)) for i in self.my_shards)
+        self.progress = tqdm(total=self.requests_total, desc=f"generating {self.plan.name}", unit="sample",
                              disable=self.global_rank != 0, dynamic_ncols=True)
         return self.my_shards
 
@@ -145,6 +146,7 @@ class GenerationTask(L.LightningModule):
                 samples += self.generator.generate(chunk)
             self._account(clock.take(), stats)
             self.progress.update(len(chunk))
+            self.requests_done += len(chunk)
         if self.near_duplicates is not None:
             samples = self.near_duplicates(samples, clock)
             self._account(clock.take(), stats)
@@ -184,9 +186,8 @@ class ShardWriter(BasePredictionWriter):
         _write_json_atomically(self.output_dir / ENTRIES_DIR / f"{entry['name']}.json", entry)
         if trainer.global_rank == 0:
             merge_manifest(self.output_dir, self.config)
-        progress = pl_module.progress
-        remaining = progress.total - progress.n
-        eta = remaining * (time.perf_counter() - self.started) / max(progress.n, 1)
+        remaining = pl_module.requests_total - pl_module.requests_done
+        eta = remaining * (time.perf_counter() - self.started) / max(pl_module.requests_done, 1)
         log.info("rank %d wrote %s: %d of %d requests kept, rejections %s; ETA %s", trainer.global_rank, entry["name"],
                  entry["samples"], entry["requests"], entry["rejections"] or "none", _duration(eta))
 
