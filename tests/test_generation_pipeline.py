@@ -276,3 +276,17 @@ def test_the_gpu_benchmark_script_runs_on_tiny_components(tmp_path):
     measured = json.loads(output.read_text())
     assert measured["stable_diffusion"]["images_per_hour"] > 0 and measured["end_to_end"]["requests"] == 4
     assert "text_to_image" in measured["end_to_end"]["items_per_second"]
+
+
+def test_a_folder_of_seed_images_works_and_an_unreadable_one_is_counted_not_fatal(tiny, tmp_path):
+    for name in ("a", "b"):
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / f"{name}.jpg")
+    (tmp_path / "c.jpg").write_bytes(b"not a jpeg at all")
+    captioner = Image2Text(SeedImages(str(tmp_path)), tiny["llava"], prompt="USER: <image>\nDescribe. ASSISTANT:",
+                           max_new_tokens=6, device="cpu", dtype="float32")
+    clock = StageClock()
+    described = captioner.describe([GenerationRequest(f"f-{i}", i, index=i) for i in range(3)], clock)
+    assert described[2] is None and clock.events["unreadable_seed_image"] == 1
+    for name, description in zip("ab", described):
+        if description is not None:  # a random captioner may write nothing
+            assert description.provenance["image_ids"] == [f"file:{name}.jpg"]

@@ -5,6 +5,7 @@ no real image at all)."""
 from __future__ import annotations
 
 import io
+import logging
 import random
 import tarfile
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from synground.data.shards import resolve_shards
 from synground.generation.llm import LanguageModel
 from synground.generation.runtime import (LazyModels, StageClock, load_pretrained, model_dtype, model_provenance,
                                           move_to, prompt_version, resolve_device, run_batched)
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -64,6 +67,19 @@ class SeedImages:
     def __len__(self) -> int:
         return len(self.load())
 
+    def fetch(self, requests: Sequence[GenerationRequest], clock: StageClock) -> list[GroundingSample | None]:
+        """The seed of each request (its own image if it carries one); None, counted, where the seed is unreadable."""
+        seeds = []
+        for request in requests:
+            try:
+                seeds.append(self.get(request) if request.image is None
+                             else GroundingSample(request.key, request.image, "", [], "seed"))
+            except (OSError, ValueError, SyntaxError) as error:
+                log.warning("request %s: seed image skipped: %s", request.key, error)
+                clock.events["unreadable_seed_image"] += 1
+                seeds.append(None)
+        return seeds
+
     def get(self, request: GenerationRequest) -> GroundingSample:
         entries = self.load()
         position = request.index if request.index is not None else random.Random(request.seed).randrange(len(entries))
@@ -75,10 +91,14 @@ class SeedImages:
         shard, key, jpg_offset, jpg_size, json_offset, json_size = entry
         with open(shard, "rb") as file:
             file.seek(jpg_offset)
-            image = Image.open(io.BytesIO(file.read(jpg_size)))
-            image.load()
+            jpeg = file.read(jpg_size)
             file.seek(json_offset)
             record = file.read(json_size)
+        try:
+            image = Image.open(io.BytesIO(jpeg))
+            image.load()
+        except (OSError, SyntaxError) as error:
+            raise ValueError(f"shard {shard}, sample {key!r}: unreadable image ({error})") from error
         return sample_from_metadata(key, image.convert("RGB"), record)
 
 
@@ -120,9 +140,9 @@ class Image2Text(LazyModels):
         return self._loaded
 
     def describe(self, requests: Sequence[GenerationRequest], clock: StageClock) -> list[Description | None]:
-        seeds = [self.seed_images.get(request) if request.image is None
-                 else GroundingSample(request.key, request.image, "", [], "seed") for request in requests]
-        captions = run_batched(self._caption, [seed.image for seed in seeds], self.batch_size, clock, "describe")
+        seeds = self.seed_images.fetch(requests, clock)
+        found = iter(run_batched(self._caption, [s.image for s in seeds if s is not None], self.batch_size, clock, "describe"))
+        captions = [next(found) if seed is not None else None for seed in seeds]
         provenance = model_provenance(self.model_id, self.revision, self._loaded and self._loaded[1],
                                       prompt_version=prompt_version(self.prompt), max_new_tokens=self.max_new_tokens)
         return [Description(caption.strip(), {"source": "image2text", **provenance, **_seed_provenance(seed)})
@@ -148,10 +168,10 @@ class RegionConcat:
 
     def describe(self, requests: Sequence[GenerationRequest], clock: StageClock) -> list[Description | None]:
         with clock.stage("describe", len(requests)):
-            seeds = [self.seed_images.get(request) for request in requests]
+            seeds = self.seed_images.fetch(requests, clock)
         return [Description(". ".join(_region_phrases(seed, self.max_regions)) + ".",
                             {"source": "region_concat", "max_regions": self.max_regions, **_seed_provenance(seed)})
-                if seed.regions else None for seed in seeds]
+                if seed is not None and seed.regions else None for seed in seeds]
 
 
 def _region_phrases(seed: GroundingSample, limit: int) -> list[str]:
@@ -174,12 +194,13 @@ class RegionSummary:
         return self.llm.uses_cuda
 
     def describe(self, requests: Sequence[GenerationRequest], clock: StageClock) -> list[Description | None]:
-        seeds = [self.seed_images.get(request) for request in requests]
-        prompts = [self.prompt.format(regions="\n".join(_region_phrases(seed, self.max_regions))) for seed in seeds]
-        texts = self.llm.complete_all(prompts, [request.seed for request in requests], clock, "describe")
+        seeds = [seed if seed is not None and seed.regions else None for seed in self.seed_images.fetch(requests, clock)]
+        prompts = [self.prompt.format(regions="\n".join(_region_phrases(seed, self.max_regions))) for seed in seeds if seed]
+        found = iter(self.llm.complete_all(prompts, [r.seed for r, seed in zip(requests, seeds) if seed], clock, "describe"))
+        texts = [next(found) if seed else None for seed in seeds]
         provenance = {"source": "region_summary", "llm": self.llm.provenance, "prompt_version": prompt_version(self.prompt)}
-        return [Description(text.strip(), {**provenance, **_seed_provenance(seed)}) if seed.regions and text and text.strip()
-                else None for text, seed in zip(texts, seeds)]
+        return [Description(text.strip(), {**provenance, **_seed_provenance(seed)}) if text and text.strip() else None
+                for text, seed in zip(texts, seeds)]
 
 
 class Concept2Text:
