@@ -51,3 +51,17 @@ def test_other_errors_are_not_mistaken_for_out_of_memory():
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_batched(broken, [1, 2], 2, StageClock(), "detect")
+
+
+def test_seeded_completions_repeat_and_leave_the_callers_random_state_alone(tmp_path):
+    from synground.generation.llm import LanguageModel
+    from synground.generation.tiny import _llm
+
+    _llm(tmp_path / "llm")
+    model = LanguageModel(str(tmp_path / "llm"), device="cpu", max_new_tokens=8, do_sample=True)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    first = model.complete(["USER: a red dog ASSISTANT:"] * 2, seed=7)
+    assert torch.equal(torch.rand(3), before)  # the caller's stream continues as if nothing had run
+    assert model.complete(["USER: a red dog ASSISTANT:"] * 2, seed=7) == first

@@ -49,9 +49,12 @@ class LanguageModel(LazyModels):
         tokenizer.padding_side = "left"  # generation appends on the right: every prompt must end at the last column
         inputs = move_to(dict(tokenizer(list(prompts), return_tensors="pt", padding=True)), model.device)
         sample = self.do_sample if do_sample is None else do_sample
-        torch.manual_seed(seed)
         settings = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if sample else {"do_sample": False}
-        output = model.generate(**inputs, max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **settings)
+        # seeded without touching the caller's random state (training draws from it when generating on the fly)
+        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            output = model.generate(**inputs, max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                    **settings)
         return tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def complete_all(self, prompts: Sequence[str], seeds: Sequence[int], clock: StageClock, stage: str,
