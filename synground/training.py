@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 import lightning as L
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from synground.data.shards import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +25,21 @@ log = logging.getLogger(__name__)
 def instantiate_group(config: DictConfig | None) -> list[Any]:
     """Callbacks or loggers: every entry of the group that has a _target_."""
     return [hydra.utils.instantiate(entry) for entry in (config or {}).values() if entry is not None and "_target_" in entry]
+
+
+def run_or_record_failure(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run one job. In a multirun (a sweep), a failing run writes failed.json into its directory and the sweep goes
+    on with the next run; a single run fails as usual."""
+    try:
+        return job(cfg)
+    except Exception as error:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        log.exception("this run failed; the sweep goes on with the next one")
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "failed.json").write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}, indent=2))
+        return None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -28,6 +50,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module: L.LightningModule = hydra.utils.instantiate(cfg.model)
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    record_run(cfg, loggers)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = scalar_metrics(trainer.callback_metrics, prefixes=("val/", "train/"))
@@ -39,6 +62,61 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(scalar_metrics(trainer.callback_metrics, prefixes=("test/",)))
     write_metrics(metrics, Path(cfg.paths.output_dir))
     return metrics
+
+
+def wandb_logger(project: str, save_dir: str, offline: bool = False, **settings: Any) -> WandbLogger:
+    """Lightning's WandbLogger that never prompts: without a W&B login (WANDB_API_KEY or `wandb login`) it logs
+    offline, with a warning; `wandb sync <run dir>` uploads the run later."""
+    mode = os.environ.get("WANDB_MODE", "")
+    if not offline and mode not in ("offline", "disabled", "dryrun") and not _wandb_credentials():
+        log.warning("W&B: no login found (set WANDB_API_KEY or run `wandb login`): logging offline under %s; "
+                    "upload later with `wandb sync`", save_dir)
+        offline = True
+    return WandbLogger(project=project, save_dir=save_dir, offline=offline, **settings)
+
+
+def _wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+@rank_zero_only
+def record_run(cfg: DictConfig, loggers: list[Any]) -> None:
+    """Log the resolved config once, and keep the manifests of the training shards with the run, so that a result
+    traces back to the exact data it was trained on."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    manifests = training_manifests(cfg.data.get("train") or {})
+    if not manifests:
+        return
+    folder = Path(cfg.paths.output_dir) / "data_manifests"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (domain, manifest) in enumerate(manifests):
+        shutil.copyfile(manifest, folder / f"{index}-{domain}-{manifest.parent.name}.json")
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            artifact = wandb.Artifact(f"training-data-{logger.experiment.id}", type="dataset")
+            artifact.add_dir(str(folder))
+            logger.experiment.log_artifact(artifact)
+
+
+def training_manifests(train: Any) -> list[tuple[str, Path]]:
+    """(domain, manifest.json) of every training shard set given by a directory or manifest path."""
+    found = []
+    for domain in ("synthetic", "real"):
+        sources = train.get(domain) or []
+        for source in [sources] if isinstance(sources, str) else sources:
+            if isinstance(source, str):
+                path = Path(source)
+                manifest = path / MANIFEST_NAME if path.is_dir() else path
+                if manifest.name == MANIFEST_NAME and manifest.is_file():
+                    found.append((domain, manifest))
+    return found
 
 
 def scalar_metrics(callback_metrics: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, float]:

@@ -1,3 +1,5 @@
+from synground.callbacks.gallery import GradCamGallery
 from synground.callbacks.pointing_game import PointingGame, PointingGameCallback, pointing_game_hits
+from synground.callbacks.random_state import RandomState
 
-__all__ = ["PointingGame", "PointingGameCallback", "pointing_game_hits"]
+__all__ = ["GradCamGallery", "PointingGame", "PointingGameCallback", "RandomState", "pointing_game_hits"]

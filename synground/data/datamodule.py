@@ -276,7 +276,8 @@ class GroundingDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = MixedTrainStream(self.train_sources["synthetic"], self.train_sources["real"], self.synthetic_ratio,
                                    self.train_transform, self.batch_size, self.batches_per_epoch, self.seed, self.exclude_keys)
-        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else _counter()
+        # Lightning's own sampler epoch: right also when a run resumes from an end-of-epoch checkpoint
+        epoch = (lambda: self.trainer.fit_loop.epoch_progress.current.processed) if self.trainer is not None else _counter()
         return _EpochLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, epoch=epoch,
                             multiprocessing_context=self._worker_start([*self.train_sources["synthetic"], *self.train_sources["real"]]))
 

@@ -28,7 +28,7 @@ class GroundingModule(L.LightningModule):
     def __init__(self, net: GroundingModel, amc_weight: float = 1.0, itc_weight: float = 0.0, hard_negatives: bool = True, lr: float = 1e-5,
                  weight_decay: float = 0.02, warmup_steps: int = 2000, warmup_start_lr: float = 1e-6, min_lr: float = 1e-6):
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net"], logger=False)  # train.py logs the whole resolved config once
         self.net = net
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -95,10 +95,24 @@ class GroundingModule(L.LightningModule):
         no_decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim < 2]  # biases and norms
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = planned_steps(self.trainer)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
             step, total, self.hparams.lr, self.hparams.warmup_steps, self.hparams.warmup_start_lr, self.hparams.min_lr) / self.hparams.lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def planned_steps(trainer: L.Trainer) -> int:
+    """`trainer.estimated_stepping_batches` without touching the data when the datamodule knows its epoch length.
+
+    Lightning computes the estimate by creating the training iterator, before a resumed run's loop state is
+    restored: the stream would then replay the finished epoch's data instead of the next one.
+    """
+    per_epoch = getattr(trainer.datamodule, "batches_per_epoch", None)
+    if trainer.max_steps > 0 or per_epoch is None or trainer.max_epochs in (None, -1):
+        return max(int(trainer.estimated_stepping_batches), 1)
+    limit = trainer.limit_train_batches
+    per_epoch = min(per_epoch, limit) if isinstance(limit, int) else int(per_epoch * limit)
+    return max(trainer.max_epochs * per_epoch // trainer.accumulate_grad_batches, 1)
 
 
 def check_normalised(batch: dict[str, Any]) -> None:

@@ -1,0 +1,88 @@
+"""The experiment surface: sweeps and their results, DDP evaluation, exact resume, W&B without an account."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["experiment=shapes", "debug=limit", "data.test.shapes_clean.num_samples=20",
+         "data.test.shapes_textured.num_samples=20", "data.val.shapes_textured.num_samples=20"]
+
+
+def run(script: str, *overrides: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+
+
+def test_a_ratio_sweep_runs_every_ratio_survives_a_bad_one_and_summarises(tmp_path):
+    result = run("train.py", "-m", *SHORT, "data.synthetic_ratio=0,1.5,1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [tmp_path / "sweep" / str(i) for i in range(3)]
+    assert (runs[0] / "metrics.json").exists() and (runs[2] / "metrics.json").exists()
+    failure = json.loads((runs[1] / "failed.json").read_text())["error"]
+    assert "synthetic_ratio must lie in [0, 1]" in failure and not (runs[1] / "metrics.json").exists()
+    # the Grad-CAM gallery of each run, as PNG grids when W&B is off
+    with Image.open(runs[0] / "gallery" / "val_shapes_textured_epoch001.png") as grid:
+        assert grid.format == "PNG" and grid.width > 400
+
+    summary = subprocess.run([sys.executable, "-m", "synground.results", str(tmp_path / "sweep")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert summary.returncode == 0, summary.stderr
+    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert [row["x"] for row in rows] == [0, 1, 1.5]
+    assert 0 <= rows[0]["metrics"]["test/pointing_game/shapes_textured"] <= 1 and "error" in rows[2]
+    assert "| 1.5 | failed:" in summary.stdout
+    with Image.open(tmp_path / "sweep" / "pointing_game.png") as plot:
+        assert plot.format == "PNG"
+
+
+def test_sweeping_a_key_that_does_not_exist_fails_before_training(tmp_path):
+    result = run("train.py", "-m", *SHORT, "data.synthetic_rato=0,1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert result.returncode != 0 and "synthetic_rato" in result.stderr
+    assert not list((tmp_path / "sweep").rglob("metrics.json"))
+
+
+def test_two_ddp_processes_score_the_same_pointing_game_as_one(tmp_path):
+    scores = {}
+    for name, trainer in (("one", "trainer=default"), ("two", "trainer=ddp_cpu")):
+        result = run("eval.py", *SHORT, trainer, "data.num_workers=0", f"hydra.run.dir={tmp_path}/{name}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert scores["two"] == scores["one"]  # accuracy and item counts summed over both ranks
+    assert scores["one"]["test/items/shapes_textured"] > 20  # every phrase of the 20 scenes, none twice
+
+
+def test_resuming_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tmp_path):
+    common = [*SHORT, "trainer.max_epochs=2", "test=false"]
+    straight = run("train.py", *common, f"hydra.run.dir={tmp_path}/straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = run("train.py", *SHORT, "trainer.max_epochs=1", "test=false", f"hydra.run.dir={tmp_path}/first", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run("train.py", *common, f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt",
+                  f"hydra.run.dir={tmp_path}/resumed", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    got = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert got.keys() == expected.keys() and "train/loss" in got
+    # same data, negatives and weights: the last losses agree to float noise (two straight runs differ by as much,
+    # threads sum in varying order) and the pointing game exactly
+    assert all(math.isclose(got[name], value, rel_tol=1e-5) for name, value in expected.items())
+    assert {k: v for k, v in got.items() if "pointing_game" in k} == {k: v for k, v in expected.items() if "pointing_game" in k}
+
+
+def test_wandb_without_a_login_logs_offline_with_a_warning_and_never_prompts(tmp_path):
+    env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "HOME": str(tmp_path), "NETRC": str(tmp_path / "no-netrc"),
+           "WANDB_DIR": str(tmp_path)}
+    result = run("train.py", *SHORT, "trainer.max_epochs=1", "logger=wandb", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no login found" in result.stderr + result.stdout
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    media = runs[0] / "files" / "media"  # the Grad-CAM gallery as W&B images with ground-truth boxes
+    assert list(media.glob("images/gallery/test/shapes_textured_*.png"))
+    assert list(media.glob("metadata/boxes2D/gallery/test/shapes_textured_*.boxes2D.json"))
