@@ -94,3 +94,17 @@ def test_a_missing_shard_path_fails_at_setup_of_the_stage_that_reads_it(tmp_path
 def test_unknown_train_keys_are_rejected():
     with pytest.raises(ValueError, match="synthtic"):
         GroundingDataModule(train={"synthtic": ShapesGenerator()})
+
+
+def test_ranks_read_disjoint_shards_and_no_sample_twice_in_an_epoch(tmp_path, monkeypatch):
+    import synground.data.datamodule as datamodule_module
+
+    generate_shards(ShapesGenerator("clean", 32), tmp_path / "syn", num_samples=48, samples_per_shard=4, name="s")
+    datamodule = GroundingDataModule(train={"synthetic": str(tmp_path / "syn")}, image_size=32, batch_size=4,
+                                     batches_per_epoch=5, num_workers=0)  # 20 of each rank's 24 samples
+    seen = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(datamodule_module, "_worker_slot", lambda rank=rank: (rank, 2))
+        seen[rank] = [key for batch in datamodule.train_dataloader() for key in batch["keys"]]
+    assert len(seen[0]) == len(seen[1]) == 20  # every rank the same number of batches
+    assert len(set(seen[0])) == 20 and len(set(seen[1])) == 20 and not set(seen[0]) & set(seen[1])

@@ -86,3 +86,18 @@ def test_wandb_without_a_login_logs_offline_with_a_warning_and_never_prompts(tmp
     media = runs[0] / "files" / "media"  # the Grad-CAM gallery as W&B images with ground-truth boxes
     assert list(media.glob("images/gallery/test/shapes_textured_*.png"))
     assert list(media.glob("metadata/boxes2D/gallery/test/shapes_textured_*.boxes2D.json"))
+
+
+def test_the_paper_experiments_compose_with_their_models_data_and_ratios():
+    from hydra import compose, initialize_config_dir
+
+    expected = {"amc_vg": 0.0, "synground": 1.0, "synground_vg": 0.5}
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for model, target in (("albef", "AlbefGroundingModel.from_checkpoint"), ("blip", "BlipGroundingModel.from_pretrained")):
+            off_the_shelf = compose("eval", overrides=[f"experiment={model}_off_the_shelf"])
+            assert off_the_shelf.model.net._target_.endswith(target) and "refcoco_plus_testA" in off_the_shelf.data.test
+            for variant, ratio in expected.items():
+                cfg = compose("train", overrides=[f"experiment={model}_{variant}"])
+                assert cfg.model.net._target_.endswith(target) and cfg.data.synthetic_ratio == ratio
+                assert cfg.trainer.strategy == "ddp" and cfg.trainer.max_epochs == 30 and cfg.model.lr == 1e-5
+                assert bool(cfg.data.train.synthetic) == (ratio > 0) and bool(cfg.data.train.real) == (ratio < 1)

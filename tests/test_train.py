@@ -45,6 +45,9 @@ def test_generated_shards_train_and_evaluate_through_the_shards_config(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 <= metrics["test/pointing_game/held_out"] <= 1.0
+    # the run keeps the manifest of the shards it trained on: a result traces back to its data
+    kept = json.loads((tmp_path / "run" / "data_manifests" / "0-synthetic-clean.json").read_text())
+    assert kept == json.loads((tmp_path / "clean" / "manifest.json").read_text())
 
 
 def test_eval_of_the_trained_checkpoint_reproduces_the_training_run_test_numbers(tmp_path):

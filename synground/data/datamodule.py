@@ -58,18 +58,27 @@ def _worker_slot() -> tuple[int, int]:
     return rank * workers + worker, world * workers
 
 
-def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: Counter[str]) -> Iterator[GroundingSample]:
-    """Training stream: shards resampled in random order, or generator requests with fresh seeds."""
+def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: Counter[str], slot: int = 0,
+                     slots: int = 1, partition_seed: str = "") -> Iterator[GroundingSample]:
+    """Training stream: shards in a random order per pass, or generator requests with fresh seeds.
+
+    With at least as many shards as slots (ranks x workers), the shards are dealt to the slots (a new deal each
+    epoch: `partition_seed` is the same on every slot), so no sample is seen by two ranks in one epoch; a slot repeats
+    a sample only after reading all of its shards. With fewer shards every slot reads all of them, in its own order.
+    """
     if isinstance(source, str):
         shards = resolve_shards(source)
-        empty_in_a_row = 0
+        dealt = random.Random(partition_seed).sample(shards, len(shards))
+        mine = dealt[slot::slots] if len(shards) >= slots else shards
+        empty_passes = 0
         while True:
             produced = False
-            for sample in iterate_shard(rng.choice(shards), issues):
-                produced = True
-                yield sample
-            empty_in_a_row = 0 if produced else empty_in_a_row + 1
-            if empty_in_a_row > 3 * len(shards):
+            for shard in rng.sample(mine, len(mine)):
+                for sample in iterate_shard(shard, issues):
+                    produced = True
+                    yield sample
+            empty_passes = 0 if produced else empty_passes + 1
+            if empty_passes > 3:
                 raise RuntimeError(f"no readable sample in the shards of {source!r}")
     else:
         while True:
@@ -134,7 +143,8 @@ class MixedTrainStream(IterableDataset):
         rng = random.Random(f"{self.seed}:{self.epoch}:{slot}")
         issues: Counter[str] = Counter()
         streams = {
-            name: self._interleave([_endless_samples(s, random.Random(f"{self.seed}:{self.epoch}:{slot}:{name}:{i}"), issues)
+            name: self._interleave([_endless_samples(s, random.Random(f"{self.seed}:{self.epoch}:{slot}:{name}:{i}"), issues,
+                                                     slot, slots, partition_seed=f"{self.seed}:{self.epoch}:{name}:{i}")
                                     for i, s in enumerate(sources)], rng)
             for name, sources in (("synthetic", self.synthetic), ("real", self.real)) if sources
         }
