@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test benchmark
+.PHONY: demo test benchmark mixing-study
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,3 +24,8 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/gradcam_throughput.py
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/generation_pipeline.py
+
+# the offline mixing study: the real/synthetic ratio sweep on the shapes world (~20 min on 2 CPU cores)
+mixing-study: $(STAMP)
+	$(PY) train.py -m experiment=shapes_mixing data.synthetic_ratio=0,0.25,0.5,0.75,1 hydra.sweep.dir=logs/shapes_mixing/multiruns/study
+	$(PY) -m synground.results logs/shapes_mixing/multiruns/study --output benchmarks/results/shapes_mixing
