@@ -1,9 +1,6 @@
-"""The report of a generated shard set: counts, distributions as PNG histograms, rejections and stage throughput.
-
-    python -m synground.generation.report data/synground [--output DIR]
-
-Reads the manifest and every shard's JSON records (images are not decoded) and writes report.json, report.md and
-PNG plots into `<shard_dir>/report/`. generate.py writes it at the end of a run.
+"""The report of a generated shard set, read from its manifest and the shards' JSON records (images are not decoded):
+counts, distributions as PNG histograms, rejections by reason and throughput per stage. `generate.py` writes it at the
+end of a run; `python -m synground.generation.report SHARD_DIR [--output DIR]` writes it for any shard set.
 """
 
 from __future__ import annotations
@@ -28,27 +25,40 @@ HISTOGRAMS = {  # file stem -> (title, x label)
     "detector_score": ("Detector score of each phrase", "score"),
     "clip_score": ("CLIP image-text score", "cosine similarity"),
 }
+PLOTS = [*HISTOGRAMS, "rejections", "stage_throughput"]
 
 
 def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Write report.json, report.md and PNG plots of the shard set into `output_dir` (default `<shard_dir>/report`)."""
     shard_dir = Path(shard_dir)
     output_dir = Path(output_dir) if output_dir else shard_dir / "report"
-    shards = read_manifest(shard_dir / MANIFEST_NAME)["shards"]
+    manifest_path = shard_dir / MANIFEST_NAME
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {shard_dir}: {manifest_path} does not exist")
+    shards = read_manifest(manifest_path)["shards"]
     values: dict[str, list[float]] = {name: [] for name in HISTOGRAMS}
     sources: Counter[str] = Counter()
-    unreadable = 0
+    records = unreadable = 0
     for entry in shards:
         path = shard_dir / entry["name"]
         if not path.exists():
-            raise FileNotFoundError(f"{shard_dir / MANIFEST_NAME} lists {entry['name']}, which does not exist")
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if not member.name.endswith(".json"):
-                    continue
-                try:
-                    _measure(json.loads(tar.extractfile(member).read()), values, sources)
-                except (ValueError, KeyError, TypeError, ZeroDivisionError):
-                    unreadable += 1
+            raise FileNotFoundError(f"{manifest_path} lists {entry['name']}, which does not exist ({path})")
+        try:
+            with tarfile.open(path) as tar:
+                for member in tar:  # only headers are read for the images: their bytes are skipped, not decoded
+                    if not member.name.endswith(".json"):
+                        continue
+                    records += 1
+                    try:
+                        numbers, source = _measure(json.loads(tar.extractfile(member).read()))
+                    except (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
+                        unreadable += 1
+                        continue
+                    for name, sample_values in numbers.items():
+                        values[name] += sample_values
+                    sources[source] += 1
+        except tarfile.TarError as error:
+            raise ValueError(f"shard {path} is unreadable: {error}") from error
 
     rejections, seconds, items = Counter(), Counter(), Counter()
     for entry in shards:
@@ -56,56 +66,64 @@ def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) 
         seconds.update(entry.get("stage_seconds", {}))
         items.update(entry.get("stage_items", {}))
     samples = sum(entry["samples"] for entry in shards)
-    requests = sum(entry["requests"] for entry in shards) if all("requests" in e for e in shards) and shards else None
+    requests = sum(entry["requests"] for entry in shards) if shards and all("requests" in e for e in shards) else None
     summary = {
         "shards": len(shards), "samples": samples, "requests": requests,
         "acceptance_rate": round(samples / requests, 4) if requests else None,
-        "regions": int(sum(values["regions_per_image"])),
-        "boxes": int(sum(values["boxes_per_image"])), "unreadable_records": unreadable, "sources": dict(sources),
+        "regions": int(sum(values["regions_per_image"])), "boxes": int(sum(values["boxes_per_image"])),
+        "records": records, "unreadable_records": unreadable, "sources": dict(sources.most_common()),
         "distributions": {name: _describe(numbers) for name, numbers in values.items() if numbers},
         "rejections": dict(rejections.most_common()),
         "stages": {stage: {"seconds": round(seconds[stage], 2), "items": items[stage],
                            "items_per_second": round(items[stage] / seconds[stage], 3) if seconds[stage] else None}
-                   for stage in seconds},
+                   for stage in dict.fromkeys([*seconds, *items])},
     }
+
     output_dir.mkdir(parents=True, exist_ok=True)
+    plots = []
     for name, numbers in values.items():
         if numbers:
-            _histogram(output_dir / f"{name}.png", numbers, *HISTOGRAMS[name])
+            plots.append(_histogram(output_dir / f"{name}.png", numbers, *HISTOGRAMS[name]))
     if rejections:
-        _bars(output_dir / "rejections.png", dict(rejections.most_common()), "Rejections by reason", "requests")
+        plots.append(_bars(output_dir / "rejections.png", summary["rejections"], "Rejections by reason", "requests"))
     rates = {stage: s["items_per_second"] for stage, s in summary["stages"].items() if s["items_per_second"]}
     if rates:
-        _bars(output_dir / "stage_throughput.png", rates, "Throughput per stage", "items per second")
+        plots.append(_bars(output_dir / "stage_throughput.png", rates, "Throughput per stage", "items per second"))
+    for name in PLOTS:  # a plot left by an earlier report of other data would be read as this one's
+        if f"{name}.png" not in plots:
+            (output_dir / f"{name}.png").unlink(missing_ok=True)
     (output_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (output_dir / "report.md").write_text(markdown(summary, sorted(p.name for p in output_dir.glob("*.png"))))
+    (output_dir / "report.md").write_text(markdown(summary, plots))
     return summary
 
 
-def _measure(record: dict[str, Any], values: dict[str, list[float]], sources: Counter[str]) -> None:
+def _measure(record: dict[str, Any]) -> tuple[dict[str, list[float]], str]:
+    """One record's numbers and source; raises on a malformed record before any of them is counted."""
     area = float(record["width"]) * float(record["height"])
     regions = record["regions"]
-    values["regions_per_image"].append(len(regions))
-    values["boxes_per_image"].append(sum(len(region["boxes"]) for region in regions))
-    for region in regions:
-        values["phrase_length"].append(len(str(region["phrase"]).split()))
-        if region.get("score") is not None:
-            values["detector_score"].append(float(region["score"]))
-        for x0, y0, x1, y1 in region["boxes"]:
-            values["box_area"].append(max(0.0, x1 - x0) * max(0.0, y1 - y0) / area)
-    if record.get("provenance", {}).get("clip_score") is not None:
-        values["clip_score"].append(float(record["provenance"]["clip_score"]))
-    sources[str(record.get("source", ""))] += 1
+    boxes = [box for region in regions for box in region["boxes"]]
+    scores = [float(region["score"]) for region in regions if region.get("score") is not None]
+    clip_score = (record.get("provenance") or {}).get("clip_score")
+    numbers = {
+        "regions_per_image": [len(regions)],
+        "boxes_per_image": [len(boxes)],
+        "phrase_length": [len(str(region["phrase"]).split()) for region in regions],
+        "box_area": [max(0.0, x1 - x0) * max(0.0, y1 - y0) / area for x0, y0, x1, y1 in boxes],
+        "detector_score": scores,
+        "clip_score": [] if clip_score is None else [float(clip_score)],
+    }
+    return numbers, str(record.get("source", ""))
 
 
 def _describe(numbers: list[float]) -> dict[str, float]:
     ordered = sorted(numbers)
-    quantile = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"count": len(numbers), "mean": round(statistics.fmean(numbers), 4), "p10": round(quantile(0.1), 4),
-            "median": round(quantile(0.5), 4), "p90": round(quantile(0.9), 4), "min": ordered[0], "max": ordered[-1]}
+    p10, p90 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.1, 0.9))
+    return {"count": len(numbers), "mean": round(statistics.fmean(ordered), 4), "p10": round(p10, 4),
+            "median": round(statistics.median(ordered), 4), "p90": round(p90, 4),
+            "min": round(ordered[0], 4), "max": round(ordered[-1], 4)}
 
 
-def _histogram(path: Path, numbers: list[float], title: str, xlabel: str) -> None:
+def _histogram(path: Path, numbers: list[float], title: str, xlabel: str) -> str:
     figure = Figure(figsize=(5, 3.2), dpi=100, layout="constrained")
     axes = figure.subplots()
     integers = all(float(n).is_integer() for n in numbers)
@@ -113,22 +131,25 @@ def _histogram(path: Path, numbers: list[float], title: str, xlabel: str) -> Non
     axes.hist(numbers, bins=bins, color="#4878a8")
     axes.set(title=f"{title} (n={len(numbers)})", xlabel=xlabel, ylabel="count")
     figure.savefig(path)
+    return path.name
 
 
-def _bars(path: Path, counts: dict[str, float], title: str, xlabel: str) -> None:
+def _bars(path: Path, counts: dict[str, float], title: str, xlabel: str) -> str:
     figure = Figure(figsize=(5.5, 1 + 0.35 * len(counts)), dpi=100, layout="constrained")
     axes = figure.subplots()
-    axes.barh(list(counts)[::-1], list(counts.values())[::-1], color="#a85448")
+    axes.barh(list(counts)[::-1], list(counts.values())[::-1], color="#a85448")  # largest on top
     axes.set(title=title, xlabel=xlabel)
     figure.savefig(path)
+    return path.name
 
 
 def markdown(summary: dict[str, Any], plots: list[str]) -> str:
     lines = ["# Dataset report", "", "| | |", "|---|---|"]
-    for key in ("shards", "samples", "requests", "acceptance_rate", "regions", "boxes", "unreadable_records"):
+    for key in ("shards", "samples", "requests", "acceptance_rate", "regions", "boxes", "records", "unreadable_records"):
         lines.append(f"| {key.replace('_', ' ')} | {summary[key]} |")
-    lines += ["", "| distribution | mean | p10 | median | p90 |", "|---|---|---|---|---|"]
-    lines += [f"| {name.replace('_', ' ')} | {d['mean']} | {d['p10']} | {d['median']} | {d['p90']} |"
+    lines += [f"| source {source} | {count} |" for source, count in summary["sources"].items()]
+    lines += ["", "| distribution | count | mean | p10 | median | p90 |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name.replace('_', ' ')} | {d['count']} | {d['mean']} | {d['p10']} | {d['median']} | {d['p90']} |"
               for name, d in summary["distributions"].items()]
     if summary["rejections"]:
         lines += ["", "| rejected because | requests |", "|---|---|"]
@@ -136,7 +157,7 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
     if summary["stages"]:
         lines += ["", "| stage | seconds | items | items/s |", "|---|---|---|---|"]
         lines += [f"| {stage} | {s['seconds']} | {s['items']} | {s['items_per_second']} |" for stage, s in summary["stages"].items()]
-    lines += [""] + [f"![{plot[:-4]}]({plot})" for plot in plots]
+    lines += [""] + [f"![{plot.removesuffix('.png')}]({plot})" for plot in plots]
     return "\n".join(lines) + "\n"
 
 
@@ -145,8 +166,7 @@ def main() -> None:
     parser.add_argument("shard_dir")
     parser.add_argument("--output", help="directory of the report (default: <shard_dir>/report)")
     args = parser.parse_args()
-    summary = dataset_report(args.shard_dir, args.output)
-    print(markdown(summary, []))
+    print(markdown(dataset_report(args.shard_dir, args.output), []))
 
 
 if __name__ == "__main__":
