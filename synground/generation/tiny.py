@@ -14,7 +14,10 @@ import string
 import sys
 from pathlib import Path
 
+import open_clip
 import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionGLIGENPipeline, StableDiffusionPipeline,
+                       UNet2DConditionModel)
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer
 from tokenizers.models import WordLevel
@@ -65,8 +68,6 @@ def _llama_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
 
 
 def _diffusion_parts(gated: bool) -> dict:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-
     unet = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4, block_out_channels=(4, 8), layers_per_block=1,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
@@ -84,14 +85,10 @@ def _diffusion_parts(gated: bool) -> dict:
 
 
 def _stable_diffusion(path: Path) -> None:
-    from diffusers import StableDiffusionPipeline
-
     StableDiffusionPipeline(**_diffusion_parts(gated=False)).save_pretrained(path)
 
 
 def _gligen(path: Path) -> None:
-    from diffusers import StableDiffusionGLIGENPipeline
-
     StableDiffusionGLIGENPipeline(**_diffusion_parts(gated=True)).save_pretrained(path)
 
 
@@ -129,10 +126,9 @@ def _owlv2(path: Path) -> None:
 
 
 def _grounding_dino(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    vocab_file = path / "vocab.txt"
-    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *PUNCTUATION]) + "\n")
-    tokenizer = BertTokenizer(vocab_file=str(vocab_file))
+    # a vocab dict, not vocab_file: transformers 5 ignores vocab_file and keeps only the five special tokens
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *PUNCTUATION]
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(tokens)})
     backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4,
                           out_features=["stage1", "stage2"])
     text = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -148,8 +144,6 @@ def _grounding_dino(path: Path) -> None:
 
 
 def _open_clip(root: Path) -> dict[str, str]:
-    import open_clip
-
     config = root / f"{CLIP_MODEL}.json"
     config.write_text(json.dumps({
         "embed_dim": 16,
