@@ -50,6 +50,13 @@ class ClipScore(LazyModels):
     def score(self, images: Sequence[torch.Tensor], texts: Sequence[str], clock: StageClock) -> list[float | None]:
         return run_batched(self._score_batch, list(zip(images, texts)), self.batch_size, clock, "clip_score")
 
+    def passing(self, images: Sequence[torch.Tensor], texts: Sequence[str], clock: StageClock) -> list[float | None]:
+        """Each score that reaches `min_score`; None for the rest, those below it counted as `low_clip_score`
+        (scores lost to memory are counted by `score`)."""
+        scores = self.score(images, texts, clock)
+        clock.reject("low_clip_score", sum(score is not None and score < self.min_score for score in scores))
+        return [score if score is not None and score >= self.min_score else None for score in scores]
+
     @torch.inference_mode()
     def _score_batch(self, batch: Sequence[tuple[torch.Tensor, str]]) -> list[float]:
         model, tokenizer, size, mean, std = self.load()

@@ -103,23 +103,13 @@ class LayoutGenerator:
         drawn = [(*item, image) for item, image in zip(planned, images) if image is not None]
         scores: list[float | None] = [None] * len(drawn)
         if self.clip_filter is not None:
-            scores = self.clip_filter.score([image for *_, image in drawn], [d.text for _, d, *_ in drawn], clock)
-            passed = [score is not None and score >= self.clip_filter.min_score for score in scores]
-            clock.reject("low_clip_score", sum(score is not None and not ok for score, ok in zip(scores, passed)))
-            drawn, scores = [x for x, ok in zip(drawn, passed) if ok], [s for s, ok in zip(scores, passed) if ok]
+            scores = self.clip_filter.passing([image for *_, image in drawn], [d.text for _, d, *_ in drawn], clock)
+            drawn, scores = [x for x, s in zip(drawn, scores) if s is not None], [s for s in scores if s is not None]
         return [self._sample(*item, score) for item, score in zip(drawn, scores)]
 
     def _layouts(self, texts: Sequence[str], seeds: Sequence[int], clock: StageClock) -> list[list[tuple[str, list[float]]]]:
         prompts = [self.prompt.format(description=text, max_objects=self.max_objects) for text in texts]
-        answers = self.llm.complete_all(prompts, seeds, clock, "layout")
-        layouts = [parse_layout(answer or "", self.max_objects) for answer in answers]
-        retry = [i for i, layout in enumerate(layouts) if not layout and answers[i] is not None]
-        if retry:
-            clock.events["layout_retried"] += len(retry)
-            again = self.llm.complete_all([prompts[i] for i in retry], [seeds[i] + 1 for i in retry], clock, "layout", do_sample=True)
-            for i, answer in zip(retry, again):
-                layouts[i] = parse_layout(answer or "", self.max_objects)
-        return layouts
+        return self.llm.complete_parsed(prompts, seeds, lambda answer: parse_layout(answer, self.max_objects), clock, "layout")
 
     def _sample(self, request: GenerationRequest, description: Any, layout: list[tuple[str, list[float]]],
                 image: torch.Tensor, clip_score: float | None) -> GroundingSample:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -62,3 +62,17 @@ class LanguageModel(LazyModels):
         """`complete` in batches of `batch_size`, each seeded by its first request; None where memory ran out."""
         return run_batched(lambda batch: self.complete([prompt for prompt, _ in batch], batch[0][1], do_sample),
                            list(zip(prompts, seeds)), self.batch_size, clock, stage)
+
+    def complete_parsed(self, prompts: Sequence[str], seeds: Sequence[int], parse: Callable[[str], Any], clock: StageClock,
+                        stage: str) -> list[Any]:
+        """`parse` of each completion. An answer that parses to nothing is asked once more, sampled with seed + 1
+        (counted as `<stage>_retried`); if that parses to nothing too, so be it."""
+        answers = self.complete_all(prompts, seeds, clock, stage)
+        parsed = [parse(answer or "") for answer in answers]
+        retry = [i for i, found in enumerate(parsed) if not found and answers[i] is not None]
+        if retry:
+            clock.events[f"{stage}_retried"] += len(retry)
+            again = self.complete_all([prompts[i] for i in retry], [seeds[i] + 1 for i in retry], clock, stage, do_sample=True)
+            for i, answer in zip(retry, again):
+                parsed[i] = parse(answer or "")
+        return parsed

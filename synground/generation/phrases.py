@@ -67,12 +67,5 @@ class PhraseExtractor:
 
     def _ask(self, kind: str, descriptions: Sequence[str], seeds: Sequence[int], clock: StageClock) -> list[list[str]]:
         prompts = [self.prompts[kind].format(description=text) for text in descriptions]
-        answers = self.llm.complete_all(prompts, seeds, clock, "phrases")
-        phrases = [parse_phrases(answer or "", self.max_words[kind]) for answer in answers]
-        retry = [i for i, found in enumerate(phrases) if not found and answers[i] is not None]
-        if retry:
-            clock.events["phrases_retried"] += len(retry)
-            again = self.llm.complete_all([prompts[i] for i in retry], [seeds[i] + 1 for i in retry], clock, "phrases", do_sample=True)
-            for i, answer in zip(retry, again):
-                phrases[i] = parse_phrases(answer or "", self.max_words[kind])
-        return phrases
+        return self.llm.complete_parsed(prompts, seeds, lambda answer: parse_phrases(answer, self.max_words[kind]), clock,
+                                        "phrases")

@@ -60,11 +60,8 @@ class SynGroundGenerator:
         drafts = [replace(d, regions=found) for d, found in zip(drafts, regions) if found]
 
         if self.clip_filter is not None:
-            scores = self.clip_filter.score([d.image for d in drafts], [d.description.text for d in drafts], clock)
+            scores = self.clip_filter.passing([d.image for d in drafts], [d.description.text for d in drafts], clock)
             drafts = [replace(d, clip_score=score) for d, score in zip(drafts, scores) if score is not None]
-            low = [d for d in drafts if d.clip_score < self.clip_filter.min_score]
-            clock.reject("low_clip_score", len(low))
-            drafts = [d for d in drafts if d.clip_score >= self.clip_filter.min_score]
         return [self._sample(draft) for draft in drafts]
 
     def _sample(self, draft: Draft) -> GroundingSample:
