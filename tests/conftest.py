@@ -14,14 +14,14 @@ WORDS = ["the", "red", "blue", "circle", "square", "on", "left", "right"]
 @pytest.fixture
 def tiny_blip() -> BlipGroundingModel:
     torch.manual_seed(0)
-    return BlipGroundingModel.tiny(WORDS, image_size=64, vision_width=32, text_width=32, heads=2, vision_layers=2, text_layers=2)
+    return BlipGroundingModel.tiny(WORDS, image_size=64, vision_width=32, text_width=32, heads=2, vision_layers=2, text_layers=3)
 
 
 @pytest.fixture
 def tiny_albef() -> AlbefGroundingModel:
     torch.manual_seed(0)
     return AlbefGroundingModel.tiny(WORDS, image_size=64, vision_width=32, text_width=32, heads=2, vision_layers=2,
-                                    text_layers=3, fusion_layer=1, gradcam_layer=2)
+                                    text_layers=4, fusion_layer=1, gradcam_layer=2)
 
 
 @pytest.fixture(params=["blip", "albef"])

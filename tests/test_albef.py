@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from synground.models import AlbefGroundingModel
-from synground.models.albef import AlbefConfig
+from synground.models.albef import AlbefConfig, bert_tokenizer
 from synground.models.checkpoints import CheckpointError, read_state_dict
 
 
@@ -32,7 +32,7 @@ def released_albef_shapes(c: AlbefConfig, grid: int, bert: str = "text_encoder.b
     for i in range(c.vision_layers):
         block = f"visual_encoder.blocks.{i}"
         norm(f"{block}.norm1", v), linear(f"{block}.attn.qkv", 3 * v, v), linear(f"{block}.attn.proj", v, v)
-        norm(f"{block}.norm2", v), linear(f"{block}.mlp.fc1", 4 * v, v), linear(f"{block}.mlp.fc2", v, 4 * v)
+        norm(f"{block}.norm2", v), linear(f"{block}.mlp.fc1", c.vision_mlp_width, v), linear(f"{block}.mlp.fc2", v, c.vision_mlp_width)
     norm("visual_encoder.norm", v)
     shapes[f"{bert}embeddings.position_ids"] = (1, c.max_positions)
     shapes[f"{bert}embeddings.word_embeddings.weight"] = (c.vocab_size, t)
@@ -45,7 +45,8 @@ def released_albef_shapes(c: AlbefConfig, grid: int, bert: str = "text_encoder.b
             linear(f"{layer}.{part}.self.query", t, t), linear(f"{layer}.{part}.self.key", t, key_width)
             linear(f"{layer}.{part}.self.value", t, key_width), linear(f"{layer}.{part}.output.dense", t, t)
             norm(f"{layer}.{part}.output.LayerNorm", t)
-        linear(f"{layer}.intermediate.dense", 4 * t, t), linear(f"{layer}.output.dense", t, 4 * t), norm(f"{layer}.output.LayerNorm", t)
+        ffn = c.text_intermediate_width
+        linear(f"{layer}.intermediate.dense", ffn, t), linear(f"{layer}.output.dense", t, ffn), norm(f"{layer}.output.LayerNorm", t)
     linear("vision_proj", e, v), linear("text_proj", e, t), linear("itm_head", 2, t)
     shapes["temp"] = ()
     if bert == "text_encoder.bert.":  # the pretraining checkpoint keeps its masked-language-model head
@@ -153,3 +154,41 @@ def test_a_vocabulary_that_does_not_fit_the_checkpoint_is_an_error(tmp_path):
     torch.save({"model": {"text_encoder.bert.embeddings.word_embeddings.weight": torch.zeros(30522, 8)}}, tmp_path / "ALBEF.pth")
     with pytest.raises(CheckpointError, match=r"has \d+ tokens but .*ALBEF.pth's word embeddings have 30522 rows"):
         AlbefGroundingModel.from_checkpoint(str(tmp_path / "ALBEF.pth"), text_encoder=str(vocab))
+
+
+def write_vocabulary(path, words: list[str]) -> list[str]:
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    path.write_text("\n".join(tokens) + "\n")
+    return tokens
+
+
+def test_a_vocab_txt_file_gives_every_word_its_line_number(tmp_path):
+    tokens = write_vocabulary(tmp_path / "vocab.txt", ["the", "red", "circle", "##s"])
+    tokenizer = bert_tokenizer(str(tmp_path / "vocab.txt"))  # transformers 5 ignores BertTokenizer(vocab_file=...)
+    assert len(tokenizer) == len(tokens)
+    assert tokenizer.encode("The red circles", add_special_tokens=False) == [5, 6, 7, 8]
+    assert tokenizer.cls_token_id == 2 and tokenizer.pad_token_id == 0
+
+
+def test_a_vocab_txt_with_a_repeated_line_is_refused(tmp_path):
+    write_vocabulary(tmp_path / "vocab.txt", ["the", "red", "the"])
+    with pytest.raises(OSError, match="vocab.txt gives a vocabulary of 7 tokens from 8 lines"):
+        bert_tokenizer(str(tmp_path / "vocab.txt"))
+
+
+def test_a_checkpoint_of_other_sizes_loads_with_every_size_read_from_the_file(tmp_path):
+    """An ALBEF-family file narrower and shallower than ViT-B + BERT-base, with other feed-forward and projection widths."""
+    tokens = write_vocabulary(tmp_path / "vocab.txt", ["the", "red", "circle"])
+    sizes = dict(patch_size=16, vision_width=64, vision_layers=2, vision_heads=1, vision_mlp_width=96, text_width=128,
+                 text_layers=4, text_heads=2, text_intermediate_width=192, fusion_layer=2, vocab_size=len(tokens),
+                 max_positions=40, embed_dim=48)
+    state = random_state_dict(released_albef_shapes(AlbefConfig(**sizes), grid=4))
+    torch.save({"model": state, "epoch": 0}, tmp_path / "small.pth")
+    model = AlbefGroundingModel.from_checkpoint(str(tmp_path / "small.pth"), text_encoder=str(tmp_path / "vocab.txt"),
+                                                image_size=64, gradcam_layer=2, dropout=0.0)
+    assert {key: getattr(model.config, key) for key in sizes} == sizes  # heads: width / 64, as in ViT and BERT
+    assert model.config.dropout == 0.0
+    torch.testing.assert_close(model.state_dict()["text_encoder.encoder.layer.3.intermediate.dense.weight"],
+                               state["text_encoder.bert.encoder.layer.3.intermediate.dense.weight"])
+    out = model.eval().gradcam(model.encode_images(torch.randn(2, 3, 64, 64)), model.tokenize(["the red circle", "the"]), create_graph=False)
+    assert out.maps.shape == (2, 4, 4) and torch.isfinite(out.maps).all()

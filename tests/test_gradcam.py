@@ -76,3 +76,27 @@ def test_normalised_training_map_spans_zero_to_one():
     cam = normalise_cam(torch.tensor([[[-1.0, 0.5], [1.0, 2.0]]]), size=8)
     assert cam.shape == (1, 8, 8)
     assert cam.min().item() >= 0.0 and abs(cam.max().item() - 1.0) < 1e-5
+
+
+def test_albef_amc_gradients_with_fused_attention_below_the_gradcam_layer_equal_all_eager(tiny_albef):
+    """Fused kernels where only a first backward is needed, eager ones where the AMC loss needs a second: same gradients."""
+    tiny_albef.eval()
+    masks = torch.zeros(3, 64, 64)
+    masks[:, :32, 16:48] = 1
+
+    def amc_gradients():
+        tiny_albef.zero_grad()
+        images, texts = inputs(tiny_albef)
+        cam = tiny_albef.gradcam(tiny_albef.encode_images(images), texts, create_graph=True)
+        amc_loss(normalise_cam(cam.maps, 64), masks).backward()
+        return {name: p.grad.clone() for name, p in tiny_albef.named_parameters() if p.grad is not None}
+
+    fused = amc_gradients()
+    attention = [m for m in tiny_albef.modules() if type(m).__name__ == "MultiHeadAttention"]
+    assert sum(not m.eager for m in attention) >= 2  # the text layers below, and layer 2's self-attention, stay fused
+    for module in attention:
+        module.eager = True
+    eager = amc_gradients()
+    assert fused.keys() == eager.keys() and len(fused) > 20
+    for name in fused:
+        torch.testing.assert_close(fused[name], eager[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -29,6 +29,19 @@ def test_training_step_combines_itm_itc_and_amc_into_one_finite_loss(tiny_model,
     assert sum(p.grad.abs().sum() for p in tiny_model.parameters() if p.grad is not None) > 0
 
 
+@pytest.mark.parametrize("amc_weight, itc_weight, hard_negatives", [(1.0, 0.0, False), (1.0, 0.0, True), (1.0, 1.0, True), (0.0, 0.0, True)])
+def test_every_trainable_parameter_takes_part_in_the_loss_with_dropout_off(tiny_model, amc_weight, itc_weight, hard_negatives):
+    """What DDP needs without find_unused_parameters (the projections are frozen when ITC is off). With dropout off
+    the attention above the Grad-CAM layer could take a fused kernel, which has no double backward for the AMC loss."""
+    module = GroundingModule(tiny_model, amc_weight=amc_weight, itc_weight=itc_weight, hard_negatives=hard_negatives).eval()
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    module.training_step(batch(), 0).backward()
+    trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    assert [name for name, p in trainable.items() if p.grad is None] == []
+    frozen = {id(p) for p in tiny_model.contrastive_parameters()}
+    assert bool(frozen) and all((id(p) in frozen) == (itc_weight == 0) for p in module.parameters() if not p.requires_grad)
+
+
 def test_a_model_without_contrastive_features_asks_to_switch_them_off(tiny_blip):
     tiny_blip.contrastive_features = lambda image_embeds, texts: None
     module = GroundingModule(tiny_blip, itc_weight=0.0, hard_negatives=True)

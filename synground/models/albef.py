@@ -1,8 +1,10 @@
 """ALBEF (Li et al., NeurIPS 2021) for grounding: ViT-B/16 + BERT fused from layer 6, ITM head, ITC projections.
 
-Module names follow the released checkpoints (`ALBEF.pth`, `refcoco.pth`) so their state dicts load as they are.
-Attention is fused (`scaled_dot_product_attention`) everywhere except the cross-attention layer Grad-CAM reads,
-which runs eagerly to return its probabilities.
+Module names follow the released checkpoints (`ALBEF.pth`, `refcoco.pth`) so their state dicts load as they are,
+and their sizes are read from the file. Attention is fused (`scaled_dot_product_attention`) in the vision encoder and
+the text layers up to the Grad-CAM layer. The cross-attention Grad-CAM reads and every attention above it run
+eagerly: the first returns its probabilities, and the AMC loss differentiates through the backward of the layers
+above it (create_graph), which the fused kernels (flash, memory-efficient, the CPU flash kernel) cannot do.
 """
 
 from __future__ import annotations
@@ -37,15 +39,42 @@ class AlbefConfig:
     vision_width: int = 768
     vision_layers: int = 12
     vision_heads: int = 12
+    vision_mlp_width: int = 3072
     text_width: int = 768
     text_layers: int = 12
     text_heads: int = 12
+    text_intermediate_width: int = 3072
     fusion_layer: int = 6  # layers before it read text only; it and later ones cross-attend to the image
     vocab_size: int = 30522
     max_positions: int = 512
     embed_dim: int = 256  # of the contrastive projections
     dropout: float = 0.1  # BERT's hidden and attention dropout (the ViT has none)
     initializer_range: float = 0.02
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], name: str = "the state dict", **settings) -> "AlbefConfig":
+        """Every size a released state dict (our key style) determines; heads are width / 64, as in ViT and BERT."""
+        def shape(key: str) -> torch.Size:
+            if key not in state_dict:
+                raise CheckpointError(f"{name} is not an ALBEF state dict: it has no {key}")
+            return state_dict[key].shape
+
+        def count(prefix: str) -> int:
+            return len({key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)})
+
+        vision_width = shape("visual_encoder.cls_token")[-1]
+        vocab_size, text_width = shape("text_encoder.embeddings.word_embeddings.weight")
+        text_layers = count("text_encoder.encoder.layer.")
+        fusion_layer = next((i for i in range(text_layers) if f"text_encoder.encoder.layer.{i}.crossattention.self.query.weight" in state_dict),
+                            text_layers)
+        sizes = dict(patch_size=shape("visual_encoder.patch_embed.proj.weight")[-1], vision_width=vision_width,
+                     vision_layers=count("visual_encoder.blocks."), vision_heads=vision_width // 64,
+                     vision_mlp_width=shape("visual_encoder.blocks.0.mlp.fc1.weight")[0], text_width=text_width,
+                     text_layers=text_layers, text_heads=text_width // 64, fusion_layer=fusion_layer,
+                     text_intermediate_width=shape("text_encoder.encoder.layer.0.intermediate.dense.weight")[0],
+                     vocab_size=vocab_size, max_positions=shape("text_encoder.embeddings.position_embeddings.weight")[0],
+                     embed_dim=shape("vision_proj.weight")[0])
+        return cls(**{**sizes, **settings})
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -58,7 +87,11 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 class MultiHeadAttention(nn.Module):
-    """BERT's query/key/value attention. With `return_probs` it runs eagerly and returns the probabilities too."""
+    """BERT's query/key/value attention, fused unless `eager`.
+
+    Eager attention (matmul, softmax, matmul) returns its probabilities, for Grad-CAM, and has a double backward,
+    for the layers the AMC loss differentiates through; the fused kernels have neither.
+    """
 
     def __init__(self, width: int, heads: int, key_width: int, dropout: float):
         super().__init__()
@@ -66,12 +99,12 @@ class MultiHeadAttention(nn.Module):
         self.key = nn.Linear(key_width, width)
         self.value = nn.Linear(key_width, width)
         self.heads, self.dropout = heads, dropout
-        self.return_probs = False
+        self.eager = False
 
     def forward(self, hidden: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         q, k, v = (split_heads(x, self.heads) for x in (self.query(hidden), self.key(context), self.value(context)))
         dropout = self.dropout if self.training else 0.0
-        if not self.return_probs:
+        if not self.eager:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
             return out.transpose(1, 2).flatten(2), None
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
@@ -119,8 +152,8 @@ class BertLayer(nn.Module):
         width, heads, dropout = config.text_width, config.text_heads, config.dropout
         self.attention = BertAttention(width, heads, width, dropout)
         self.crossattention = BertAttention(width, heads, config.vision_width, dropout) if cross_attention else None
-        self.intermediate = Intermediate(width, 4 * width)
-        self.output = ResidualOutput(4 * width, width, dropout)
+        self.intermediate = Intermediate(width, config.text_intermediate_width)
+        self.output = ResidualOutput(config.text_intermediate_width, width, dropout)
 
     def forward(self, hidden: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.attention(hidden, hidden, text_mask)
@@ -195,22 +228,22 @@ class VisionAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, width: int):
+    def __init__(self, width: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(width, 4 * width)
-        self.fc2 = nn.Linear(4 * width, width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, mlp_width: int):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=1e-6)
         self.attn = VisionAttention(width, heads)
         self.norm2 = nn.LayerNorm(width, eps=1e-6)
-        self.mlp = Mlp(width)
+        self.mlp = Mlp(width, mlp_width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -225,7 +258,7 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(config.patch_size, width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, width))
-        self.blocks = nn.ModuleList(Block(width, config.vision_heads) for _ in range(config.vision_layers))
+        self.blocks = nn.ModuleList(Block(width, config.vision_heads, config.vision_mlp_width) for _ in range(config.vision_layers))
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -247,12 +280,22 @@ def resize_position_embedding(pos_embed: torch.Tensor, grid: int) -> torch.Tenso
     return torch.cat([pos_embed[:, :1], patches.permute(0, 2, 3, 1).flatten(1, 2).to(pos_embed.dtype)], dim=1)
 
 
+def our_key_style(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ALBEF.pth names the text encoder text_encoder.bert.* (BertForMaskedLM), refcoco.pth text_encoder.*: use the latter."""
+    return {key.replace("text_encoder.bert.", "text_encoder.", 1): value for key, value in state_dict.items()}
+
+
 def bert_tokenizer(source: str) -> BertTokenizer:
     """bert-base-uncased's WordPiece vocabulary from a hub id, a local tokenizer directory or a vocab.txt file."""
     how_to_get = (f"download it once with network access (hf download {source} vocab.txt) and pass the directory or "
                   "the vocab.txt file as text_encoder=...")
-    if Path(source).is_file():
-        return BertTokenizer(vocab_file=source, do_lower_case=True)
+    if Path(source).is_file():  # transformers 5 ignores BertTokenizer(vocab_file=...): read the words ourselves
+        tokens = Path(source).read_text(encoding="utf-8").splitlines()
+        tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(tokens)}, do_lower_case=True)
+        if len(tokenizer) != len(tokens) or len(set(tokens)) != len(tokens):
+            raise OSError(f"{source} gives a vocabulary of {len(tokenizer)} tokens from {len(tokens)} lines: expected one "
+                          "distinct token per line, as in bert-base-uncased's vocab.txt")
+        return tokenizer
     try:
         tokenizer = BertTokenizer.from_pretrained(source)
     except OSError as error:
@@ -282,7 +325,9 @@ class AlbefGroundingModel(GroundingModel):
         self.temp = nn.Parameter(torch.tensor(0.07))
         self.initialise(config.initializer_range)
         self.gradcam_layer = gradcam_layer
-        self.gradcam_attention.return_probs = True
+        self.gradcam_attention.eager = True
+        for layer in self.text_encoder.encoder.layer[gradcam_layer + 1 :]:  # the AMC loss differentiates their backward
+            layer.attention.self.eager = layer.crossattention.self.eager = True
         self.image_size = config.image_size
         self.tokenizer = tokenizer
         self.text_tokenizer = TextTokenizer(tokenizer, max_text_length, first_token="[CLS]", end_with_sep=False)
@@ -306,33 +351,42 @@ class AlbefGroundingModel(GroundingModel):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str, text_encoder: str = "bert-base-uncased", image_size: int = 256,
-                        gradcam_layer: int = 8, max_text_length: int = 30) -> "AlbefGroundingModel":
-        """ViT-B/16 + BERT-base from a released checkpoint: a local file, an http(s) URL or hf://owner/repo/file."""
-        state_dict = read_state_dict(checkpoint, how_to_get=CHECKPOINT_HELP)
+                        gradcam_layer: int = 8, max_text_length: int = 30, dropout: float | None = None) -> "AlbefGroundingModel":
+        """An ALBEF-family model (ViT-B/16 + BERT-base for the released files) from a checkpoint: a local file, an
+        http(s) URL or hf://owner/repo/file. Widths, depths, the fusion layer and the vocabulary size are read from it.
+        `dropout` replaces BERT's 0.1 (e.g. 0 to fine-tune without it)."""
+        state_dict = our_key_style(read_state_dict(checkpoint, how_to_get=CHECKPOINT_HELP))
         tokenizer = bert_tokenizer(text_encoder)
-        rows = next((value.shape[0] for key, value in state_dict.items() if key.endswith("embeddings.word_embeddings.weight")), None)
-        if rows is not None and rows != len(tokenizer):
+        words = state_dict.get("text_encoder.embeddings.word_embeddings.weight")
+        if words is not None and len(words) != len(tokenizer):
             raise CheckpointError(f"the vocabulary {text_encoder!r} has {len(tokenizer)} tokens but {checkpoint}'s word embeddings "
-                                  f"have {rows} rows: ALBEF uses bert-base-uncased's vocabulary")
-        model = cls(AlbefConfig(image_size=image_size), tokenizer, gradcam_layer, max_text_length)
+                                  f"have {len(words)} rows: ALBEF uses bert-base-uncased's vocabulary")
+        config = AlbefConfig.from_state_dict(state_dict, name=checkpoint, image_size=image_size, **({} if dropout is None else {"dropout": dropout}))
+        model = cls(config, tokenizer, gradcam_layer, max_text_length)
         model.load_albef_state_dict(state_dict, name=checkpoint)
         return model
 
     @classmethod
     def tiny(cls, vocabulary: list[str] | None = None, image_size: int = 128, patch_size: int = 16, vision_width: int = 64,
-             vision_layers: int = 3, text_width: int = 64, text_layers: int = 3, fusion_layer: int = 1, heads: int = 4,
-             gradcam_layer: int = 2, max_text_length: int = 16, initializer_range: float = 0.1) -> "AlbefGroundingModel":
-        """A randomly initialised ALBEF of the same architecture, small enough to train on a CPU."""
+             vision_layers: int = 3, text_width: int = 64, text_layers: int = 4, fusion_layer: int = 1, heads: int = 4,
+             gradcam_layer: int = 2, max_text_length: int = 16, embed_dim: int = 64, dropout: float = 0.1,
+             initializer_range: float = 0.1) -> "AlbefGroundingModel":
+        """A randomly initialised ALBEF of the same architecture, small enough to train on a CPU.
+
+        As in the released model, the Grad-CAM layer is a fusion layer with fusion layers above it (8 of 12 there,
+        2 of 4 here), so the eager attention above it, which the AMC loss differentiates through, is exercised.
+        """
         tokenizer = wordpiece_tokenizer(vocabulary or [])
         config = AlbefConfig(image_size=image_size, patch_size=patch_size, vision_width=vision_width, vision_layers=vision_layers,
-                             vision_heads=heads, text_width=text_width, text_layers=text_layers, text_heads=heads,
-                             fusion_layer=fusion_layer, vocab_size=len(tokenizer), max_positions=max(64, max_text_length),
-                             embed_dim=min(64, text_width), initializer_range=initializer_range)
+                             vision_heads=heads, vision_mlp_width=4 * vision_width, text_width=text_width, text_layers=text_layers,
+                             text_heads=heads, text_intermediate_width=4 * text_width, fusion_layer=fusion_layer,
+                             vocab_size=len(tokenizer), max_positions=max(64, max_text_length), embed_dim=embed_dim,
+                             dropout=dropout, initializer_range=initializer_range)
         return cls(config, tokenizer, gradcam_layer, max_text_length)
 
     def load_albef_state_dict(self, state_dict: dict[str, torch.Tensor], name: str) -> None:
         """Load a released ALBEF state dict (either key style); fail on a missing or misshapen weight."""
-        state_dict = {key.replace("text_encoder.bert.", "text_encoder.", 1): value for key, value in state_dict.items()}
+        state_dict = our_key_style(state_dict)
         ignored = [key for key in state_dict if key.startswith(IGNORED_PREFIXES)]
         state_dict = {key: value for key, value in state_dict.items() if not key.startswith(IGNORED_PREFIXES)}
         if "visual_encoder.pos_embed" in state_dict:
@@ -343,6 +397,9 @@ class AlbefGroundingModel(GroundingModel):
                  name, len(state_dict) - len(unexpected), len(ignored))
         if unexpected:
             log.warning("%s has %d weights this model does not use: %s", name, len(unexpected), ", ".join(unexpected[:8]))
+
+    def contrastive_parameters(self) -> list[nn.Parameter]:
+        return [*self.vision_proj.parameters(), *self.text_proj.parameters(), self.temp]
 
     def tokenize(self, texts: list[str]) -> Tokens:
         return self.text_tokenizer(texts, self.itm_head.weight.device)

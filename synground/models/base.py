@@ -63,3 +63,7 @@ class GroundingModel(nn.Module, ABC):
     def contrastive_features(self, image_embeds: torch.Tensor, texts: Tokens) -> tuple[torch.Tensor, torch.Tensor] | None:
         """L2-normalised image and text features for ITC and hard-negative mining; None if the model has none."""
         return None
+
+    def contrastive_parameters(self) -> list[nn.Parameter]:
+        """The parameters only the contrastive loss trains (projections, a learnt temperature)."""
+        return []

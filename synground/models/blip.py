@@ -62,10 +62,18 @@ class BlipGroundingModel(GroundingModel):
         return self.model.text_encoder.encoder.layer[self.gradcam_layer].crossattention.self
 
     @classmethod
-    def from_pretrained(cls, model_id: str = "Salesforce/blip-itm-base-coco", **kwargs) -> "BlipGroundingModel":
-        """Weights and tokenizer from a hub id or a local directory (safetensors when the repository has them)."""
+    def from_pretrained(cls, model_id: str = "Salesforce/blip-itm-base-coco", dropout: float | None = None, **kwargs) -> "BlipGroundingModel":
+        """Weights and tokenizer from a hub id or a local directory (safetensors when the repository has them).
+
+        `dropout` replaces the text encoder's hidden and attention dropout and the vision attention dropout (0 turns
+        dropout off in training); None keeps the checkpoint's.
+        """
         try:
-            model, info = BlipForImageTextRetrieval.from_pretrained(model_id, output_loading_info=True)
+            config = BlipConfig.from_pretrained(model_id)
+            if dropout is not None:
+                config.text_config.hidden_dropout_prob = config.text_config.attention_probs_dropout_prob = dropout
+                config.vision_config.attention_dropout = dropout
+            model, info = BlipForImageTextRetrieval.from_pretrained(model_id, config=config, output_loading_info=True)
             tokenizer = AutoTokenizer.from_pretrained(model_id)
         except OSError as error:
             raise OSError(f"cannot load BLIP weights {model_id!r}: download them once with network access "
@@ -76,13 +84,21 @@ class BlipGroundingModel(GroundingModel):
             missing = sorted(info["missing_keys"])
             raise CheckpointError(f"{model_id} is not a BLIP image-text matching checkpoint: it lacks {len(missing)} weights, "
                                   f"e.g. {', '.join(missing[:8])} (use a Salesforce/blip-itm-* model)")
+        rows = model.config.text_config.vocab_size
+        if not len(tokenizer.all_special_tokens) < len(tokenizer) <= rows:  # transformers may build an empty one offline
+            raise CheckpointError(f"the tokenizer of {model_id} has {len(tokenizer)} tokens for {rows} word embeddings: "
+                                  "it did not load whole (BLIP's has bert-base-uncased's 30,522 plus [DEC] and [ENC])")
         return cls(model, tokenizer, **kwargs)
 
     @classmethod
     def tiny(cls, vocabulary: list[str] | None = None, image_size: int = 128, patch_size: int = 16,
-             vision_width: int = 64, vision_layers: int = 3, text_width: int = 64, text_layers: int = 2,
-             heads: int = 4, gradcam_layer: int = 1, max_text_length: int = 16, initializer_range: float = 0.1, **kwargs) -> "BlipGroundingModel":
+             vision_width: int = 64, vision_layers: int = 3, text_width: int = 64, text_layers: int = 3,
+             heads: int = 4, gradcam_layer: int = 1, max_text_length: int = 16, dropout: float = 0.0, initializer_range: float = 0.1,
+             **kwargs) -> "BlipGroundingModel":
         """A randomly initialised BLIP of the same architecture, small enough to train on a CPU.
+
+        As in the released model (layer 6 of 12), the Grad-CAM layer has layers above it, which the AMC loss
+        differentiates through.
 
         At BERT's initializer_range of 0.02 and width 64, queries and keys start so small that cross-attention is
         uniform and image-text matching stays at chance for hundreds of steps; 0.1 lets it learn from the start.
@@ -93,12 +109,17 @@ class BlipGroundingModel(GroundingModel):
         config = BlipConfig(
             text_config=dict(vocab_size=len(tokenizer), hidden_size=text_width, encoder_hidden_size=vision_width,
                              intermediate_size=4 * text_width, num_hidden_layers=text_layers, num_attention_heads=heads,
-                             max_position_embeddings=max(64, max_text_length), initializer_range=initializer_range, **special),
+                             max_position_embeddings=max(64, max_text_length), initializer_range=initializer_range,
+                             hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **special),
             vision_config=dict(hidden_size=vision_width, intermediate_size=4 * vision_width, num_hidden_layers=vision_layers,
-                               num_attention_heads=heads, image_size=image_size, patch_size=patch_size, initializer_range=initializer_range),
+                               num_attention_heads=heads, image_size=image_size, patch_size=patch_size, attention_dropout=dropout,
+                               initializer_range=initializer_range),
             image_text_hidden_size=min(64, text_width),
         )
         return cls(BlipForImageTextRetrieval(config), tokenizer, gradcam_layer=gradcam_layer, max_text_length=max_text_length, **kwargs)
+
+    def contrastive_parameters(self) -> list[nn.Parameter]:
+        return [*self.model.vision_proj.parameters(), *self.model.text_proj.parameters()]
 
     def tokenize(self, texts: list[str]) -> Tokens:
         return self.text_tokenizer(texts, self.model.itm_head.weight.device)

@@ -30,6 +30,11 @@ class GroundingModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)  # train.py logs the whole resolved config once
         self.net = net
+        if itc_weight == 0:
+            # without ITC nothing trains the projections: a trainable parameter outside the loss stops DDP at its
+            # second step (or needs find_unused_parameters, which costs a graph traversal every step)
+            for parameter in net.contrastive_parameters():
+                parameter.requires_grad_(False)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         check_normalised(batch)
