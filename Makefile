@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test benchmark mixing-study
+.PHONY: demo test benchmark mixing-study dry-run
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,9 @@ benchmark: $(STAMP)
 mixing-study: $(STAMP)
 	$(PY) train.py -m experiment=shapes_mixing data.synthetic_ratio=0,0.25,0.5,0.75,1 hydra.sweep.dir=logs/shapes_mixing/multiruns/study
 	$(PY) -m synground.results logs/shapes_mixing/multiruns/study --output benchmarks/results/shapes_mixing
+
+# every experiment of the paper through the real entry points with full-size models, 2 steps each (~30 min on 2 CPU cores);
+# DRY_RUN_ARGS selects a part, e.g. DRY_RUN_ARGS="--experiments albef_amc_vg --dropout off"
+DRY_RUN_ARGS ?=
+dry-run: $(STAMP)
+	$(PY) benchmarks/dry_run.py $(DRY_RUN_ARGS)

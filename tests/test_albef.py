@@ -10,60 +10,7 @@ from synground.models import AlbefGroundingModel
 from synground.models.albef import AlbefConfig, bert_tokenizer
 from synground.models.checkpoints import CheckpointError, read_state_dict
 
-
-def released_albef_shapes(c: AlbefConfig, grid: int, bert: str = "text_encoder.bert.", queue: int = 8) -> dict[str, tuple]:
-    """Every entry of a released ALBEF state dict, named as salesforce/ALBEF's modules name them (not by our code).
-
-    `bert` is "text_encoder.bert." in ALBEF.pth (BertForMaskedLM) and "text_encoder." in refcoco.pth (BertModel).
-    """
-    shapes: dict[str, tuple] = {}
-    v, t, e = c.vision_width, c.text_width, c.embed_dim
-
-    def linear(name, out, inp):
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (out, inp), (out,)
-
-    def norm(name, width):
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (width,), (width,)
-
-    shapes["visual_encoder.cls_token"] = (1, 1, v)
-    shapes["visual_encoder.pos_embed"] = (1, 1 + grid * grid, v)
-    shapes["visual_encoder.patch_embed.proj.weight"] = (v, 3, c.patch_size, c.patch_size)
-    shapes["visual_encoder.patch_embed.proj.bias"] = (v,)
-    for i in range(c.vision_layers):
-        block = f"visual_encoder.blocks.{i}"
-        norm(f"{block}.norm1", v), linear(f"{block}.attn.qkv", 3 * v, v), linear(f"{block}.attn.proj", v, v)
-        norm(f"{block}.norm2", v), linear(f"{block}.mlp.fc1", c.vision_mlp_width, v), linear(f"{block}.mlp.fc2", v, c.vision_mlp_width)
-    norm("visual_encoder.norm", v)
-    shapes[f"{bert}embeddings.position_ids"] = (1, c.max_positions)
-    shapes[f"{bert}embeddings.word_embeddings.weight"] = (c.vocab_size, t)
-    shapes[f"{bert}embeddings.position_embeddings.weight"] = (c.max_positions, t)
-    shapes[f"{bert}embeddings.token_type_embeddings.weight"] = (2, t)
-    norm(f"{bert}embeddings.LayerNorm", t)
-    for i in range(c.text_layers):
-        layer = f"{bert}encoder.layer.{i}"
-        for part, key_width in [("attention", t)] + ([("crossattention", v)] if i >= c.fusion_layer else []):
-            linear(f"{layer}.{part}.self.query", t, t), linear(f"{layer}.{part}.self.key", t, key_width)
-            linear(f"{layer}.{part}.self.value", t, key_width), linear(f"{layer}.{part}.output.dense", t, t)
-            norm(f"{layer}.{part}.output.LayerNorm", t)
-        ffn = c.text_intermediate_width
-        linear(f"{layer}.intermediate.dense", ffn, t), linear(f"{layer}.output.dense", t, ffn), norm(f"{layer}.output.LayerNorm", t)
-    linear("vision_proj", e, v), linear("text_proj", e, t), linear("itm_head", 2, t)
-    shapes["temp"] = ()
-    if bert == "text_encoder.bert.":  # the pretraining checkpoint keeps its masked-language-model head
-        linear("text_encoder.cls.predictions.transform.dense", t, t), norm("text_encoder.cls.predictions.transform.LayerNorm", t)
-        shapes["text_encoder.cls.predictions.decoder.weight"], shapes["text_encoder.cls.predictions.bias"] = (c.vocab_size, t), (c.vocab_size,)
-    for key in list(shapes):  # momentum encoders and projections
-        module, _, rest = key.partition(".")
-        if module in ("visual_encoder", "text_encoder", "vision_proj", "text_proj"):
-            shapes[f"{module}_m.{rest}"] = shapes[key]
-    shapes.update({"image_queue": (e, queue), "text_queue": (e, queue), "idx_queue": (1, queue), "queue_ptr": (1,)})
-    return shapes
-
-
-def random_state_dict(shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    return {key: torch.zeros(shape, dtype=torch.long) if key.endswith(("position_ids", "queue_ptr", "idx_queue"))
-            else torch.randn(shape, generator=generator) for key, shape in shapes.items()}
+from released_checkpoints import random_state_dict, released_albef_shapes
 
 
 @pytest.mark.parametrize("bert", ["text_encoder.bert.", "text_encoder."])
@@ -192,3 +139,24 @@ def test_a_checkpoint_of_other_sizes_loads_with_every_size_read_from_the_file(tm
                                state["text_encoder.bert.encoder.layer.3.intermediate.dense.weight"])
     out = model.eval().gradcam(model.encode_images(torch.randn(2, 3, 64, 64)), model.tokenize(["the red circle", "the"]), create_graph=False)
     assert out.maps.shape == (2, 4, 4) and torch.isfinite(out.maps).all()
+
+
+def test_weights_saved_in_the_released_layout_load_back_into_the_same_model(tmp_path):
+    """The path of the dry run's ALBEF.pth: momentum copies, queues and MLM head written, then from_checkpoint."""
+    from released_checkpoints import save_released_albef
+
+    torch.manual_seed(0)
+    model = AlbefGroundingModel.tiny(["the", "red", "circle"], image_size=64, vision_width=64, text_width=64, heads=1).eval()
+    vocabulary = model.tokenizer.get_vocab()
+    (tmp_path / "vocab.txt").write_text("\n".join(sorted(vocabulary, key=vocabulary.get)) + "\n")
+    save_released_albef(model, tmp_path / "ALBEF.pth", queue=16)
+    saved = torch.load(tmp_path / "ALBEF.pth", weights_only=True)["model"]
+    assert "text_encoder_m.bert.encoder.layer.3.output.dense.weight" in saved and saved["image_queue"].shape == (64, 16)
+    loaded = AlbefGroundingModel.from_checkpoint(str(tmp_path / "ALBEF.pth"), text_encoder=str(tmp_path / "vocab.txt"),
+                                                 image_size=64, gradcam_layer=2).eval()
+    assert all(parameter.requires_grad and not parameter.is_meta for parameter in loaded.parameters())
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
+    images, texts = torch.randn(2, 3, 64, 64), ["the red circle", "circle"]
+    torch.testing.assert_close(loaded.itm_logits(loaded.encode_images(images), loaded.tokenize(texts)),
+                               model.itm_logits(model.encode_images(images), model.tokenize(texts)))

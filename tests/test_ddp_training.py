@@ -1,5 +1,7 @@
 """Training under DDP: two processes take the same steps as one, and every config trains without unused parameters."""
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -39,4 +41,6 @@ def test_train_py_under_ddp_with_itc_off(tmp_path):
     """The default tiny BLIP trains ITM + AMC without ITC: its projections must not stop DDP at the second step."""
     result = run("train.py", *SHORT, "trainer=ddp_cpu", "data.num_workers=0", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "run" / "metrics.json").exists() and (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train/global_step"] == 6 and math.isfinite(metrics["train/loss"])  # debug=limit: 2 epochs of 3 batches
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()

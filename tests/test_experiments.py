@@ -71,7 +71,8 @@ def test_resuming_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tmp_pat
     assert got.keys() == expected.keys() and "train/loss" in got
     # same data, negatives and weights: the last losses agree to float noise (two straight runs differ by as much,
     # threads sum in varying order) and the pointing game exactly
-    assert all(math.isclose(got[name], value, rel_tol=1e-5) for name, value in expected.items())
+    timed = "train/seconds_per_step"
+    assert timed in got and all(math.isclose(got[name], value, rel_tol=1e-5) for name, value in expected.items() if name != timed)
     assert {k: v for k, v in got.items() if "pointing_game" in k} == {k: v for k, v in expected.items() if "pointing_game" in k}
 
 

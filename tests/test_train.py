@@ -21,6 +21,7 @@ def test_two_training_steps_then_test_write_metrics_json(tmp_path):
     for split in ("shapes_clean", "shapes_textured"):
         assert 0.0 <= metrics[f"test/pointing_game/{split}"] <= 1.0
     assert "val/pointing_game/shapes_textured" in metrics
+    assert metrics["train/global_step"] == 2 and 0 < metrics["train/seconds_per_step"] < 60
     assert "test/pointing_game/shapes_clean" in result.stdout  # the final results table
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 

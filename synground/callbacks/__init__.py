@@ -1,5 +1,6 @@
 from synground.callbacks.gallery import GradCamGallery
 from synground.callbacks.pointing_game import PointingGame, PointingGameCallback, pointing_game_hits
 from synground.callbacks.random_state import RandomState
+from synground.callbacks.step_timer import StepTimer
 
-__all__ = ["GradCamGallery", "PointingGame", "PointingGameCallback", "RandomState", "pointing_game_hits"]
+__all__ = ["GradCamGallery", "PointingGame", "PointingGameCallback", "RandomState", "StepTimer", "pointing_game_hits"]

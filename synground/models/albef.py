@@ -362,7 +362,8 @@ class AlbefGroundingModel(GroundingModel):
             raise CheckpointError(f"the vocabulary {text_encoder!r} has {len(tokenizer)} tokens but {checkpoint}'s word embeddings "
                                   f"have {len(words)} rows: ALBEF uses bert-base-uncased's vocabulary")
         config = AlbefConfig.from_state_dict(state_dict, name=checkpoint, image_size=image_size, **({} if dropout is None else {"dropout": dropout}))
-        model = cls(config, tokenizer, gradcam_layer, max_text_length)
+        with torch.device("meta"):  # no time spent initialising weights that the file replaces
+            model = cls(config, tokenizer, gradcam_layer, max_text_length)
         model.load_albef_state_dict(state_dict, name=checkpoint)
         return model
 
@@ -392,7 +393,7 @@ class AlbefGroundingModel(GroundingModel):
         if "visual_encoder.pos_embed" in state_dict:
             state_dict["visual_encoder.pos_embed"] = resize_position_embedding(state_dict["visual_encoder.pos_embed"], self.visual_encoder.grid)
         unexpected = check_state_dict(self, state_dict, name)
-        self.load_state_dict({key: value for key, value in state_dict.items() if key not in unexpected})
+        self.load_state_dict({key: value for key, value in state_dict.items() if key not in unexpected}, assign=True)
         log.info("loaded %s: %d weights, %d training-only entries ignored (momentum encoders, queues, MLM head)",
                  name, len(state_dict) - len(unexpected), len(ignored))
         if unexpected:
