@@ -9,9 +9,9 @@ exercise the code, not the science.
 
 from __future__ import annotations
 
+import argparse
 import json
 import string
-import sys
 from pathlib import Path
 
 import open_clip
@@ -171,6 +171,6 @@ def write_tiny_components(root: str | Path, seed: int = 0) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m synground.generation.tiny OUTPUT_DIR")
-    print(json.dumps(write_tiny_components(sys.argv[1]), indent=2))
+    parser = argparse.ArgumentParser(description="Write random-weight tiny generation components, saved like hub checkpoints.")
+    parser.add_argument("output_dir")
+    print(json.dumps(write_tiny_components(parser.parse_args().output_dir), indent=2))
