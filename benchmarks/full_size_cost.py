@@ -5,11 +5,14 @@
 Each measurement runs in a fresh process: the full-size architecture (random weights; ALBEF ViT-B/16 + BERT-base,
 BLIP ITM base) in training mode, GroundingModule's training step as the experiments configure it (ITC on, hard
 negatives, AMC on or off), AdamW. The optimiser state is allocated before the baseline is read, so
-    peak resident memory of the first step - baseline = gradients + activations(batch) + transient buffers,
-and two batch sizes give activations per sample as the slope. Weights, gradients and AdamW's two moments are
-16 bytes per trainable parameter (bf16-mixed keeps fp32 weights and states too). The largest batch per 80 GB GPU
-is (80 GB - 16 bytes x parameters - the intercept) / activations per sample: an estimate from this CPU's fp32
-activations (an upper bound; bf16 autocast stores most activations at half the size), not a GPU measurement.
+    peak resident memory of the first training step's forward (the loss, with the AMC map's graph) - baseline =
+the activations autograd keeps + the forward's buffers, and two batch sizes give activations per sample as the slope.
+Weights, gradients and AdamW's two moments are 16 bytes per trainable parameter (bf16-mixed keeps fp32 weights and
+states too). The largest batch per 80 GB GPU is (80 GB - fixed) / activations per sample, fixed being those 16
+bytes per parameter plus the forward's batch-independent intercept (backward frees activations as it fills in the
+gradients, so it peaks lower at large batches; the backward and optimiser-step peaks are recorded too): an estimate from this
+CPU's fp32 activations (an upper bound; bf16 autocast stores most activations at half the size), not a GPU
+measurement.
 Seconds per sample come from the second step (the first allocates), on this CPU's threads.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -96,31 +100,43 @@ def measure(model: str, amc: bool, batch_size: int) -> dict:
 
     baseline = rss_bytes()
     reset_peak()
-    step()
-    peak = peak_bytes()
+    loss = module.training_step(batch, 0)
+    forward_peak = peak_bytes() - baseline  # the activations autograd keeps for backward, and the forward's buffers
+    loss.backward()
+    backward_peak = peak_bytes() - baseline  # also the gradients, which fill in as the activations are freed
+    before = rss_bytes()
+    reset_peak()
+    optimizer.step()  # AdamW's foreach temporaries: as large as the weights, whatever the batch
+    optimizer_peak = peak_bytes() - before
+    optimizer.zero_grad(set_to_none=True)
     seconds = step()
-    return {"model": model, "amc": amc, "batch_size": batch_size, "image_size": image_size, "parameters": sum(p.numel() for p in module.parameters()),
-            "trainable_parameters": sum(p.numel() for p in parameters), "baseline_bytes": baseline,
-            "step_peak_bytes": peak - baseline, "seconds": seconds}
+    return {"model": model, "amc": amc, "batch_size": batch_size, "image_size": image_size,
+            "parameters": sum(p.numel() for p in module.parameters()), "trainable_parameters": sum(p.numel() for p in parameters),
+            "baseline_bytes": baseline, "forward_peak_bytes": forward_peak, "backward_peak_bytes": backward_peak, "optimizer_step_peak_bytes": optimizer_peak,
+            "seconds": seconds}
 
 
 def in_fresh_process(model: str, amc: bool, batch_size: int) -> dict:
     command = [sys.executable, __file__, "--worker", model, str(int(amc)), str(batch_size)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    # glibc would keep freed blocks for reuse (its mmap threshold grows with each large free), hiding the step's
+    # memory in the baseline; a fixed threshold returns every large block to the system when it is freed
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def summarise(small: dict, large: dict) -> dict:
-    per_sample = (large["step_peak_bytes"] - small["step_peak_bytes"]) / (large["batch_size"] - small["batch_size"])
-    intercept = small["step_peak_bytes"] - per_sample * small["batch_size"]
+    per_sample = (large["forward_peak_bytes"] - small["forward_peak_bytes"]) / (large["batch_size"] - small["batch_size"])
     states = 16 * large["trainable_parameters"] + 4 * (large["parameters"] - large["trainable_parameters"])
-    fixed = states + max(intercept, 0.0)
+    # on top of the 16 bytes per parameter, the batch-independent part of the forward's peak (the gradients are in
+    # `states`, so the backward, where they replace freed activations, and AdamW's step peak lower at large batches)
+    fixed = states + max(small["forward_peak_bytes"] - per_sample * small["batch_size"], 0.0)
     largest = int((GPU_BYTES - fixed) // per_sample) if per_sample > 0 else None
     return {"model": large["model"], "image_size": large["image_size"], "loss": "ITM + AMC" if large["amc"] else "ITM only",
             "seconds_per_sample": round(large["seconds"] / large["batch_size"], 2),
-            "weights_and_optimiser_gb": round(states / 1e9, 2), "step_intercept_gb": round(intercept / 1e9, 2),
+            "weights_and_optimiser_gb": round(states / 1e9, 2), "fixed_gb": round(fixed / 1e9, 2),
             "activations_per_sample_gb": round(per_sample / 1e9, 3), "largest_batch_per_80gb": largest,
             "fits_reference_batch": largest is not None and largest >= REFERENCE_BATCH,
             "measurements": [small, large]}
@@ -128,11 +144,11 @@ def summarise(small: dict, large: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| model | loss | s / sample (CPU) | weights + gradients + AdamW (GB) | activations / sample (GB, fp32) | "
-             f"largest batch / 80 GB GPU | {REFERENCE_BATCH} fits |", "|---|---|---|---|---|---|---|"]
+             f"fixed (GB) | largest batch / 80 GB GPU | {REFERENCE_BATCH} fits |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         name = f"{r['model'].upper()} {r['image_size']} px"
         lines.append(f"| {name} | {r['loss']} | {r['seconds_per_sample']:.2f} | {r['weights_and_optimiser_gb']:.2f} | "
-                     f"{r['activations_per_sample_gb']:.3f} | {r['largest_batch_per_80gb']} | {'yes' if r['fits_reference_batch'] else 'no'} |")
+                     f"{r['activations_per_sample_gb']:.3f} | {r['fixed_gb']:.2f} | {r['largest_batch_per_80gb']} | {'yes' if r['fits_reference_batch'] else 'no'} |")
     return "\n".join(lines)
 
 
