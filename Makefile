@@ -24,6 +24,7 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/gradcam_throughput.py
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/generation_pipeline.py
+	$(PY) benchmarks/full_size_cost.py
 
 # the offline mixing study: the real/synthetic ratio sweep on the shapes world (~20 min on 2 CPU cores)
 mixing-study: $(STAMP)

@@ -49,3 +49,23 @@ def test_fused_vision_attention_equals_transformers_eager_attention(tiny_blip):
         expected = eager.vision_model(pixel_values=images).last_hidden_state
         actual = tiny_blip.eval().encode_images(images)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_can_be_set_when_loading_and_reaches_every_dropout(tiny_blip, tmp_path):
+    tiny_blip.model.save_pretrained(tmp_path)
+    tiny_blip.tokenizer.save_pretrained(tmp_path)
+    loaded = BlipGroundingModel.from_pretrained(str(tmp_path), dropout=0.25, gradcam_layer=1)
+    text = [m.p for m in loaded.model.text_encoder.modules() if isinstance(m, torch.nn.Dropout)]
+    vision = [layer.self_attn.dropout for layer in loaded.model.vision_model.encoder.layers]
+    assert text and set(text) == {0.25} and set(vision) == {0.25}
+    kept = BlipGroundingModel.from_pretrained(str(tmp_path), gradcam_layer=1)  # None keeps the checkpoint's (0 here)
+    assert {m.p for m in kept.model.text_encoder.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+
+
+def test_a_tokenizer_larger_than_the_word_embeddings_is_refused(tiny_blip, tmp_path):
+    tiny_blip.model.save_pretrained(tmp_path)
+    tokenizer = tiny_blip.tokenizer
+    tokenizer.add_tokens([f"extra{i}" for i in range(tiny_blip.model.config.text_config.vocab_size)])
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"tokenizer of .* has \d+ tokens for \d+ word embeddings"):
+        BlipGroundingModel.from_pretrained(str(tmp_path), gradcam_layer=1)
