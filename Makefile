@@ -31,7 +31,7 @@ mixing-study: $(STAMP)
 	$(PY) train.py -m experiment=shapes_mixing data.synthetic_ratio=0,0.25,0.5,0.75,1 hydra.sweep.dir=logs/shapes_mixing/multiruns/study
 	$(PY) -m synground.results logs/shapes_mixing/multiruns/study --output benchmarks/results/shapes_mixing
 
-# every experiment of the paper through the real entry points with full-size models, 2 steps each (~30 min on 2 CPU cores);
+# every experiment of the paper through the real entry points with full-size models, 2 steps each (~20 min on 2 CPU cores);
 # DRY_RUN_ARGS selects a part, e.g. DRY_RUN_ARGS="--experiments albef_amc_vg --dropout off"
 DRY_RUN_ARGS ?=
 dry-run: $(STAMP)
