@@ -26,10 +26,64 @@ def test_flickr30k_one_item_per_sentence_phrase_with_boxes_any_box_rule(tmp_path
     regions = samples[0].regions
     # sentence 1: "Two men" (2 boxes), "a woman"; sentence 2: "A woman"; "the street" has no box
     assert [r.phrase for r in regions] == ["Two men", "a woman", "A woman"]
-    assert regions[0].boxes == [[0.0, 0.0, 10.0, 20.0], [29.0, 4.0, 60.0, 40.0]]  # 1-based inclusive -> 0-based xyxy
+    assert regions[0].boxes == [[0.0, 0.0, 9.0, 19.0], [29.0, 4.0, 59.0, 39.0]]  # the official utility: all four minus 1
     assert samples[0].caption == "Two men talk to a woman in the street ."
-    assert report["regions"] == 6 and report["skipped"]["phrase_without_boxes"] == 2
+    assert report["regions"] == 6 and report["skipped"]["phrase_without_box"] == 2
     assert json.loads((tmp_path / "shards" / REPORT_NAME).read_text()) == report
+
+
+def write_flickr30k_image(root, image_id, sentence, objects, size=(40, 30)):
+    write_flickr30k(root, [image_id], size=size)
+    (root / "Sentences" / f"{image_id}.txt").write_text(sentence + "\n")
+    (root / "Annotations" / f"{image_id}.xml").write_text(f"<annotation><size><width>{size[0]}</width><height>{size[1]}</height>"
+                                                          f"</size>{objects}</annotation>")
+
+
+def test_flickr30k_boxes_touching_every_edge_score_as_the_official_utility_makes_them(tmp_path):
+    """xmin=1 .. xmax=W is the whole width: the box is 0 .. W-1, so a point on the last column or row is a miss."""
+    import torch
+
+    from synground.callbacks import pointing_game_hits
+
+    root = tmp_path / "f30k"
+    whole = "<object><name>1</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>40</xmax><ymax>30</ymax></bndbox></object>"
+    write_flickr30k_image(root, "5", "[/EN#1/other The picture] .", whole)
+    (record,) = flickr30k_records(root)
+    assert record.regions[0].boxes == [[0.0, 0.0, 39.0, 29.0]]
+    boxes = [torch.tensor(record.regions[0].boxes)] * 5
+    sizes = torch.tensor([[30, 40]] * 5)  # (height, width)
+    maps = torch.zeros(5, 30, 40)
+    for index, (y, x) in enumerate([(15, 20), (15, 39), (29, 20), (15, 0), (0, 20)]):  # inside; right, bottom, left, top edge
+        maps[index, y, x] = 1.0
+    assert pointing_game_hits(maps, boxes, sizes).tolist() == [True, False, False, False, False]
+
+
+def test_flickr30k_phrases_without_boxes_are_counted_by_kind_and_a_malformed_object_is_skipped(tmp_path):
+    root = tmp_path / "f30k"
+    sentence = ("[/EN#1/people A man] and [/EN#2/people a boy] on [/EN#3/scene the beach] see [/EN#0/notvisual it] "
+                "near [/EN#4/other a wall] by [/EN#5/other the sea] .")
+    objects = ("<object><name>1</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>10</xmax><ymax>12</ymax></bndbox></object>"
+               "<object><name/><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>10</xmax><ymax>12</ymax></bndbox></object>"
+               "<object><name>2</name><bndbox><xmin>2</xmin><ymin>x</ymin><xmax>10</xmax><ymax>12</ymax></bndbox></object>"
+               "<object><name>3</name><scene>1</scene></object>"
+               "<object><name>4</name><nobndbox>1</nobndbox></object>")
+    write_flickr30k_image(root, "6", sentence, objects)
+    issues = Counter()
+    (record,) = flickr30k_records(root, issues=issues)
+    assert [region.phrase for region in record.regions] == ["A man"]
+    # "a boy" lost its only box to a malformed object; "the sea" has no object at all
+    assert issues == Counter(malformed_object=2, phrase_scene=1, phrase_notvisual=1, phrase_without_box=3)
+
+
+def test_an_empty_split_is_an_error_that_says_so(tmp_path):
+    root = tmp_path / "f30k"
+    write_flickr30k(root, ["1"])
+    (root / "test.txt").write_text("\n")
+    with pytest.raises(ValueError, match=r"split 'test' is empty: .*test.txt lists no image ids"):
+        list(flickr30k_records(root))
+    with pytest.raises(ValueError, match=r"the split is empty: the reader gave no records for flickr30k-test"):
+        convert_records(iter([]), tmp_path / "shards", "flickr30k-test")
+    assert not (tmp_path / "shards").exists()
 
 
 def test_flickr30k_bad_files_are_skipped_and_counted_and_missing_folders_named(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -29,6 +29,12 @@ def convert_records(records: Iterable[Record], output_dir: str | Path, name: str
     a time: memory does not grow with the dataset. Original JPEG bytes are copied, not re-encoded. Returns the
     report (also written to conversion_report.json): counts of records, samples, regions and skips by reason.
     """
+    stream = iter(records)
+    first = next(stream, None)  # before anything is written: an empty split leaves no empty shard set behind
+    if first is None:
+        raise ValueError(f"nothing to convert, the split is empty: the reader gave no records for {name} "
+                         "(check the split name and the split file)")
+    stream = chain([first], stream)
     output_dir = Path(output_dir)
     settings = {"name": name, "samples_per_shard": samples_per_shard, "source": config or {}}
     manifest = Manifest(output_dir, config=settings)
@@ -39,7 +45,6 @@ def convert_records(records: Iterable[Record], output_dir: str | Path, name: str
     finished = manifest.finished
     for leftover in output_dir.glob("*.tar.partial"):  # half-written by a run that was killed
         leftover.unlink()
-    stream = iter(records)
     with tqdm(desc=f"converting {name}", unit="image") as progress:
         for shard_index in range(1 << 62):
             chunk = list(islice(stream, samples_per_shard))  # annotations only: images are opened below

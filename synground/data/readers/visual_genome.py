@@ -81,7 +81,7 @@ def amc_json_records(json_file: str | Path, image_root: str | Path, name: str = 
             log.warning("%s entry %d is malformed: %s; skipped", json_file, index, json.dumps(entry)[:200])
             continue
         if not boxes:
-            issues["phrase_without_boxes"] += len(captions)
+            issues["phrase_without_box"] += len(captions)
             continue
         regions = [Region(caption.strip(), boxes) for caption in captions]
         if current is not None and current.provenance["image"] == image:
