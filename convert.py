@@ -1,5 +1,7 @@
 """Convert a real dataset from its own files into WebDataset shards: `python convert.py dataset=flickr30k`."""
 
+import shlex
+import sys
 from collections import Counter
 
 import hydra
@@ -14,7 +16,7 @@ def main(cfg: DictConfig) -> None:
     reader = hydra.utils.instantiate(cfg.dataset.reader, _partial_=True)
     records = reader(issues=issues)  # passed here, not to instantiate, which would copy the Counter into a config
     report = convert_records(records, cfg.output_dir, cfg.dataset.name, cfg.samples_per_shard, issues,
-                             config=OmegaConf.to_container(cfg.dataset, resolve=True))
+                             config=OmegaConf.to_container(cfg.dataset, resolve=True), command=shlex.join(["python", *sys.argv]))
     print(f"{report['samples']} images with {report['regions']} phrases in {report['shards']} shards: {report['manifest']}")
     if report["skipped"]:
         print("skipped: " + ", ".join(f"{reason} {count}" for reason, count in report["skipped"].items()))

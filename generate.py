@@ -1,5 +1,8 @@
 """Generate image-text-box triplets into WebDataset shards: `python generate.py generation=shapes`."""
 
+import shlex
+import sys
+
 import hydra
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -16,7 +19,7 @@ def main(cfg: DictConfig) -> None:
                                generation.samples_per_shard, generation.seed, generation.name, generation.chunk_size,
                                config=OmegaConf.to_container(generation, resolve=True),
                                near_duplicates=hydra.utils.instantiate(near_duplicates) if near_duplicates else None,
-                               trainer=OmegaConf.to_container(cfg.trainer, resolve=True))
+                               trainer=OmegaConf.to_container(cfg.trainer, resolve=True), command=shlex.join(["python", *sys.argv]))
     if rank_zero_only.rank != 0:  # every rank runs this script under DDP; one reports
         return
     print(f"{sum(s['samples'] for s in manifest.shards)} samples in {len(manifest.shards)} shards: {manifest.path}")

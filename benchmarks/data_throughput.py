@@ -56,6 +56,7 @@ def write_shards(directory: Path, images: int) -> None:
                                                                                  for r in range(3)], "benchmark")
                    for i in range(shard * per_shard, min(images, (shard + 1) * per_shard))]
         manifest.add(write_shard(directory / f"bench-{shard:06d}.tar", samples))
+    manifest.finish({"samples": images})
 
 
 def bare_loop(directory: Path, image_size: int) -> int:

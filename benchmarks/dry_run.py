@@ -87,13 +87,12 @@ def prepare(work: Path) -> dict[str, Path]:
         for split, ids in FLICKR_IDS.items():
             write_flickr30k(raw / "flickr30k_entities", ids, split=split, size=IMAGE_SIZE)
         sentences = [["man on the left"], ["person on the right"]]
-        write_refcoco(raw, {1: [("testA", sentences[0]), ("testB", sentences[1])], 2: [("testA", sentences[1]), ("testB", sentences[0])]},
+        write_refcoco(raw / "refer", {1: [("testA", sentences[0]), ("testB", sentences[1])], 2: [("testA", sentences[1]), ("testB", sentences[0])]},
                       size=IMAGE_SIZE)
     python = [sys.executable]
     common = [f"paths.data_dir={data}", "hydra.run.dir=" + str(logs / "hydra" / "${task_name}-${dataset.name}")]
     conversions = [("visual_genome", []), ("flickr30k", ["dataset.reader.split=val"]), ("flickr30k", ["dataset.reader.split=test"]),
-                   ("refcoco_plus", ["dataset.reader.split=testA", f"dataset.reader.image_dir={raw / 'train2014'}"]),
-                   ("refcoco_plus", ["dataset.reader.split=testB", f"dataset.reader.image_dir={raw / 'train2014'}"])]
+                   ("refcoco_plus", ["dataset.reader.split=testA"]), ("refcoco_plus", ["dataset.reader.split=testB"])]
     for dataset, overrides in conversions:
         name = "-".join([dataset, *[o.split("=")[1] for o in overrides if "split=" in o]])
         check(f"convert.py {name}", [*python, str(ROOT / "convert.py"), f"dataset={dataset}", *overrides, *common], work,

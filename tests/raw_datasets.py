@@ -42,11 +42,14 @@ def write_flickr30k(root: Path, ids: list[str], split: str = "test", size: tuple
 
 
 def write_refcoco(root: Path, images: dict[int, list[tuple[str, list[str]]]], size: tuple[int, int] = (64, 48)) -> None:
-    """images: COCO id -> [(split, [sentences of one ref]), ...]; each ref's object box is xywh (8, 6, 20, 16)."""
+    """images: COCO id -> [(split, [sentences of one ref]), ...]; each ref's object box is xywh (8, 6, 20, 16).
+
+    Laid out as the refer API's data folder: root/refcoco+/{refs(unc).p,instances.json}, root/images/mscoco/images/train2014.
+    """
     refs, coco_images, annotations = [], [], []
     for image_id, image_refs in images.items():
         name = f"COCO_train2014_{image_id:012d}.jpg"
-        write_image(root / "train2014" / name, *size, seed=image_id)
+        write_image(root / "images" / "mscoco" / "images" / "train2014" / name, *size, seed=image_id)
         coco_images.append({"id": image_id, "file_name": name, "width": size[0], "height": size[1]})
         for split, sentences in image_refs:
             ann_id = len(annotations) + 1

@@ -108,3 +108,32 @@ def test_ranks_read_disjoint_shards_and_no_sample_twice_in_an_epoch(tmp_path, mo
         seen[rank] = [key for batch in datamodule.train_dataloader() for key in batch["keys"]]
     assert len(seen[0]) == len(seen[1]) == 20  # every rank the same number of batches
     assert len(set(seen[0])) == 20 and len(set(seen[1])) == 20 and not set(seen[0]) & set(seen[1])
+
+
+def test_every_skipped_sample_reaches_the_batches_counts_exactly_once(tmp_path):
+    """One shard of 8 samples, 2 of them corrupt (first and fifth): 3 batches of 4 read it exactly twice."""
+    import io
+    import tarfile
+
+    from synground.data import GenerationRequest, Manifest, write_shard
+    from synground.data.datamodule import MixedTrainStream
+    from synground.data.transforms import GroundingTransform
+    from synground.generation import ShapesGenerator
+
+    samples = ShapesGenerator("clean", image_size=64).generate([GenerationRequest(f"s-{i}", i) for i in range(8)])
+    write_shard(tmp_path / "good.tar", samples)
+    (tmp_path / "set").mkdir()
+    with tarfile.open(tmp_path / "good.tar") as source, tarfile.open(tmp_path / "set" / "x.tar", "w") as target:
+        for member in source.getmembers():
+            payload = source.extractfile(member).read()
+            payload = b"not a jpeg" if member.name == "s-0.jpg" else b"{broken" if member.name == "s-4.json" else payload
+            member.size = len(payload)
+            target.addfile(member, io.BytesIO(payload))
+    manifest = Manifest(tmp_path / "set")
+    manifest.add({"name": "x.tar", "samples": 8, "sha256": ""})
+    manifest.finish({"samples": 8})
+    stream = MixedTrainStream([], [str(tmp_path / "set")], 0.0, GroundingTransform(64, 32, 0.0), batch_size=4,
+                              batches_per_epoch=3, seed=0)
+    batches = list(stream)
+    assert len(batches) == 3
+    assert sum(batch["data_issues"].get("corrupt_sample", 0) for batch in batches) == 4  # 2 per pass, 2 passes

@@ -16,7 +16,7 @@ from PIL import Image
 
 from synground.data import GroundingDataModule
 from synground.data.schema import GenerationRequest, GroundingSample, Region
-from synground.data.shards import iterate_shard, read_manifest, resolve_shards, write_shard
+from synground.data.shards import IncompleteShardSet, iterate_shard, read_manifest, resolve_shards, write_shard
 from synground.generation.descriptions import Concept2Text, Image2Text, RegionConcat, SeedImages
 from synground.generation.detection import OpenVocabularyDetector
 from synground.generation.filters import ClipScore, NearDuplicates
@@ -242,6 +242,10 @@ def test_a_killed_generation_run_resumes_to_the_same_shards(tiny, tmp_path):
     killed.wait()
     finished_before = sorted(p.name for p in entries.glob("*.json"))
     assert 2 <= len(finished_before) < 6, "the kill should land mid-run"
+    if (tmp_path / "killed" / "manifest.json").exists():  # rank 0 merges after each shard: the kill may come first
+        assert read_manifest(tmp_path / "killed" / "manifest.json")["complete"] is False
+        with pytest.raises(IncompleteShardSet, match="generate.py generation=synground_tiny"):
+            resolve_shards(str(tmp_path / "killed"))
 
     output, _ = full.communicate(timeout=600)
     assert full.returncode == 0, output
@@ -249,6 +253,9 @@ def test_a_killed_generation_run_resumes_to_the_same_shards(tiny, tmp_path):
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
     assert _shard_set(tmp_path / "killed") == _shard_set(tmp_path / "full")  # same shards, byte for byte
+    finished = [read_manifest(tmp_path / name / "manifest.json") for name in ("killed", "full")]
+    assert finished[0]["complete"] is finished[1]["complete"] is True and finished[0]["totals"] == finished[1]["totals"]
+    assert finished[0]["totals"]["requests"] == 24 and sum(finished[0]["totals"]["rejections"].values()) + finished[0]["totals"]["samples"] == 24
     keys = [s.key for s in read_samples(tmp_path / "killed")]
     assert len(keys) == len(set(keys)) and keys == [s.key for s in read_samples(tmp_path / "full")]
     assert not list((tmp_path / "killed").rglob("*.partial"))

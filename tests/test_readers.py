@@ -109,15 +109,18 @@ def test_flickr30k_bad_files_are_skipped_and_counted_and_missing_folders_named(t
 def test_refcoco_items_per_expression_from_the_split_with_coco_boxes(tmp_path):
     write_refcoco(tmp_path, {7: [("testA", ["man on left", "left guy"]), ("testA", ["woman"])], 9: [("testB", ["red car"])],
                              11: [("val", ["dog"])]})
-    records = list(refcoco_records(tmp_path / "refcoco+" / "refs(unc).p", tmp_path / "refcoco+" / "instances.json",
-                                   tmp_path / "train2014", split="testA"))
+    records = list(refcoco_records(tmp_path, split="testA"))  # the refer API's layout, as its downloads unpack
     assert [r.key for r in records] == ["coco-7"]
     assert [r.phrase for r in records[0].regions] == ["man on left", "left guy", "woman"]
     assert records[0].regions[0].boxes == [[8.0, 6.0, 28.0, 22.0]]  # xywh -> xyxy
     assert records[0].provenance["image_ids"] == ["coco:7"]
     with pytest.raises(ValueError, match=r"no refs in split 'testC'; its splits are \['testA', 'testB', 'val'\]"):
-        next(refcoco_records(tmp_path / "refcoco+" / "refs(unc).p", tmp_path / "refcoco+" / "instances.json",
-                             tmp_path / "train2014", split="testC"))
+        next(refcoco_records(tmp_path, split="testC"))
+    with pytest.raises(FileNotFoundError, match=r"refs pickle not found: looked for .*refcoco\+/refs\(google\).p"):
+        next(refcoco_records(tmp_path, split_by="google"))
+    elsewhere = {"refs_file": tmp_path / "refcoco+" / "refs(unc).p", "instances_file": tmp_path / "refcoco+" / "instances.json",
+                 "image_dir": tmp_path / "images" / "mscoco" / "images" / "train2014"}
+    assert [r.key for r in refcoco_records(split="testB", **elsewhere)] == ["coco-9"]  # single paths instead of a root
 
 
 def test_the_refs_pickle_may_hold_plain_data_only(tmp_path):
@@ -179,3 +182,33 @@ def test_a_rerun_keeps_finished_shards_and_ends_identical_to_an_uninterrupted_ru
     assert len(whole) == 4
     with pytest.raises(ValueError, match="holds a conversion with other settings"):  # shard i would hold other records
         convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "resumed", "vg", samples_per_shard=3)
+
+
+def test_a_conversion_stopped_by_a_truncated_file_is_refused_until_a_rerun_finishes_it_to_the_same_bytes(tmp_path):
+    from synground.data import GroundingDataModule, IncompleteShardSet
+
+    write_visual_genome(tmp_path / "vg", count=7)
+    convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "whole", "vg", samples_per_shard=2)
+    regions_file = tmp_path / "vg" / "region_descriptions.json"
+    intact = regions_file.read_bytes()
+    regions_file.write_bytes(intact[: int(len(intact) * 0.75)])  # a download cut short: images 6 and 7 are lost
+    command = "python convert.py dataset=visual_genome"
+    with pytest.raises(ValueError, match=r"region_descriptions.json is not a valid JSON list .*truncated.*rerun the same command"):
+        convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "out", "vg", samples_per_shard=2, command=command)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["command"] == command and len(manifest["shards"]) == 2
+
+    with pytest.raises(IncompleteShardSet, match=rf"out is an unfinished shard set \(2 shards so far; .*manifest.json says.*{command}.*allow_partial"):
+        resolve_shards(str(tmp_path / "out"))
+    assert len(resolve_shards(str(tmp_path / "out"), allow_partial=True)) == 2
+    with pytest.raises(IncompleteShardSet):
+        GroundingDataModule(train={"real": str(tmp_path / "out")}).setup("fit")
+    GroundingDataModule(train={"real": str(tmp_path / "out")}, allow_partial=True).setup("fit")
+
+    regions_file.write_bytes(intact)
+    report = convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "out", "vg", samples_per_shard=2)
+    resumed, whole = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("out", "whole"))
+    assert resumed["complete"] is True and resumed["command"] == command  # kept from the run that started the set
+    assert [(e["name"], e["sha256"]) for e in resumed["shards"]] == [(e["name"], e["sha256"]) for e in whole["shards"]]
+    assert resumed["totals"] == whole["totals"] == {k: v for k, v in report.items() if k != "manifest"}
+    assert resumed["totals"]["samples"] == 7

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from synground.data import GenerationRequest, Manifest, read_manifest, resolve_shards, write_shard
+from synground.data import GenerationRequest, IncompleteShardSet, Manifest, read_manifest, resolve_shards, write_shard
 from synground.data.shards import iterate_shard
 from synground.generation import ShapesGenerator
 from synground.generation.writing import generate_shards
@@ -43,14 +43,18 @@ def test_a_pattern_that_matches_nothing_names_the_path(tmp_path):
 
 
 def test_an_empty_manifest_names_the_file(tmp_path):
-    Manifest(tmp_path).save()
-    with pytest.raises(ValueError, match="manifest.json"):
+    Manifest(tmp_path).finish({})
+    with pytest.raises(ValueError, match="manifest.json lists no shards"):
         resolve_shards(str(tmp_path))
+    Manifest(tmp_path / "started").save()  # a run that has written nothing yet
+    with pytest.raises(IncompleteShardSet, match="manifest.json says the run that writes it did not finish"):
+        resolve_shards(str(tmp_path / "started"))
 
 
 def test_a_directory_resolves_to_the_shards_of_its_manifest_only(tmp_path):
     manifest = Manifest(tmp_path)
     manifest.add(write_shard(tmp_path / "a.tar", shapes(2)))
+    manifest.finish({"samples": 2})
     write_shard(tmp_path / "stray.tar", shapes(2, start=2))  # not in the manifest: does not exist
     assert resolve_shards(str(tmp_path)) == [str(tmp_path / "a.tar")]
 
@@ -95,3 +99,15 @@ def test_generation_resumes_after_a_crash_with_the_same_shards(tmp_path):
     identity = lambda shards: [(e["name"], e["samples"], e["sha256"]) for e in shards]  # noqa: E731
     assert identity(resumed.shards) == identity(full.shards)
     assert identity(read_manifest(crashed / "manifest.json")["shards"]) == identity(full.shards)
+
+
+def test_a_truncated_shard_is_counted_once_and_its_whole_samples_are_read(tmp_path, caplog):
+    write_shard(tmp_path / "a.tar", shapes(4))
+    whole = (tmp_path / "a.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(whole[: int(len(whole) * 0.6)])  # s-2's image is the last complete member
+    issues = Counter()
+    with caplog.at_level(logging.WARNING):
+        read = [s.key for s in iterate_shard(str(tmp_path / "cut.tar"), issues)]
+    assert read == ["s-0", "s-1"]
+    assert issues == {"corrupt_shard": 1, "corrupt_sample": 1}  # the shard, and s-2 cut off from its json
+    assert caplog.text.count("reading goes on with the next shard") == 1

@@ -1,6 +1,6 @@
 from synground.data.datamodule import GeneratorSource, GroundingDataModule
 from synground.data.schema import GenerationRequest, GroundingSample, Region, TripletGenerator
-from synground.data.shards import Manifest, read_manifest, resolve_shards, write_shard
+from synground.data.shards import IncompleteShardSet, Manifest, read_manifest, resolve_shards, write_shard
 
 __all__ = ["GeneratorSource", "GroundingDataModule", "GenerationRequest", "GroundingSample", "Region",
-           "TripletGenerator", "Manifest", "read_manifest", "resolve_shards", "write_shard"]
+           "TripletGenerator", "IncompleteShardSet", "Manifest", "read_manifest", "resolve_shards", "write_shard"]

@@ -21,13 +21,16 @@ REPORT_NAME = "conversion_report.json"
 
 
 def convert_records(records: Iterable[Record], output_dir: str | Path, name: str, samples_per_shard: int = 1000,
-                    reader_issues: Counter[str] | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+                    reader_issues: Counter[str] | None = None, config: dict[str, Any] | None = None,
+                    command: str | None = None) -> dict[str, Any]:
     """Write records as `<output_dir>/<name>-<shard>.tar` shards of `samples_per_shard` records each, with a manifest.
 
     Shard i always holds records [i * n, (i + 1) * n) of the stream, so a rerun skips finished shards (without
     opening their images) and the result equals an uninterrupted run. Samples are streamed into the shard one at
     a time: memory does not grow with the dataset. Original JPEG bytes are copied, not re-encoded. Returns the
     report (also written to conversion_report.json): counts of records, samples, regions and skips by reason.
+    The manifest says the set is complete only once the whole stream is written; `command` (what reruns this
+    conversion) is kept in it for the error that refuses to read an unfinished set.
     """
     stream = iter(records)
     first = next(stream, None)  # before anything is written: an empty split leaves no empty shard set behind
@@ -42,6 +45,7 @@ def convert_records(records: Iterable[Record], output_dir: str | Path, name: str
         raise ValueError(f"{output_dir} holds a conversion with other settings ({manifest.path}): "
                          "use a new output_dir or the same settings to resume")
     manifest.config = settings  # a manifest without shards may still hold an older run's settings
+    manifest.command = command or manifest.command
     finished = manifest.finished
     for leftover in output_dir.glob("*.tar.partial"):  # half-written by a run that was killed
         leftover.unlink()
@@ -60,6 +64,7 @@ def convert_records(records: Iterable[Record], output_dir: str | Path, name: str
             progress.update(len(chunk))
             progress.set_postfix(shards=shard_index + 1)
     report = conversion_report(manifest, reader_issues or Counter())
+    manifest.finish({key: value for key, value in report.items() if key != "manifest"})
     (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return report
 

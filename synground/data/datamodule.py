@@ -59,7 +59,7 @@ def _worker_slot() -> tuple[int, int]:
 
 
 def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: Counter[str], slot: int = 0,
-                     slots: int = 1, partition_seed: str = "") -> Iterator[GroundingSample]:
+                     slots: int = 1, partition_seed: str = "", allow_partial: bool = False) -> Iterator[GroundingSample]:
     """Training stream: shards in a random order per pass, or generator requests with fresh seeds.
 
     With at least as many shards as slots (ranks x workers), the shards are dealt to the slots (a new deal each
@@ -67,7 +67,7 @@ def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: 
     a sample only after reading all of its shards. With fewer shards every slot reads all of them, in its own order.
     """
     if isinstance(source, str):
-        shards = resolve_shards(source)
+        shards = resolve_shards(source, allow_partial)
         dealt = random.Random(partition_seed).sample(shards, len(shards))
         mine = dealt[slot::slots] if len(shards) >= slots else shards
         empty_passes = 0
@@ -89,10 +89,11 @@ def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: 
             yield from source.generator.generate(requests)
 
 
-def _split_samples(source: str | GeneratorSource, slot: int, slots: int, issues: Counter[str]) -> Iterator[GroundingSample]:
+def _split_samples(source: str | GeneratorSource, slot: int, slots: int, issues: Counter[str],
+                   allow_partial: bool = False) -> Iterator[GroundingSample]:
     """Evaluation stream: every sample exactly once across all workers and ranks, in a fixed order."""
     if isinstance(source, str):
-        shards = resolve_shards(source)
+        shards = resolve_shards(source, allow_partial)
         if len(shards) >= slots:
             for shard in shards[slot::slots]:
                 yield from iterate_shard(shard, issues)
@@ -119,7 +120,7 @@ class MixedTrainStream(IterableDataset):
 
     def __init__(self, synthetic: Sequence[str | GeneratorSource], real: Sequence[str | GeneratorSource],
                  synthetic_ratio: float, transform: GroundingTransform, batch_size: int, batches_per_epoch: int, seed: int,
-                 exclude_keys: frozenset[str] = frozenset()):
+                 exclude_keys: frozenset[str] = frozenset(), allow_partial: bool = False):
         if not synthetic and not real:
             raise ValueError("no training source: give data.train.synthetic and/or data.train.real")
         self.synthetic, self.real = list(synthetic), list(real)
@@ -132,6 +133,7 @@ class MixedTrainStream(IterableDataset):
         self.batches_per_epoch = batches_per_epoch
         self.seed = seed
         self.exclude_keys = exclude_keys
+        self.allow_partial = allow_partial
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -144,7 +146,8 @@ class MixedTrainStream(IterableDataset):
         issues: Counter[str] = Counter()
         streams = {
             name: self._interleave([_endless_samples(s, random.Random(f"{self.seed}:{self.epoch}:{slot}:{name}:{i}"), issues,
-                                                     slot, slots, partition_seed=f"{self.seed}:{self.epoch}:{name}:{i}")
+                                                     slot, slots, partition_seed=f"{self.seed}:{self.epoch}:{name}:{i}",
+                                                     allow_partial=self.allow_partial)
                                     for i, s in enumerate(sources)], rng)
             for name, sources in (("synthetic", self.synthetic), ("real", self.real)) if sources
         }
@@ -169,7 +172,8 @@ class MixedTrainStream(IterableDataset):
                 items.append(item)
             batch = collate(items)
             batch["synthetic"] = torch.tensor([item["domain"] == "synthetic" for item in items])
-            batch["data_issues"], issues = dict(issues), Counter()
+            batch["data_issues"] = dict(issues)
+            issues.clear()  # the same Counter: the shard readers keep counting into it
             yield batch
 
     @staticmethod
@@ -181,13 +185,13 @@ class MixedTrainStream(IterableDataset):
 class EvalSplit(IterableDataset):
     """One item per (sample, region) of a fixed split; split across ranks and workers without repeats."""
 
-    def __init__(self, name: str, source: str | GeneratorSource, transform: GroundingTransform):
-        self.name, self.source, self.transform = name, source, transform
+    def __init__(self, name: str, source: str | GeneratorSource, transform: GroundingTransform, allow_partial: bool = False):
+        self.name, self.source, self.transform, self.allow_partial = name, source, transform, allow_partial
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         slot, slots = _worker_slot()
         issues: Counter[str] = Counter()
-        for sample in _split_samples(self.source, slot, slots, issues):
+        for sample in _split_samples(self.source, slot, slots, issues, self.allow_partial):
             regions = clean_regions(sample, issues)
             pixels = self.transform.pixels(sample.image) if regions else None  # once for all the sample's phrases
             for index, region in enumerate(regions):
@@ -226,7 +230,7 @@ class GroundingDataModule(L.LightningDataModule):
                  batch_size: int = 32, eval_batch_size: int | None = None, batches_per_epoch: int = 1000,
                  num_workers: int = 2, flip_prob: float = 0.5, seed: int = 0, pin_memory: bool = False,
                  eval_image_size: Mapping[str, int] | None = None, exclude_keys: str | None = None,
-                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+                 allow_partial: bool = False, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
         super().__init__()
         if not 0.0 <= synthetic_ratio <= 1.0:
             raise ValueError(f"data.synthetic_ratio must lie in [0, 1], got {synthetic_ratio}")
@@ -243,6 +247,7 @@ class GroundingDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
+        self.allow_partial = allow_partial  # read shard sets whose writing run did not finish (refused by default)
         self.exclude_keys = frozenset()  # e.g. training samples that leak into evaluation (synground.data.leakage)
         if exclude_keys:
             if not Path(exclude_keys).is_file():
@@ -273,7 +278,7 @@ class GroundingDataModule(L.LightningDataModule):
                    "validate": list(self.val_sources.values()), "test": list(self.test_sources.values())}.get(stage, [])
         for source in sources:
             if isinstance(source, str):
-                resolve_shards(source)
+                resolve_shards(source, self.allow_partial)
 
     @property
     def val_split_names(self) -> list[str]:
@@ -285,7 +290,8 @@ class GroundingDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = MixedTrainStream(self.train_sources["synthetic"], self.train_sources["real"], self.synthetic_ratio,
-                                   self.train_transform, self.batch_size, self.batches_per_epoch, self.seed, self.exclude_keys)
+                                   self.train_transform, self.batch_size, self.batches_per_epoch, self.seed, self.exclude_keys,
+                                   self.allow_partial)
         # Lightning's own sampler epoch: right also when a run resumes from an end-of-epoch checkpoint
         epoch = (lambda: self.trainer.fit_loop.epoch_progress.current.processed) if self.trainer is not None else _counter()
         return _EpochLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, epoch=epoch,
@@ -298,7 +304,7 @@ class GroundingDataModule(L.LightningDataModule):
         return [self._eval_loader(name, source) for name, source in self.test_sources.items()]
 
     def _eval_loader(self, name: str, source: str | GeneratorSource) -> DataLoader:
-        return DataLoader(EvalSplit(name, source, self.eval_transforms[name]), batch_size=self.eval_batch_size,
+        return DataLoader(EvalSplit(name, source, self.eval_transforms[name], self.allow_partial), batch_size=self.eval_batch_size,
                           num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory,
                           multiprocessing_context=self._worker_start([source]))
 

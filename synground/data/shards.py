@@ -60,17 +60,26 @@ def write_shard(path: Path, samples: Iterable[GroundingSample]) -> dict[str, Any
 
 
 class Manifest:
-    """The record of finished shards in a directory: a shard not in the manifest does not exist."""
+    """The record of finished shards in a directory: a shard not in the manifest does not exist.
+
+    `complete` says whether the run that writes the set finished: False while it runs and after a crash, True at
+    its end, with the totals of what it wrote and skipped. `command` is what finishes an unfinished set (a rerun
+    resumes). Manifests written before the flag existed read as complete=None.
+    """
 
     def __init__(self, directory: str | Path, config: dict[str, Any] | None = None):
         self.directory = Path(directory)
         self.path = self.directory / MANIFEST_NAME
         self.shards: list[dict[str, Any]] = []
         self.config = config or {}
+        self.complete: bool | None = False
+        self.totals: dict[str, Any] = {}
+        self.command: str | None = None
         if self.path.exists():
             record = read_manifest(self.path)
             self.shards = record["shards"]
             self.config = record.get("config", self.config)
+            self.complete, self.totals, self.command = record.get("complete"), record.get("totals", {}), record.get("command")
 
     @property
     def finished(self) -> set[str]:
@@ -79,12 +88,19 @@ class Manifest:
     def add(self, entry: dict[str, Any]) -> None:
         self.shards = [e for e in self.shards if e["name"] != entry["name"]] + [entry]
         self.shards.sort(key=lambda e: e["name"])
+        self.complete = False
+        self.save()
+
+    def finish(self, totals: dict[str, Any]) -> None:
+        self.complete, self.totals = True, totals
         self.save()
 
     def save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps({"shards": self.shards, "config": self.config}, indent=1))
+        record = {"complete": self.complete, "command": self.command, "totals": self.totals, "shards": self.shards,
+                  "config": self.config}
+        partial.write_text(json.dumps(record, indent=1))
         os.replace(partial, self.path)
 
 
@@ -100,15 +116,36 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return record
 
 
-def resolve_shards(spec: str | os.PathLike) -> list[str]:
-    """Shard files named by a directory (its manifest), a manifest file, or a glob / brace pattern."""
+_WARNED_LEGACY: set[str] = set()
+
+
+class IncompleteShardSet(ValueError):
+    """A shard set whose writing run did not finish: reading it would silently use a part of the data."""
+
+
+def resolve_shards(spec: str | os.PathLike, allow_partial: bool = False) -> list[str]:
+    """Shard files named by a directory (its manifest), a manifest file, or a glob / brace pattern.
+
+    A set whose manifest says its run did not finish is refused, naming the command that finishes it, unless
+    `allow_partial`; then the shards finished so far are read. Files named by a pattern are taken as they are.
+    """
     spec = str(spec)
     path = Path(spec)
     if path.is_dir() or path.name == MANIFEST_NAME:
         manifest_path = path / MANIFEST_NAME if path.is_dir() else path
         if not manifest_path.exists():
             raise FileNotFoundError(f"no {MANIFEST_NAME} in {path}: write shards with generate.py or name the .tar files")
-        shards = read_manifest(manifest_path)["shards"]
+        record = read_manifest(manifest_path)
+        shards = record["shards"]
+        if record.get("complete") is False and not allow_partial:
+            command = record.get("command") or "the conversion or generation that wrote it, with the same settings"
+            raise IncompleteShardSet(
+                f"{manifest_path.parent} is an unfinished shard set ({len(shards)} shards so far; {manifest_path} says the "
+                f"run that writes it did not finish). Finish it by running again: {command} (it resumes where it stopped); or read the "
+                "shards finished so far with allow_partial=True (data.allow_partial=true)")
+        if record.get("complete") is None and str(manifest_path) not in _WARNED_LEGACY:
+            _WARNED_LEGACY.add(str(manifest_path))
+            log.warning("%s was written before manifests recorded whether their run finished: taken as complete", manifest_path)
         if not shards:
             raise ValueError(f"manifest {manifest_path} lists no shards")
         files = [str(manifest_path.parent / entry["name"]) for entry in shards]
@@ -125,9 +162,14 @@ def resolve_shards(spec: str | os.PathLike) -> list[str]:
 def iterate_shard(url: str, issues: Counter[str]) -> Iterator[GroundingSample]:
     """The samples of one shard in order; a corrupt image or record is skipped with a warning and counted."""
     # webdataset's own tar expansion and key grouping; decoding is ours so that nothing is unpickled.
-    def warn_tar(error: Exception) -> bool:
-        issues["corrupt_shard"] += 1
-        log.warning("shard %s: %s; reading goes on with the next shard", url, error)
+    failed = False
+
+    def warn_tar(error: Exception) -> bool:  # webdataset reports a broken tar at each of its stages: count it once
+        nonlocal failed
+        if not failed:
+            failed = True
+            issues["corrupt_shard"] += 1
+            log.warning("shard %s: %s; reading goes on with the next shard", url, error)
         return True
 
     for raw in wds.tarfile_samples([{"url": url}], handler=warn_tar):

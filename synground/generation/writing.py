@@ -63,11 +63,19 @@ def finished_shards(output_dir: Path) -> dict[str, dict[str, Any]]:
     return {name: entry for name, entry in entries.items() if (output_dir / name).exists()}
 
 
-def merge_manifest(output_dir: Path, config: dict[str, Any]) -> Manifest:
+def merge_manifest(output_dir: Path, config: dict[str, Any], command: str | None, num_shards: int, final: bool = False) -> Manifest:
+    """manifest.json from every finished shard's entry; complete (with totals) once the run ends with every shard."""
     manifest = Manifest(output_dir, config=config)
     manifest.shards = sorted(finished_shards(output_dir).values(), key=lambda entry: entry["name"])
-    manifest.config = config
-    manifest.save()
+    manifest.config, manifest.command, manifest.complete = config, command or manifest.command, False
+    if final and len(manifest.shards) == num_shards:
+        rejections: Counter[str] = Counter()
+        for entry in manifest.shards:
+            rejections.update(entry.get("rejections", {}))
+        manifest.finish({"shards": num_shards, "requests": sum(e.get("requests", 0) for e in manifest.shards),
+                         "samples": sum(e["samples"] for e in manifest.shards), "rejections": dict(sorted(rejections.items()))})
+    else:
+        manifest.save()
     return manifest
 
 
@@ -168,9 +176,9 @@ class GenerationTask(L.LightningModule):
 class ShardWriter(BasePredictionWriter):
     """Writes each predicted shard atomically and records it; rank 0 keeps manifest.json up to date."""
 
-    def __init__(self, output_dir: str | Path, config: dict[str, Any]):
+    def __init__(self, output_dir: str | Path, config: dict[str, Any], num_shards: int, command: str | None = None):
         super().__init__(write_interval="batch")
-        self.output_dir, self.config = Path(output_dir), config
+        self.output_dir, self.config, self.num_shards, self.command = Path(output_dir), config, num_shards, command
         self.started = 0.0
 
     def on_predict_start(self, trainer, pl_module) -> None:
@@ -185,7 +193,7 @@ class ShardWriter(BasePredictionWriter):
         entry.update({key: prediction[key] for key in ("requests", "rejections", "stage_seconds", "stage_items", "events")})
         _write_json_atomically(self.output_dir / ENTRIES_DIR / f"{entry['name']}.json", entry)
         if trainer.global_rank == 0:
-            merge_manifest(self.output_dir, self.config)
+            merge_manifest(self.output_dir, self.config, self.command, self.num_shards)
         remaining = pl_module.requests_total - pl_module.requests_done
         eta = remaining * (time.perf_counter() - self.started) / max(pl_module.requests_done, 1)
         log.info("rank %d wrote %s: %d of %d requests kept, rejections %s; ETA %s", trainer.global_rank, entry["name"],
@@ -194,7 +202,7 @@ class ShardWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module) -> None:
         trainer.strategy.barrier()
         if trainer.global_rank == 0:
-            merge_manifest(self.output_dir, self.config)
+            merge_manifest(self.output_dir, self.config, self.command, self.num_shards, final=True)
 
 
 def _write_json_atomically(path: Path, record: dict[str, Any]) -> None:
@@ -212,8 +220,12 @@ def _duration(seconds: float) -> str:
 
 def generate_shards(generator: TripletGenerator, output_dir: str | Path, num_samples: int, samples_per_shard: int = 1000,
                     seed: int = 0, name: str = "shapes", chunk_size: int = 64, config: dict[str, Any] | None = None,
-                    near_duplicates: NearDuplicates | None = None, trainer: dict[str, Any] | None = None) -> Manifest:
+                    near_duplicates: NearDuplicates | None = None, trainer: dict[str, Any] | None = None,
+                    command: str | None = None) -> Manifest:
     """Write `num_samples` samples into `<output_dir>/<name>-<shard>.tar` with a manifest; resumable (see module doc).
+
+    The manifest says the set is complete once every shard is written; `command` (what reruns this generation) is
+    kept in it for the error that refuses to read an unfinished set.
 
     `trainer` holds `lightning.Trainer` arguments for the devices and processes (default: this process, CPU or one GPU).
     """
@@ -228,7 +240,7 @@ def generate_shards(generator: TripletGenerator, output_dir: str | Path, num_sam
     arguments = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
                  "enable_model_summary": False, **(trainer or {}),
                  "enable_progress_bar": False}  # Lightning's bar counts shards; ours counts samples, with stage rates
-    trainer = L.Trainer(**arguments, callbacks=[ShardWriter(output_dir, settings)])
+    trainer = L.Trainer(**arguments, callbacks=[ShardWriter(output_dir, settings, plan.num_shards, command)])
     # the writer needs no batch indices (a shard knows its own index); Lightning warns that it cannot infer them
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
     task = GenerationTask(generator, plan, output_dir, chunk_size, near_duplicates)

@@ -38,16 +38,28 @@ def load_refs(path: str | Path) -> list[dict[str, Any]]:
     return refs
 
 
-def refcoco_records(refs_file: str | Path, instances_file: str | Path, image_dir: str | Path, split: str = "testA",
-                    dataset: str = "refcoco+", issues: Counter[str] | None = None) -> Iterator[Record]:
-    """Records of one split ('val', 'testA', 'testB', ...) in image-id order."""
+def refcoco_records(root: str | Path | None = None, split: str = "testA", dataset: str = "refcoco+", split_by: str = "unc",
+                    refs_file: str | Path | None = None, instances_file: str | Path | None = None,
+                    image_dir: str | Path | None = None, issues: Counter[str] | None = None) -> Iterator[Record]:
+    """Records of one split ('val', 'testA', 'testB', ...) in image-id order.
+
+    `root` is laid out as the refer API's data folder (github.com/lichengunc/refer): `<root>/<dataset>/refs(<split_by>).p`
+    and `<root>/<dataset>/instances.json` (from <dataset>.zip), the COCO train2014 images in
+    `<root>/images/mscoco/images/train2014`. `refs_file`, `instances_file` and `image_dir` override single paths.
+    """
     issues = Counter() if issues is None else issues
+    if root is None and None in (refs_file, instances_file, image_dir):
+        raise ValueError("give root (the refer API's data folder) or all of refs_file, instances_file and image_dir")
+    root = Path(root) if root is not None else None
+    refs_file = Path(refs_file) if refs_file else root / dataset / f"refs({split_by}).p"
+    instances_file = Path(instances_file) if instances_file else root / dataset / "instances.json"
+    image_dir = Path(image_dir) if image_dir else root / "images" / "mscoco" / "images" / "train2014"
     refs = load_refs(refs_file)
     try:
-        instances = json.loads(require(Path(instances_file), "COCO instances.json").read_text())
+        instances = json.loads(require(instances_file, "COCO instances.json").read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{instances_file} is not valid JSON: {error}") from error
-    image_dir = require(Path(image_dir), "COCO image folder")
+    image_dir = require(image_dir, "COCO train2014 image folder")
     images = {image["id"]: image for image in instances["images"]}
     boxes = {annotation["id"]: annotation["bbox"] for annotation in instances["annotations"]}
     by_image: dict[int, list[dict]] = defaultdict(list)

@@ -25,7 +25,8 @@ def stream_json_list(path: Path, what: str) -> Iterator[dict[str, Any]]:
         try:
             yield from ijson.items(file, "item", use_float=True)
         except ijson.JSONError as error:
-            raise ValueError(f"{path} is not a valid JSON list ({error}); items before the error were read") from error
+            raise ValueError(f"{path} is not a valid JSON list ({' '.join(str(error).split())}): is it truncated? Fix or download it again, then "
+                             "rerun the same command: finished shards are kept and the rest is converted") from error
 
 
 def visual_genome_records(root: str | Path, region_descriptions: str | Path | None = None, image_data: str | Path | None = None,
