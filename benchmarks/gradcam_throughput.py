@@ -62,8 +62,12 @@ def batched_maps(module, batch) -> torch.Tensor:
     return module.evaluation_maps(batch)["maps"]  # what validation and test run
 
 
+def one_image_per_item(batch: dict) -> dict:
+    return {**batch, "images": batch["images"][batch["image_index"]], "image_index": torch.arange(len(batch["texts"]))}
+
+
 def batched_every_image_maps(module, batch) -> torch.Tensor:
-    return module.evaluation_maps({**batch, "image_keys": None})["maps"]  # an image encoded again for each phrase
+    return module.evaluation_maps(one_image_per_item(batch))["maps"]  # an image encoded again for each phrase
 
 
 
@@ -73,7 +77,7 @@ def per_sample_maps(module, batch) -> torch.Tensor:
 
     net = module.net
     maps = []
-    for image, text in zip(batch["images"], batch["texts"]):
+    for image, text in zip(one_image_per_item(batch)["images"], batch["texts"]):
         tokens = net.tokenize([text])
         saved = {}
         with capture_attention(net.gradcam_attention) as captured:

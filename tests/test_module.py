@@ -53,15 +53,27 @@ def test_a_model_without_contrastive_features_asks_to_switch_them_off(tiny_blip)
 def test_evaluation_encodes_each_image_once_and_gives_the_same_maps(tiny_model):
     module = GroundingModule(tiny_model).eval()
     data = batch()
-    data["images"][2] = data["images"][0]  # items 0 and 2 are two phrases of one image
-    data["image_keys"] = ["a", "b", "a", "c"]
+    shared = {**data, "images": data["images"][[0, 1, 3]], "image_index": torch.tensor([0, 1, 0, 2])}  # items 0, 2: one image
+    separate = {**data, "images": data["images"][[0, 1, 0, 3]]}  # the same image copied for each of its phrases
     calls = []
     encode = tiny_model.encode_images
     tiny_model.encode_images = lambda images: calls.append(len(images)) or encode(images)
-    shared = module.evaluation_maps(data)
+    maps = module.evaluation_maps(shared)["maps"]
     assert calls == [3]
-    separate = module.evaluation_maps({**data, "image_keys": None})
-    torch.testing.assert_close(shared["maps"], separate["maps"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(maps, module.evaluation_maps(separate)["maps"], rtol=1e-4, atol=1e-6)
+
+
+def test_a_collated_evaluation_batch_holds_each_image_once(tiny_model):
+    from synground.data.transforms import collate
+
+    pixels = [torch.full((64, 64, 3), value, dtype=torch.uint8) for value in (10, 20)]
+    items = [{"image": pixels[i], "image_key": f"img{i}", "text": text, "boxes": torch.zeros(1, 4), "mask": torch.zeros(8, 8),
+              "original_size": torch.tensor([64, 64]), "original_boxes": torch.zeros(1, 4), "key": f"img{i}-{j}"}
+             for j, (i, text) in enumerate([(0, "the red circle"), (1, "the square"), (0, "the circle")])]
+    collated = collate(items)
+    assert collated["images"].shape == (2, 3, 64, 64) and collated["image_index"].tolist() == [0, 1, 0]
+    training = collate([{k: v for k, v in item.items() if k != "image_key"} for item in items])  # flips may differ
+    assert training["images"].shape == (3, 3, 64, 64) and training["image_index"].tolist() == [0, 1, 2]
 
 
 def test_uint8_images_straight_from_a_dataloader_are_refused_with_what_to_do(tiny_blip):

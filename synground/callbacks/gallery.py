@@ -37,7 +37,8 @@ class GradCamGallery(L.Callback):
         take = min(self.items_per_split - len(items), len(batch["texts"]))
         hits = pointing_game_hits(outputs["maps"][:take], batch["original_boxes"][:take], batch["original_sizes"][:take])
         for index in range(take):
-            items.append({"image": batch["images"][index].detach().float().cpu(), "map": outputs["maps"][index].float().cpu(),
+            row = batch["image_index"][index] if "image_index" in batch else index
+            items.append({"image": batch["images"][row].detach().float().cpu(), "map": outputs["maps"][index].float().cpu(),
                           "text": batch["texts"][index], "boxes": batch["original_boxes"][index].cpu(),
                           "size": tuple(batch["original_sizes"][index].tolist()), "hit": bool(hits[index])})
 

@@ -195,7 +195,7 @@ class EvalSplit(IterableDataset):
             regions = clean_regions(sample, issues)
             pixels = self.transform.pixels(sample.image) if regions else None  # once for all the sample's phrases
             for index, region in enumerate(regions):
-                item = self.transform.region_item(pixels, sample.image.size, region, f"{sample.key}-{index}")
+                item = self.transform.region_item(pixels, sample.image.size, region, f"{sample.key}-{index}", with_mask=False)
                 item["image_key"] = sample.key  # the phrases of one image share it: the model can encode it once
                 yield item
         if issues:
@@ -269,7 +269,8 @@ class GroundingDataModule(L.LightningDataModule):
         """
         if batch["images"].dtype == torch.uint8:
             batch["images"] = normalize_images(batch["images"], self.mean, self.std)
-            batch["masks"] = batch["masks"].float()
+            if "masks" in batch:  # training batches only
+                batch["masks"] = batch["masks"].float()
         return batch
 
     def setup(self, stage: str) -> None:

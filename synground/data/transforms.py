@@ -92,8 +92,9 @@ class GroundingTransform:
         return torch.from_numpy(np.array(image.resize((self.image_size, self.image_size), Image.BICUBIC)))
 
     def region_item(self, pixels: torch.Tensor, original_size: tuple[int, int], region: Region, key: str,
-                    rng: random.Random | None = None) -> dict[str, Any]:
-        """One item from the image's `pixels`, its original (width, height) and one region."""
+                    rng: random.Random | None = None, with_mask: bool = True) -> dict[str, Any]:
+        """One item from the image's `pixels`, its original (width, height) and one region; the box mask (what the
+        AMC loss trains towards) only `with_mask`: evaluation scores the original boxes and never reads it."""
         width, height = original_size
         size, scale_x, scale_y = self.image_size, self.image_size / width, self.image_size / height
         boxes = [[x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y] for x0, y0, x1, y1 in region.boxes]
@@ -102,15 +103,17 @@ class GroundingTransform:
             pixels = pixels.flip(1)  # the width axis of [H, W, 3]
             boxes = [[size - x1, y0, size - x0, y1] for x0, y0, x1, y1 in boxes]
             text = swap_left_right(text)
-        return {
+        item = {
             "image": pixels,
             "text": text,
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "mask": boxes_to_mask(boxes, self.image_size, self.mask_size),
             "original_size": torch.tensor([height, width]),
             "original_boxes": torch.tensor(region.boxes, dtype=torch.float32).reshape(-1, 4),
             "key": key,
         }
+        if with_mask:
+            item["mask"] = boxes_to_mask(boxes, self.image_size, self.mask_size)
+        return item
 
 
 def normalize_images(images: torch.Tensor, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
@@ -121,14 +124,31 @@ def normalize_images(images: torch.Tensor, mean: tuple[float, ...] = CLIP_MEAN, 
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors of equal shape; boxes stay lists (each item has its own number of boxes)."""
-    return {
-        "images": torch.stack([item["image"] for item in items]).permute(0, 3, 1, 2),  # [B, 3, H, W] uint8 (channels last)
+    """Stack tensors of equal shape; boxes stay lists (each item has its own number of boxes).
+
+    Items with the same `image_key` (the phrases of one evaluation image) share one row of `images`: the batch
+    holds each image once and `image_index` [B] gives each item's row, so no image is copied, moved to the device or
+    encoded once per phrase. Training items, which carry no image_key, each have their own row.
+    """
+    rows: dict[str, int] = {}
+    images, image_index = [], []
+    for item in items:
+        key = item.get("image_key")
+        if key is None or key not in rows:
+            if key is not None:
+                rows[key] = len(images)
+            images.append(item["image"])
+        image_index.append(rows[key] if key is not None else len(images) - 1)
+    batch = {
+        "images": torch.stack(images).permute(0, 3, 1, 2),  # [U, 3, H, W] uint8 (channels last)
+        "image_index": torch.tensor(image_index),
         "texts": [item["text"] for item in items],
         "boxes": [item["boxes"] for item in items],
-        "masks": torch.stack([item["mask"] for item in items]),
         "original_sizes": torch.stack([item["original_size"] for item in items]),
         "original_boxes": [item["original_boxes"] for item in items],
         "keys": [item["key"] for item in items],
-        "image_keys": [item.get("image_key", item["key"]) for item in items],  # equal keys: identical images
+        "image_keys": [item.get("image_key", item["key"]) for item in items],
     }
+    if all("mask" in item for item in items):  # training batches; evaluation items carry none
+        batch["masks"] = torch.stack([item["mask"] for item in items])
+    return batch

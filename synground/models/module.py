@@ -40,7 +40,7 @@ class GroundingModule(L.LightningModule):
         check_normalised(batch)
         texts = batch["texts"]
         encoded = self.net.encode_texts(self.net.tokenize(texts))
-        image_embeds = self.net.encode_images(batch["images"])
+        image_embeds = self.net.encode_images(batch["images"])[image_rows(batch)]
         same_text = texts_equal(texts, device=self.device)
         losses = {}
 
@@ -83,7 +83,7 @@ class GroundingModule(L.LightningModule):
     def evaluation_maps(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         check_normalised(batch)
         with torch.no_grad():  # the map's gradient flows from the captured layer on: no graph is needed before it
-            image_embeds = encode_each_image_once(self.net, batch["images"], batch.get("image_keys"))
+            image_embeds = self.net.encode_images(batch["images"])[image_rows(batch)]  # each image once for its phrases
             texts = self.net.encode_texts(self.net.tokenize(batch["texts"]))
         with torch.enable_grad():
             cam = self.net.gradcam(image_embeds, texts, create_graph=False)
@@ -126,15 +126,12 @@ def check_normalised(batch: dict[str, Any]) -> None:
                         "Lightning calls; outside a Trainer call datamodule.on_after_batch_transfer(batch, 0) on each batch")
 
 
-def encode_each_image_once(net: GroundingModel, images: torch.Tensor, image_keys: list[str] | None) -> torch.Tensor:
-    """Image embeddings for a batch whose items with equal keys have identical images (the phrases of one image)."""
-    if image_keys is None:
-        return net.encode_images(images)
-    first: dict[str, int] = {}  # image key -> its first item in the batch
-    for index, key in enumerate(image_keys):
-        first.setdefault(key, index)
-    rank = {key: position for position, key in enumerate(first)}
-    return net.encode_images(images[list(first.values())])[[rank[key] for key in image_keys]]
+def image_rows(batch: dict[str, Any]) -> torch.Tensor:
+    """Each item's row in batch["images"] (collate stores an image shared by several phrases once); one row per item
+    in a batch built without it."""
+    if "image_index" in batch:
+        return batch["image_index"]
+    return torch.arange(len(batch["texts"]), device=batch["images"].device)
 
 
 def warmup_cosine(step: int, total: int, lr: float, warmup_steps: int, warmup_start_lr: float, min_lr: float) -> float:
