@@ -11,7 +11,7 @@ import logging
 import os
 import tarfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import webdataset as wds
 from braceexpand import braceexpand
@@ -123,32 +123,44 @@ class IncompleteShardSet(ValueError):
     """A shard set whose writing run did not finish: reading it would silently use a part of the data."""
 
 
-def resolve_shards(spec: str | os.PathLike, allow_partial: bool = False) -> list[str]:
-    """Shard files named by a directory (its manifest), a manifest file, or a glob / brace pattern.
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "http://", "https://")
 
-    A set whose manifest says its run did not finish is refused, naming the command that finishes it, unless
-    `allow_partial`; then the shards finished so far are read. Files named by a pattern are taken as they are.
+
+def is_remote(spec: str) -> bool:
+    return str(spec).startswith(REMOTE_SCHEMES)
+
+
+def open_shard(url: str) -> BinaryIO:
+    """A shard's bytes: a local file, an object-store or web URL (fsspec: s3fs for s3://, gcsfs for gs://, HTTP), or
+    `pipe:<command>` whose standard output is the shard (webdataset's gopen)."""
+    if url.startswith("pipe:"):
+        return wds.gopen(url, "rb")
+    if is_remote(url):
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(url, "rb")
+
+
+def resolve_shards(spec: str | os.PathLike, allow_partial: bool = False) -> list[str]:
+    """Shard files named by a directory or object-store prefix (its manifest), a manifest, or a glob / brace pattern.
+
+    Local paths, `s3://`, `gs://` and `http(s)://` URLs are read alike (fsspec); `pipe:<command>` names one shard per
+    command (brace patterns expand to several). A set whose manifest says its run did not finish is refused, naming
+    the command that finishes it, unless `allow_partial`; then the shards finished so far are read. Files named by a
+    pattern are taken as they are.
     """
     spec = str(spec)
+    if spec.startswith("pipe:"):
+        return list(braceexpand(spec))
+    if is_remote(spec):
+        return _remote_shards(spec, allow_partial)
     path = Path(spec)
     if path.is_dir() or path.name == MANIFEST_NAME:
         manifest_path = path / MANIFEST_NAME if path.is_dir() else path
         if not manifest_path.exists():
             raise FileNotFoundError(f"no {MANIFEST_NAME} in {path}: write shards with generate.py or name the .tar files")
-        record = read_manifest(manifest_path)
-        shards = record["shards"]
-        if record.get("complete") is False and not allow_partial:
-            command = record.get("command") or "the conversion or generation that wrote it, with the same settings"
-            raise IncompleteShardSet(
-                f"{manifest_path.parent} is an unfinished shard set ({len(shards)} shards so far; {manifest_path} says the "
-                f"run that writes it did not finish). Finish it by running again: {command} (it resumes where it stopped); or read the "
-                "shards finished so far with allow_partial=True (data.allow_partial=true)")
-        if record.get("complete") is None and str(manifest_path) not in _WARNED_LEGACY:
-            _WARNED_LEGACY.add(str(manifest_path))
-            log.warning("%s was written before manifests recorded whether their run finished: taken as complete", manifest_path)
-        if not shards:
-            raise ValueError(f"manifest {manifest_path} lists no shards")
-        files = [str(manifest_path.parent / entry["name"]) for entry in shards]
+        files = [str(manifest_path.parent / name) for name in _manifest_shards(read_manifest(manifest_path), str(manifest_path), allow_partial)]
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise FileNotFoundError(f"manifest {manifest_path} lists shards that do not exist: {missing[:3]}")
@@ -157,6 +169,49 @@ def resolve_shards(spec: str | os.PathLike, allow_partial: bool = False) -> list
     if not files:
         raise FileNotFoundError(f"shard path {spec!r} matches no file")
     return files
+
+
+def _remote_shards(spec: str, allow_partial: bool) -> list[str]:
+    import fsspec
+
+    if spec.endswith(".tar") or "{" in spec or "*" in spec:
+        fs, _ = fsspec.core.url_to_fs(spec)
+        urls = [url for pattern in braceexpand(spec) for url in ([pattern] if "*" not in pattern else
+                                                                [fs.unstrip_protocol(p) for p in sorted(fs.glob(pattern))])]
+        if not urls:
+            raise FileNotFoundError(f"shard pattern {spec!r} matches no object")
+        return urls
+    manifest_url = spec if spec.endswith(MANIFEST_NAME) else f"{spec.rstrip('/')}/{MANIFEST_NAME}"
+    base = manifest_url[: -len(MANIFEST_NAME)].rstrip("/")
+    try:
+        with fsspec.open(manifest_url, "r") as file:
+            record = json.load(file)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"no {MANIFEST_NAME} at {base}: write shards there with generate.py or convert.py, or name "
+                                "the .tar objects") from error
+    except (OSError, ValueError) as error:
+        raise ValueError(f"manifest {manifest_url} is unreadable: {error}") from error
+    if not isinstance(record, dict) or not isinstance(record.get("shards"), list):
+        raise ValueError(f"manifest {manifest_url}: 'shards' must be a list")
+    return [f"{base}/{name}" for name in _manifest_shards(record, manifest_url, allow_partial)]
+
+
+def _manifest_shards(record: dict[str, Any], manifest: str, allow_partial: bool) -> list[str]:
+    """The shard names a manifest lists, once it is known to be whole (or a partial set is asked for)."""
+    shards = record["shards"]
+    location = manifest[: -len(MANIFEST_NAME)].rstrip("/")
+    if record.get("complete") is False and not allow_partial:
+        command = record.get("command") or "the conversion or generation that wrote it, with the same settings"
+        raise IncompleteShardSet(
+            f"{location} is an unfinished shard set ({len(shards)} shards so far; {manifest} says the run that writes "
+            f"it did not finish). Finish it by running again: {command} (it resumes where it stopped); or read the "
+            "shards finished so far with allow_partial=True (data.allow_partial=true)")
+    if record.get("complete") is None and manifest not in _WARNED_LEGACY:
+        _WARNED_LEGACY.add(manifest)
+        log.warning("%s was written before manifests recorded whether their run finished: taken as complete", manifest)
+    if not shards:
+        raise ValueError(f"manifest {manifest} lists no shards")
+    return [entry["name"] for entry in shards]
 
 
 def iterate_shard(url: str, issues: Counter[str]) -> Iterator[GroundingSample]:
@@ -172,7 +227,19 @@ def iterate_shard(url: str, issues: Counter[str]) -> Iterator[GroundingSample]:
             log.warning("shard %s: %s; reading goes on with the next shard", url, error)
         return True
 
-    for raw in wds.tarfile_samples([{"url": url}], handler=warn_tar):
+    def opened() -> Iterator[dict[str, Any]]:
+        try:
+            stream = open_shard(url)
+        except (OSError, ValueError) as error:  # a missing object, a refused connection, a failing pipe command
+            warn_tar(error)
+            return
+        try:
+            yield {"url": url, "stream": stream}
+        finally:
+            stream.close()
+
+    files = wds.tariterators.tar_file_expander(opened(), handler=warn_tar)
+    for raw in wds.tariterators.group_by_keys(files, handler=warn_tar):
         key = raw["__key__"]
         try:
             if "jpg" not in raw or "json" not in raw:
