@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import fsspec
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from synground.data.shards import MANIFEST_NAME
+from synground.data.shards import MANIFEST_NAME, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def record_run(cfg: DictConfig, loggers: list[Any]) -> None:
     folder = Path(cfg.paths.output_dir) / "data_manifests"
     folder.mkdir(parents=True, exist_ok=True)
     for index, (domain, manifest) in enumerate(manifests):
-        shutil.copyfile(manifest, folder / f"{index}-{domain}-{manifest.parent.name}.json")
+        with fsspec.open(manifest, "rb") as source:  # a local file or an object-store URL alike
+            (folder / f"{index}-{domain}-{manifest.rstrip('/').split('/')[-2]}.json").write_bytes(source.read())
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             import wandb
@@ -106,17 +107,22 @@ def record_run(cfg: DictConfig, loggers: list[Any]) -> None:
             logger.experiment.log_artifact(artifact)
 
 
-def training_manifests(train: Any) -> list[tuple[str, Path]]:
-    """(domain, manifest.json) of every training shard set given by a directory or manifest path."""
+def training_manifests(train: Any) -> list[tuple[str, str]]:
+    """(domain, manifest.json path or URL) of every training shard set given by a directory, prefix or manifest."""
     found = []
     for domain in ("synthetic", "real"):
         sources = train.get(domain) or []
         for source in [sources] if isinstance(sources, str) else sources:
-            if isinstance(source, str):
-                path = Path(source)
-                manifest = path / MANIFEST_NAME if path.is_dir() else path
-                if manifest.name == MANIFEST_NAME and manifest.is_file():
-                    found.append((domain, manifest))
+            if not isinstance(source, str) or source.startswith("pipe:"):
+                continue
+            if is_remote(source):
+                if not (source.endswith(".tar") or "{" in source or "*" in source):  # a set, not named shards
+                    found.append((domain, source if source.endswith(MANIFEST_NAME) else f"{source.rstrip('/')}/{MANIFEST_NAME}"))
+                continue
+            path = Path(source)
+            manifest = path / MANIFEST_NAME if path.is_dir() else path
+            if manifest.name == MANIFEST_NAME and manifest.is_file():
+                found.append((domain, str(manifest)))
     return found
 
 

@@ -116,3 +116,5 @@ def test_train_py_trains_and_evaluates_from_s3(s3_env, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train/global_step"] == 2 and metrics["test/items/remote"] > 16  # every phrase of the 16 scenes
+    kept = json.loads((tmp_path / "run" / "data_manifests" / "0-real-set.json").read_text())  # the run's lineage
+    assert kept == json.loads((tmp_path / "local" / "manifest.json").read_text())
