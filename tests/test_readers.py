@@ -212,3 +212,42 @@ def test_a_conversion_stopped_by_a_truncated_file_is_refused_until_a_rerun_finis
     assert [(e["name"], e["sha256"]) for e in resumed["shards"]] == [(e["name"], e["sha256"]) for e in whole["shards"]]
     assert resumed["totals"] == whole["totals"] == {k: v for k, v in report.items() if k != "manifest"}
     assert resumed["totals"]["samples"] == 7
+
+
+def test_convert_py_killed_mid_run_is_refused_then_resumes_to_the_same_bytes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from synground.data import IncompleteShardSet
+
+    root = Path(__file__).resolve().parents[1]
+    write_visual_genome(tmp_path / "raw" / "visual_genome", count=400, regions_per_image=2, size=(320, 240))
+
+    def convert(output: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(root / "convert.py"), "dataset=visual_genome", f"paths.data_dir={tmp_path}",
+                                 f"output_dir={tmp_path / output}", "samples_per_shard=10", f"hydra.run.dir={tmp_path}/h-{output}"],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    assert convert("whole").wait(timeout=300) == 0
+    killed = convert("killed")
+    manifest = tmp_path / "killed" / "manifest.json"
+    deadline = time.time() + 120
+    while killed.poll() is None and time.time() < deadline:
+        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 2:
+            break
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    stopped = json.loads(manifest.read_text())
+    assert stopped["complete"] is False and 2 <= len(stopped["shards"]) < 40, "the kill should land mid-run"
+    with pytest.raises(IncompleteShardSet, match=r"python .*convert.py dataset=visual_genome"):
+        resolve_shards(str(tmp_path / "killed"))
+
+    assert convert("killed").wait(timeout=300) == 0
+    resumed, whole = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("killed", "whole"))
+    assert resumed["complete"] is whole["complete"] is True and resumed["totals"] == whole["totals"]
+    assert [(e["name"], e["sha256"]) for e in resumed["shards"]] == [(e["name"], e["sha256"]) for e in whole["shards"]]
+    assert not list((tmp_path / "killed").glob("*.partial"))
