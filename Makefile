@@ -25,6 +25,7 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/generation_pipeline.py
 	$(PY) benchmarks/full_size_cost.py
+	$(PY) benchmarks/remote_throughput.py
 
 # the offline mixing study: the real/synthetic ratio sweep on the shapes world (~20 min on 2 CPU cores)
 mixing-study: $(STAMP)
