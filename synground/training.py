@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from synground.data.shards import MANIFEST_NAME, is_remote
+from synground.data.shards import is_remote, manifest_of
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +113,9 @@ def training_manifests(train: Any) -> list[tuple[str, str]]:
     for domain in ("synthetic", "real"):
         sources = train.get(domain) or []
         for source in [sources] if isinstance(sources, str) else sources:
-            if not isinstance(source, str) or source.startswith("pipe:"):
-                continue
-            if is_remote(source):
-                if not (source.endswith(".tar") or "{" in source or "*" in source):  # a set, not named shards
-                    found.append((domain, source if source.endswith(MANIFEST_NAME) else f"{source.rstrip('/')}/{MANIFEST_NAME}"))
-                continue
-            path = Path(source)
-            manifest = path / MANIFEST_NAME if path.is_dir() else path
-            if manifest.name == MANIFEST_NAME and manifest.is_file():
-                found.append((domain, str(manifest)))
+            manifest = manifest_of(source) if isinstance(source, str) else None
+            if manifest is not None and (is_remote(manifest) or Path(manifest).is_file()):
+                found.append((domain, manifest))
     return found
 
 

@@ -2,10 +2,8 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 
 s3fs = pytest.importorskip("s3fs")
 
+from s3_server import start_s3_server  # noqa: E402
 from synground.data import IncompleteShardSet, resolve_shards  # noqa: E402
 from synground.data.shards import iterate_shard  # noqa: E402
 from synground.generation import ShapesGenerator  # noqa: E402
@@ -21,28 +20,10 @@ from synground.generation.writing import generate_shards  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        server.terminate()
-        pytest.fail("moto's S3 server did not start")
-    yield f"http://127.0.0.1:{port}"
+    server, endpoint = start_s3_server()
+    yield endpoint
     server.terminate()
     server.wait(timeout=30)
 

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from synground.callbacks.pointing_game import pointing_game_hits
+from synground.models.module import image_rows
 
 
 class GradCamGallery(L.Callback):
@@ -36,9 +37,9 @@ class GradCamGallery(L.Callback):
             return
         take = min(self.items_per_split - len(items), len(batch["texts"]))
         hits = pointing_game_hits(outputs["maps"][:take], batch["original_boxes"][:take], batch["original_sizes"][:take])
+        rows = image_rows(batch)
         for index in range(take):
-            row = batch["image_index"][index] if "image_index" in batch else index
-            items.append({"image": batch["images"][row].detach().float().cpu(), "map": outputs["maps"][index].float().cpu(),
+            items.append({"image": batch["images"][rows[index]].detach().float().cpu(), "map": outputs["maps"][index].float().cpu(),
                           "text": batch["texts"][index], "boxes": batch["original_boxes"][index].cpu(),
                           "size": tuple(batch["original_sizes"][index].tolist()), "hit": bool(hits[index])})
 

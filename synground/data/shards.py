@@ -142,6 +142,21 @@ def open_shard(url: str) -> BinaryIO:
     return open(url, "rb")
 
 
+def manifest_of(spec: str) -> str | None:
+    """The manifest.json a shard spec names: a set's directory or object-store prefix, or the manifest itself. None
+    for `.tar` files, brace or glob patterns and `pipe:` commands, which name their shards directly."""
+    if spec.startswith("pipe:"):
+        return None
+    if is_remote(spec):
+        if spec.endswith(".tar") or "{" in spec or "*" in spec:
+            return None
+        return spec if spec.endswith(MANIFEST_NAME) else f"{spec.rstrip('/')}/{MANIFEST_NAME}"
+    path = Path(spec)
+    if path.is_dir():
+        return str(path / MANIFEST_NAME)
+    return spec if path.name == MANIFEST_NAME else None
+
+
 def resolve_shards(spec: str | os.PathLike, allow_partial: bool = False) -> list[str]:
     """Shard files named by a directory or object-store prefix (its manifest), a manifest, or a glob / brace pattern.
 
@@ -155,11 +170,11 @@ def resolve_shards(spec: str | os.PathLike, allow_partial: bool = False) -> list
         return list(braceexpand(spec))
     if is_remote(spec):
         return _remote_shards(spec, allow_partial)
-    path = Path(spec)
-    if path.is_dir() or path.name == MANIFEST_NAME:
-        manifest_path = path / MANIFEST_NAME if path.is_dir() else path
+    manifest = manifest_of(spec)
+    if manifest is not None:
+        manifest_path = Path(manifest)
         if not manifest_path.exists():
-            raise FileNotFoundError(f"no {MANIFEST_NAME} in {path}: write shards with generate.py or name the .tar files")
+            raise FileNotFoundError(f"no {MANIFEST_NAME} in {manifest_path.parent}: write shards with generate.py or name the .tar files")
         files = [str(manifest_path.parent / name) for name in _manifest_shards(read_manifest(manifest_path), str(manifest_path), allow_partial)]
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
@@ -174,14 +189,14 @@ def resolve_shards(spec: str | os.PathLike, allow_partial: bool = False) -> list
 def _remote_shards(spec: str, allow_partial: bool) -> list[str]:
     import fsspec
 
-    if spec.endswith(".tar") or "{" in spec or "*" in spec:
+    manifest_url = manifest_of(spec)
+    if manifest_url is None:  # named .tar objects, brace patterns, globs
         fs, _ = fsspec.core.url_to_fs(spec)
         urls = [url for pattern in braceexpand(spec) for url in ([pattern] if "*" not in pattern else
                                                                 [fs.unstrip_protocol(p) for p in sorted(fs.glob(pattern))])]
         if not urls:
             raise FileNotFoundError(f"shard pattern {spec!r} matches no object")
         return urls
-    manifest_url = spec if spec.endswith(MANIFEST_NAME) else f"{spec.rstrip('/')}/{MANIFEST_NAME}"
     base = manifest_url[: -len(MANIFEST_NAME)].rstrip("/")
     try:
         with fsspec.open(manifest_url, "r") as file:

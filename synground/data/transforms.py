@@ -130,15 +130,14 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     holds each image once and `image_index` [B] gives each item's row, so no image is copied, moved to the device or
     encoded once per phrase. Training items, which carry no image_key, each have their own row.
     """
-    rows: dict[str, int] = {}
+    rows: dict[Any, int] = {}
     images, image_index = [], []
     for item in items:
-        key = item.get("image_key")
-        if key is None or key not in rows:
-            if key is not None:
-                rows[key] = len(images)
+        key = item.get("image_key", id(item))  # without one, an item is its own image (training flips differ)
+        if key not in rows:
+            rows[key] = len(images)
             images.append(item["image"])
-        image_index.append(rows[key] if key is not None else len(images) - 1)
+        image_index.append(rows[key])
     batch = {
         "images": torch.stack(images).permute(0, 3, 1, 2),  # [U, 3, H, W] uint8 (channels last)
         "image_index": torch.tensor(image_index),
