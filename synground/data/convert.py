@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from synground.data.readers import Record, load_record
 from synground.data.schema import GroundingSample
-from synground.data.shards import Manifest, write_shard
+from synground.data.shards import Manifest, ShardStore, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ REPORT_NAME = "conversion_report.json"
 def convert_records(records: Iterable[Record], output_dir: str | Path, name: str, samples_per_shard: int = 1000,
                     reader_issues: Counter[str] | None = None, config: dict[str, Any] | None = None,
                     command: str | None = None) -> dict[str, Any]:
-    """Write records as `<output_dir>/<name>-<shard>.tar` shards of `samples_per_shard` records each, with a manifest.
+    """Write records as `<output_dir>/<name>-<shard>.tar` shards of `samples_per_shard` records each, with a manifest;
+    `output_dir` is a local directory or an `s3://`, `gs://` prefix (see `ShardStore`).
 
     Shard i always holds records [i * n, (i + 1) * n) of the stream, so a rerun skips finished shards (without
     opening their images) and the result equals an uninterrupted run. Samples are streamed into the shard one at
@@ -38,17 +39,16 @@ def convert_records(records: Iterable[Record], output_dir: str | Path, name: str
         raise ValueError(f"nothing to convert, the split is empty: the reader gave no records for {name} "
                          "(check the split name and the split file)")
     stream = chain([first], stream)
-    output_dir = Path(output_dir)
+    store = ShardStore(output_dir)
     settings = {"name": name, "samples_per_shard": samples_per_shard, "source": config or {}}
-    manifest = Manifest(output_dir, config=settings)
+    manifest = Manifest(store, config=settings)
     if manifest.shards and manifest.config != settings:  # shard i's records depend on every one of them
-        raise ValueError(f"{output_dir} holds a conversion with other settings ({manifest.path}): "
+        raise ValueError(f"{store} holds a conversion with other settings ({manifest.path}): "
                          "use a new output_dir or the same settings to resume")
     manifest.config = settings  # a manifest without shards may still hold an older run's settings
     manifest.command = command or manifest.command
     finished = manifest.finished
-    for leftover in output_dir.glob("*.tar.partial"):  # half-written by a run that was killed
-        leftover.unlink()
+    store.remove_partials()  # half-written by a run that was killed
     with tqdm(desc=f"converting {name}", unit="image") as progress:
         for shard_index in range(1 << 62):
             chunk = list(islice(stream, samples_per_shard))  # annotations only: images are opened below
@@ -58,14 +58,14 @@ def convert_records(records: Iterable[Record], output_dir: str | Path, name: str
             if shard not in finished:
                 issues: Counter[str] = Counter()
                 written: Counter[str] = Counter()
-                entry = write_shard(output_dir / shard, loaded_samples(chunk, issues, written))
+                entry = write_shard(store.url(shard), loaded_samples(chunk, issues, written))
                 entry.update(records=len(chunk), regions=written["regions"], issues=dict(issues))
                 manifest.add(entry)
             progress.update(len(chunk))
             progress.set_postfix(shards=shard_index + 1)
     report = conversion_report(manifest, reader_issues or Counter())
-    manifest.finish({key: value for key, value in report.items() if key != "manifest"})
-    (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    store.write_bytes(REPORT_NAME, (json.dumps(report, indent=2) + "\n").encode())
+    manifest.finish({key: value for key, value in report.items() if key != "manifest"})  # last: the set is whole
     return report
 
 

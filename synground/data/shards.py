@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+import contextlib
 import glob
 import hashlib
 import io
@@ -10,8 +11,9 @@ import json
 import logging
 import os
 import tarfile
+import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 import webdataset as wds
 from braceexpand import braceexpand
@@ -22,6 +24,25 @@ from synground.data.schema import GroundingSample, sample_from_metadata, sample_
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+T = TypeVar("T")
+
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "http://", "https://")
+
+
+def is_remote(spec: str) -> bool:
+    return str(spec).startswith(REMOTE_SCHEMES)
+
+
+def open_shard(url: str) -> BinaryIO:
+    """A shard's bytes: a local file, an object-store or web URL (fsspec: s3fs for s3://, gcsfs for gs://, HTTP), or
+    `pipe:<command>` whose standard output is the shard (webdataset's gopen)."""
+    if url.startswith("pipe:"):
+        return wds.gopen(url, "rb")
+    if is_remote(url):
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(url, "rb")
 
 
 def encode_sample(sample: GroundingSample, jpeg_quality: int = 95) -> dict[str, bytes]:
@@ -35,18 +56,21 @@ def encode_sample(sample: GroundingSample, jpeg_quality: int = 95) -> dict[str, 
     return {"jpg": jpeg, "json": json.dumps(sample_metadata(sample)).encode()}
 
 
-def write_shard(path: Path, samples: Iterable[GroundingSample]) -> dict[str, Any]:
-    """Write one tar shard atomically (temporary name, then rename); returns its manifest entry."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+def write_shard(destination: str | os.PathLike, samples: Iterable[GroundingSample]) -> dict[str, Any]:
+    """Write one tar shard, a local file or an object (see `ShardStore`), whole or not at all; returns its manifest entry."""
+    directory, name = split_location(str(destination))
+    return ShardStore(directory).write(name, lambda file: _write_tar(file, destination, samples))
+
+
+def _write_tar(file: BinaryIO, destination: str | os.PathLike, samples: Iterable[GroundingSample]) -> dict[str, Any]:
     count = 0
     seen: set[str] = set()
-    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+    hashed = _HashingWriter(file)
+    with tarfile.open(fileobj=hashed, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for sample in samples:
             key = validate_key(sample.key)
             if key in seen:
-                raise ValueError(f"shard {path}: duplicate sample key {key!r}")
+                raise ValueError(f"shard {destination}: duplicate sample key {key!r}")
             seen.add(key)
             for extension, payload in encode_sample(sample).items():
                 info = tarfile.TarInfo(f"{key}.{extension}")
@@ -54,9 +78,127 @@ def write_shard(path: Path, samples: Iterable[GroundingSample]) -> dict[str, Any
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(payload))  # mtime 0: identical samples give identical shards
             count += 1
-    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
-    os.replace(partial, path)
-    return {"name": path.name, "samples": count, "sha256": digest}
+    return {"name": split_location(str(destination))[1], "samples": count, "sha256": hashed.digest.hexdigest()}
+
+
+class _HashingWriter:
+    """A write-only file that hashes what passes through it (the shard's checksum without reading it back)."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.digest = file, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def split_location(destination: str) -> tuple[str, str]:
+    """(the directory or object-store prefix, the file name) of a local path or a URL."""
+    if is_remote(destination):
+        directory, _, name = destination.rstrip("/").rpartition("/")
+        return directory, name
+    path = Path(destination)
+    return str(path.parent), path.name
+
+
+class ShardStore:
+    """Where a shard set is written: a local directory, or an object-store prefix (`s3://`, `gs://`) through fsspec.
+
+    Every write is whole or absent. A local file is written under `<name>.partial` and renamed; an object is staged
+    in a local temporary file and uploaded under its final name, since S3 and GCS show an object only once its upload
+    has completed (a killed multipart upload stays invisible) and replace an existing object at once. Renames are
+    not used on object stores: there they are a copy and a delete, not atomic.
+    """
+
+    def __init__(self, location: str | os.PathLike):
+        self.location = str(location).rstrip("/") or "/"
+        self.remote = is_remote(self.location)
+        if self.location.startswith(("pipe:", "http://", "https://")):
+            raise ValueError(f"cannot write a shard set to {self.location}: pipe: commands and http(s):// URLs are read "
+                             "only; write to a local directory, s3://bucket/prefix or gs://bucket/prefix")
+        if self.remote:
+            import fsspec
+
+            self.fs, self.root = fsspec.core.url_to_fs(self.location)
+
+    def url(self, name: str) -> str:
+        return f"{self.location}/{name}" if self.remote else str(Path(self.location) / name)
+
+    def __str__(self) -> str:
+        return self.location
+
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(f"{self.root}/{name}") if self.remote else os.path.exists(self.url(name))
+
+    def names(self, folder: str = "") -> set[str]:
+        """The file names in the set's directory (or one folder under it): one listing, not a request per file."""
+        if self.remote:
+            path = f"{self.root}/{folder}".rstrip("/")
+            self.fs.invalidate_cache(path)  # other ranks and earlier runs write here too
+            try:
+                return {entry.rstrip("/").rpartition("/")[2] for entry in self.fs.ls(path, detail=False)}
+            except FileNotFoundError:
+                return set()
+        directory = Path(self.location) / folder
+        return {path.name for path in directory.iterdir()} if directory.is_dir() else set()
+
+    def read_text(self, name: str) -> str:
+        if self.remote:
+            with self.fs.open(f"{self.root}/{name}", "r") as file:
+                return file.read()
+        return Path(self.url(name)).read_text()
+
+    def write(self, name: str, fill: Callable[[BinaryIO], T]) -> T:
+        """`fill(file)` writes the content; it appears under `name` only once `fill` has returned."""
+        if self.remote:
+            with tempfile.NamedTemporaryFile(prefix="synground-", suffix=f"-{name.replace('/', '_')}") as staged:
+                result = fill(staged)
+                staged.flush()
+                self.fs.put_file(staged.name, f"{self.root}/{name}")
+            return result
+        path = Path(self.url(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as file:
+            result = fill(file)
+        os.replace(partial, path)
+        return result
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.write(name, lambda file: file.write(data))
+
+    @contextlib.contextmanager
+    def local_directory(self) -> Iterator[Path]:
+        """A local directory whose files end up here: this directory itself, or (for an object store) a temporary one
+        whose files are uploaded when the block ends without an error. For writers that only write local files."""
+        if not self.remote:
+            Path(self.location).mkdir(parents=True, exist_ok=True)
+            yield Path(self.location)
+            return
+        with tempfile.TemporaryDirectory(prefix="synground-") as staging:
+            yield Path(staging)
+            for path in sorted(Path(staging).rglob("*")):
+                if path.is_file():
+                    self.fs.put_file(str(path), f"{self.root}/{path.relative_to(staging).as_posix()}")
+
+    def remove(self, name: str) -> None:
+        if self.remote:
+            if self.exists(name):
+                self.fs.rm_file(f"{self.root}/{name}")
+        else:
+            Path(self.url(name)).unlink(missing_ok=True)
+
+    def remove_partials(self, folder: str = "") -> None:
+        """Local `.partial` files a killed run left behind (an object store keeps no partial objects)."""
+        if not self.remote:
+            for leftover in (Path(self.location) / folder).glob("*.partial"):
+                leftover.unlink()
 
 
 class Manifest:
@@ -67,15 +209,15 @@ class Manifest:
     resumes). Manifests written before the flag existed read as complete=None.
     """
 
-    def __init__(self, directory: str | Path, config: dict[str, Any] | None = None):
-        self.directory = Path(directory)
-        self.path = self.directory / MANIFEST_NAME
+    def __init__(self, location: str | os.PathLike | ShardStore, config: dict[str, Any] | None = None):
+        self.store = location if isinstance(location, ShardStore) else ShardStore(location)
+        self.path = self.store.url(MANIFEST_NAME)
         self.shards: list[dict[str, Any]] = []
         self.config = config or {}
         self.complete: bool | None = False
         self.totals: dict[str, Any] = {}
         self.command: str | None = None
-        if self.path.exists():
+        if self.store.exists(MANIFEST_NAME):
             record = read_manifest(self.path)
             self.shards = record["shards"]
             self.config = record.get("config", self.config)
@@ -96,23 +238,24 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
         record = {"complete": self.complete, "command": self.command, "totals": self.totals, "shards": self.shards,
                   "config": self.config}
-        partial.write_text(json.dumps(record, indent=1))
-        os.replace(partial, self.path)
+        self.store.write_bytes(MANIFEST_NAME, json.dumps(record, indent=1).encode())
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def read_manifest(location: str | os.PathLike) -> dict[str, Any]:
+    """The record of a manifest file or object (local path or URL), checked for its list of shards."""
+    location = str(location)
     try:
-        record = json.loads(path.read_text())
+        with open_shard(location) as file:
+            record = json.loads(file.read())
         shards = record["shards"]
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"manifest {path} is unreadable: {error}") from error
+        raise ValueError(f"manifest {location} is unreadable: {error}") from error
     if not isinstance(shards, list):
-        raise ValueError(f"manifest {path}: 'shards' must be a list")
+        raise ValueError(f"manifest {location}: 'shards' must be a list")
     return record
 
 
@@ -121,25 +264,6 @@ _WARNED_LEGACY: set[str] = set()
 
 class IncompleteShardSet(ValueError):
     """A shard set whose writing run did not finish: reading it would silently use a part of the data."""
-
-
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "http://", "https://")
-
-
-def is_remote(spec: str) -> bool:
-    return str(spec).startswith(REMOTE_SCHEMES)
-
-
-def open_shard(url: str) -> BinaryIO:
-    """A shard's bytes: a local file, an object-store or web URL (fsspec: s3fs for s3://, gcsfs for gs://, HTTP), or
-    `pipe:<command>` whose standard output is the shard (webdataset's gopen)."""
-    if url.startswith("pipe:"):
-        return wds.gopen(url, "rb")
-    if is_remote(url):
-        import fsspec
-
-        return fsspec.open(url, "rb").open()
-    return open(url, "rb")
 
 
 def manifest_of(spec: str) -> str | None:
@@ -199,15 +323,10 @@ def _remote_shards(spec: str, allow_partial: bool) -> list[str]:
         return urls
     base = manifest_url[: -len(MANIFEST_NAME)].rstrip("/")
     try:
-        with fsspec.open(manifest_url, "r") as file:
-            record = json.load(file)
+        record = read_manifest(manifest_url)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"no {MANIFEST_NAME} at {base}: write shards there with generate.py or convert.py, or name "
                                 "the .tar objects") from error
-    except (OSError, ValueError) as error:
-        raise ValueError(f"manifest {manifest_url} is unreadable: {error}") from error
-    if not isinstance(record, dict) or not isinstance(record.get("shards"), list):
-        raise ValueError(f"manifest {manifest_url}: 'shards' must be a list")
     return [f"{base}/{name}" for name in _manifest_shards(record, manifest_url, allow_partial)]
 
 

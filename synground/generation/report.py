@@ -1,6 +1,7 @@
 """The report of a generated shard set, read from its manifest and the shards' JSON records (images are not decoded):
 counts, distributions as PNG histograms, rejections by reason and throughput per stage. `generate.py` writes it at the
-end of a run; `python -m synground.generation.report SHARD_DIR [--output DIR]` writes it for any shard set.
+end of a run; `python -m synground.generation.report SHARD_DIR [--output DIR]` writes it for any shard set, local or on
+object storage.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from synground.data.shards import MANIFEST_NAME, read_manifest
+from synground.data.shards import MANIFEST_NAME, ShardStore, is_remote, open_shard, read_manifest
 
 HISTOGRAMS = {  # file stem -> (title, x label)
     "boxes_per_image": ("Boxes per image", "boxes"),
@@ -29,23 +30,24 @@ PLOTS = [*HISTOGRAMS, "rejections", "stage_throughput"]
 
 
 def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) -> dict[str, Any]:
-    """Write report.json, report.md and PNG plots of the shard set into `output_dir` (default `<shard_dir>/report`)."""
-    shard_dir = Path(shard_dir)
-    output_dir = Path(output_dir) if output_dir else shard_dir / "report"
-    manifest_path = shard_dir / MANIFEST_NAME
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"no {MANIFEST_NAME} in {shard_dir}: {manifest_path} does not exist")
-    shards = read_manifest(manifest_path)["shards"]
+    """Write report.json, report.md and PNG plots of the shard set into `output_dir` (default `<shard_dir>/report`).
+
+    Either may be a local directory or an object-store prefix (`s3://`, `gs://`; the shard set also `http(s)://`).
+    """
+    shard_dir = str(shard_dir).rstrip("/")
+    manifest_path = f"{shard_dir}/{MANIFEST_NAME}" if is_remote(shard_dir) else str(Path(shard_dir) / MANIFEST_NAME)
+    try:
+        shards = read_manifest(manifest_path)["shards"]
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {shard_dir}: {manifest_path} does not exist") from error
     values: dict[str, list[float]] = {name: [] for name in HISTOGRAMS}
     sources: Counter[str] = Counter()
     records = unreadable = 0
     for entry in shards:
-        path = shard_dir / entry["name"]
-        if not path.exists():
-            raise FileNotFoundError(f"{manifest_path} lists {entry['name']}, which does not exist ({path})")
+        url = f"{manifest_path[: -len(MANIFEST_NAME)]}{entry['name']}"
         try:
-            with tarfile.open(path) as tar:
-                for member in tar:  # only headers are read for the images: their bytes are skipped, not decoded
+            with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:  # read in order; the images' bytes are skipped, not decoded
                     if not member.name.endswith(".json"):
                         continue
                     records += 1
@@ -57,8 +59,10 @@ def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) 
                     for name, sample_values in numbers.items():
                         values[name] += sample_values
                     sources[source] += 1
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{manifest_path} lists {entry['name']}, which does not exist ({url})") from error
         except tarfile.TarError as error:
-            raise ValueError(f"shard {path} is unreadable: {error}") from error
+            raise ValueError(f"shard {url} is unreadable: {error}") from error
 
     rejections, seconds, items = Counter(), Counter(), Counter()
     for entry in shards:
@@ -79,21 +83,22 @@ def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) 
                    for stage in dict.fromkeys([*seconds, *items])},
     }
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    plots = []
-    for name, numbers in values.items():
-        if numbers:
-            plots.append(_histogram(output_dir / f"{name}.png", numbers, *HISTOGRAMS[name]))
-    if rejections:
-        plots.append(_bars(output_dir / "rejections.png", summary["rejections"], "Rejections by reason", "requests"))
-    rates = {stage: s["items_per_second"] for stage, s in summary["stages"].items() if s["items_per_second"]}
-    if rates:
-        plots.append(_bars(output_dir / "stage_throughput.png", rates, "Throughput per stage", "items per second"))
+    output = ShardStore(output_dir or (f"{shard_dir}/report" if is_remote(shard_dir) else Path(shard_dir) / "report"))
+    with output.local_directory() as directory:
+        plots = []
+        for name, numbers in values.items():
+            if numbers:
+                plots.append(_histogram(directory / f"{name}.png", numbers, *HISTOGRAMS[name]))
+        if rejections:
+            plots.append(_bars(directory / "rejections.png", summary["rejections"], "Rejections by reason", "requests"))
+        rates = {stage: s["items_per_second"] for stage, s in summary["stages"].items() if s["items_per_second"]}
+        if rates:
+            plots.append(_bars(directory / "stage_throughput.png", rates, "Throughput per stage", "items per second"))
+        (directory / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (directory / "report.md").write_text(markdown(summary, plots))
     for name in PLOTS:  # a plot left by an earlier report of other data would be read as this one's
         if f"{name}.png" not in plots:
-            (output_dir / f"{name}.png").unlink(missing_ok=True)
-    (output_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (output_dir / "report.md").write_text(markdown(summary, plots))
+            output.remove(f"{name}.png")
     return summary
 
 
@@ -163,8 +168,8 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Report of a generated shard set (counts, histograms, rejections).")
-    parser.add_argument("shard_dir")
-    parser.add_argument("--output", help="directory of the report (default: <shard_dir>/report)")
+    parser.add_argument("shard_dir", help="the shard set: a directory, or an s3://, gs://, http(s):// prefix")
+    parser.add_argument("--output", help="directory or s3:// / gs:// prefix of the report (default: <shard_dir>/report)")
     args = parser.parse_args()
     print(markdown(dataset_report(args.shard_dir, args.output), []))
 

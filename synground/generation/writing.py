@@ -2,17 +2,17 @@
 
 Lightning provides the processes (GPUs, nodes); the shard set is the unit of work. Shard i always holds requests
 [i * n, (i + 1) * n) with keys `<name>-<i>` and seeds `seed + i`, so any shard can be regenerated alone. Each rank
-takes every world-size-th unfinished shard, generates it in chunks, and writes it atomically (temporary name, then
-rename). Its manifest entry goes to `manifest.d/<shard>.json` (one file per shard: ranks never write the same file),
-and rank 0 merges those entries into manifest.json after each of its shards and at the end. A rerun after a crash or
-kill skips finished shards and regenerates the rest with the same seeds: the set equals an uninterrupted run's.
+takes every world-size-th unfinished shard, generates it in chunks, and writes it whole or not at all (`ShardStore`:
+a local directory, or an `s3://` / `gs://` prefix where a shard object appears only once its upload completes). Its
+manifest entry goes to `manifest.d/<shard>.json` after the shard (one file per shard: ranks never write the same
+file), and rank 0 merges those entries into manifest.json after each of its shards and at the end. A rerun after a
+crash or kill skips finished shards and regenerates the rest with the same seeds: the set equals an uninterrupted run's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import warnings
 from collections import Counter
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator
-from synground.data.shards import MANIFEST_NAME, Manifest, read_manifest, write_shard
+from synground.data.shards import MANIFEST_NAME, Manifest, ShardStore, read_manifest, write_shard
 from synground.generation.filters import NearDuplicates
 from synground.generation.runtime import StageClock
 
@@ -52,21 +52,23 @@ class ShardPlan:
                 for i in range(start, min(start + self.samples_per_shard, self.num_samples))]
 
 
-def finished_shards(output_dir: Path) -> dict[str, dict[str, Any]]:
+def finished_shards(store: ShardStore) -> dict[str, dict[str, Any]]:
     """Manifest entries of the complete shards: the merged manifest plus entries not merged yet."""
+    present = store.names()
     entries = {}
-    if (output_dir / MANIFEST_NAME).exists():
-        entries = {entry["name"]: entry for entry in read_manifest(output_dir / MANIFEST_NAME)["shards"]}
-    for path in sorted((output_dir / ENTRIES_DIR).glob("*.json")):
-        entry = json.loads(path.read_text())
-        entries[entry["name"]] = entry
-    return {name: entry for name, entry in entries.items() if (output_dir / name).exists()}
+    if MANIFEST_NAME in present:
+        entries = {entry["name"]: entry for entry in read_manifest(store.url(MANIFEST_NAME))["shards"]}
+    for name in sorted(store.names(ENTRIES_DIR)):
+        if name.endswith(".json"):
+            entry = json.loads(store.read_text(f"{ENTRIES_DIR}/{name}"))
+            entries[entry["name"]] = entry
+    return {name: entry for name, entry in entries.items() if name in present}
 
 
-def merge_manifest(output_dir: Path, config: dict[str, Any], command: str | None, num_shards: int, final: bool = False) -> Manifest:
+def merge_manifest(store: ShardStore, config: dict[str, Any], command: str | None, num_shards: int, final: bool = False) -> Manifest:
     """manifest.json from every finished shard's entry; complete (with totals) once the run ends with every shard."""
-    manifest = Manifest(output_dir, config=config)
-    manifest.shards = sorted(finished_shards(output_dir).values(), key=lambda entry: entry["name"])
+    manifest = Manifest(store, config=config)
+    manifest.shards = sorted(finished_shards(store).values(), key=lambda entry: entry["name"])
     manifest.config, manifest.command, manifest.complete = config, command or manifest.command, False
     if final and len(manifest.shards) == num_shards:
         rejections: Counter[str] = Counter()
@@ -79,15 +81,15 @@ def merge_manifest(output_dir: Path, config: dict[str, Any], command: str | None
     return manifest
 
 
-def check_settings(output_dir: Path, config: dict[str, Any]) -> None:
+def check_settings(store: ShardStore, config: dict[str, Any]) -> None:
     """A shard set is made with one configuration: resuming with another would mix two datasets."""
-    path = output_dir / MANIFEST_NAME
-    if not path.exists():
+    if not store.exists(MANIFEST_NAME):
         return
+    path = store.url(MANIFEST_NAME)
     previous = read_manifest(path).get("config", {})
     if previous and previous != config:
         changed = sorted(_changed_keys(previous, config))
-        raise ValueError(f"{output_dir} holds shards made with other settings ({path}); changed: {changed[:8]}. "
+        raise ValueError(f"{store} holds shards made with other settings ({path}); changed: {changed[:8]}. "
                          "Use a new output_dir, or the same settings to resume.")
 
 
@@ -112,10 +114,10 @@ class PendingShards(IterableDataset):
 class GenerationTask(L.LightningModule):
     """Runs a generator over this rank's shards; each predict step returns one complete shard's samples."""
 
-    def __init__(self, generator: TripletGenerator, plan: ShardPlan, output_dir: str | Path, chunk_size: int = 64,
+    def __init__(self, generator: TripletGenerator, plan: ShardPlan, store: ShardStore, chunk_size: int = 64,
                  near_duplicates: NearDuplicates | None = None):
         super().__init__()
-        self.generator, self.plan, self.output_dir = generator, plan, Path(output_dir)
+        self.generator, self.plan, self.store = generator, plan, store
         self.chunk_size, self.near_duplicates = chunk_size, near_duplicates
         self.my_shards: list[int] = []
         self.progress: tqdm | None = None  # shown on rank 0 only
@@ -124,10 +126,10 @@ class GenerationTask(L.LightningModule):
 
     def assign_shards(self) -> list[int]:
         # rank 0 decides what is left and tells the others, so no shard is skipped or made twice
-        finished = self.trainer.strategy.broadcast(sorted(finished_shards(self.output_dir)), src=0)
+        finished = self.trainer.strategy.broadcast(sorted(finished_shards(self.store)) if self.global_rank == 0 else None, src=0)
         todo = [i for i in range(self.plan.num_shards) if self.plan.shard_name(i) not in finished]
         if self.global_rank == 0 and len(todo) < self.plan.num_shards:
-            log.info("%d of %d shards already finished in %s", self.plan.num_shards - len(todo), self.plan.num_shards, self.output_dir)
+            log.info("%d of %d shards already finished in %s", self.plan.num_shards - len(todo), self.plan.num_shards, self.store)
         self.my_shards = todo[self.global_rank :: self.trainer.world_size]
         self.requests_total = sum(len(self.plan.requests(i)) for i in self.my_shards)
         self.progress = tqdm(total=self.requests_total, desc=f"generating {self.plan.name}", unit="sample",
@@ -176,9 +178,9 @@ class GenerationTask(L.LightningModule):
 class ShardWriter(BasePredictionWriter):
     """Writes each predicted shard atomically and records it; rank 0 keeps manifest.json up to date."""
 
-    def __init__(self, output_dir: str | Path, config: dict[str, Any], num_shards: int, command: str | None = None):
+    def __init__(self, store: ShardStore, config: dict[str, Any], num_shards: int, command: str | None = None):
         super().__init__(write_interval="batch")
-        self.output_dir, self.config, self.num_shards, self.command = Path(output_dir), config, num_shards, command
+        self.store, self.config, self.num_shards, self.command = store, config, num_shards, command
         self.started = 0.0
 
     def on_predict_start(self, trainer, pl_module) -> None:
@@ -187,13 +189,13 @@ class ShardWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
         plan = pl_module.plan
         start = time.perf_counter()
-        entry = write_shard(self.output_dir / plan.shard_name(prediction["index"]), prediction["samples"])
+        entry = write_shard(self.store.url(plan.shard_name(prediction["index"])), prediction["samples"])
         prediction["stage_seconds"]["write"] = time.perf_counter() - start
         prediction["stage_items"]["write"] = len(prediction["samples"])
         entry.update({key: prediction[key] for key in ("requests", "rejections", "stage_seconds", "stage_items", "events")})
-        _write_json_atomically(self.output_dir / ENTRIES_DIR / f"{entry['name']}.json", entry)
+        self.store.write_bytes(f"{ENTRIES_DIR}/{entry['name']}.json", json.dumps(entry).encode())  # after the shard
         if trainer.global_rank == 0:
-            merge_manifest(self.output_dir, self.config, self.command, self.num_shards)
+            merge_manifest(self.store, self.config, self.command, self.num_shards)
         remaining = pl_module.requests_total - pl_module.requests_done
         eta = remaining * (time.perf_counter() - self.started) / max(pl_module.requests_done, 1)
         log.info("rank %d wrote %s: %d of %d requests kept, rejections %s; ETA %s", trainer.global_rank, entry["name"],
@@ -202,14 +204,7 @@ class ShardWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module) -> None:
         trainer.strategy.barrier()
         if trainer.global_rank == 0:
-            merge_manifest(self.output_dir, self.config, self.command, self.num_shards, final=True)
-
-
-def _write_json_atomically(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(record))
-    os.replace(partial, path)
+            merge_manifest(self.store, self.config, self.command, self.num_shards, final=True)
 
 
 def _duration(seconds: float) -> str:
@@ -223,26 +218,26 @@ def generate_shards(generator: TripletGenerator, output_dir: str | Path, num_sam
                     near_duplicates: NearDuplicates | None = None, trainer: dict[str, Any] | None = None,
                     command: str | None = None) -> Manifest:
     """Write `num_samples` samples into `<output_dir>/<name>-<shard>.tar` with a manifest; resumable (see module doc).
+    `output_dir` is a local directory or an `s3://`, `gs://` prefix.
 
     The manifest says the set is complete once every shard is written; `command` (what reruns this generation) is
     kept in it for the error that refuses to read an unfinished set.
 
     `trainer` holds `lightning.Trainer` arguments for the devices and processes (default: this process, CPU or one GPU).
     """
-    output_dir = Path(output_dir)
+    store = ShardStore(output_dir)
     plan = ShardPlan(name, num_samples, samples_per_shard, seed)
     settings = json.loads(json.dumps({"name": name, "seed": seed, "num_samples": num_samples,
                                       "samples_per_shard": samples_per_shard, "generator": config or {}}))
-    check_settings(output_dir, settings)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in [*output_dir.glob("*.partial"), *output_dir.glob(f"{ENTRIES_DIR}/*.partial")]:  # from a killed run
-        leftover.unlink()
+    check_settings(store, settings)
+    for folder in ("", ENTRIES_DIR):  # from a killed run
+        store.remove_partials(folder)
     arguments = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
                  "enable_model_summary": False, **(trainer or {}),
                  "enable_progress_bar": False}  # Lightning's bar counts shards; ours counts samples, with stage rates
-    trainer = L.Trainer(**arguments, callbacks=[ShardWriter(output_dir, settings, plan.num_shards, command)])
+    trainer = L.Trainer(**arguments, callbacks=[ShardWriter(store, settings, plan.num_shards, command)])
     # the writer needs no batch indices (a shard knows its own index); Lightning warns that it cannot infer them
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-    task = GenerationTask(generator, plan, output_dir, chunk_size, near_duplicates)
+    task = GenerationTask(generator, plan, store, chunk_size, near_duplicates)
     trainer.predict(task, return_predictions=False)
-    return Manifest(output_dir)
+    return Manifest(store)
