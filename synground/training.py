@@ -53,7 +53,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     record_run(cfg, loggers)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = scalar_metrics(trainer.callback_metrics, prefixes=("val/", "train/"))
+    metrics = scalar_metrics(trainer.callback_metrics, prefixes=("val/", "train/", "data/"))
     metrics["train/global_step"] = float(trainer.global_step)
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""

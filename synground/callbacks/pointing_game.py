@@ -49,6 +49,14 @@ class PointingGame(Metric):
         return self.hits.float() / self.total.clamp(min=1)
 
 
+def split_names(trainer: L.Trainer, stage: str) -> list[str]:
+    """The names of the `val` or `test` dataloaders: the datamodule's split names, else split0, split1, ..."""
+    names = getattr(trainer.datamodule, f"{stage}_split_names", None) if trainer.datamodule is not None else None
+    loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+    count = len(loaders) if isinstance(loaders, (list, tuple)) else 1
+    return list(names) if names else [f"split{index}" for index in range(count)]
+
+
 class PointingGameCallback(L.Callback):
     """Logs `<stage>/pointing_game/<split>` for every evaluation split of the datamodule, their mean, and
     `<stage>/items/<split>`, the number of (sample, phrase) items scored.
@@ -60,14 +68,8 @@ class PointingGameCallback(L.Callback):
     def __init__(self):
         self.metrics: dict[str, dict[str, PointingGame]] = {"val": {}, "test": {}}
 
-    def _splits(self, trainer: L.Trainer, stage: str) -> list[str]:
-        names = getattr(trainer.datamodule, f"{stage}_split_names", None) if trainer.datamodule is not None else None
-        loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
-        count = len(loaders) if isinstance(loaders, (list, tuple)) else 1
-        return list(names) if names else [f"split{index}" for index in range(count)]
-
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.metrics[stage] = {name: PointingGame().to(pl_module.device) for name in self._splits(trainer, stage)}
+        self.metrics[stage] = {name: PointingGame().to(pl_module.device) for name in split_names(trainer, stage)}
 
     def _update(self, stage: str, outputs: Any, batch: dict[str, Any], dataloader_idx: int) -> None:
         metric = list(self.metrics[stage].values())[dataloader_idx]

@@ -97,8 +97,9 @@ def _split_samples(source: str | GeneratorSource, slot: int, slots: int, issues:
         if len(shards) >= slots:
             for shard in shards[slot::slots]:
                 yield from iterate_shard(shard, issues)
-        else:
-            for index, sample in enumerate(s for shard in shards for s in iterate_shard(shard, issues)):
+        else:  # every slot reads every shard and keeps its share: one of them counts what reading skipped
+            reading_issues = issues if slot == 0 else Counter()
+            for index, sample in enumerate(s for shard in shards for s in iterate_shard(shard, reading_issues)):
                 if index % slots == slot:
                     yield sample
     else:
@@ -189,17 +190,34 @@ class EvalSplit(IterableDataset):
         self.name, self.source, self.transform, self.allow_partial = name, source, transform, allow_partial
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        slot, slots = _worker_slot()
+        """Items, each carrying in `data_issues` what was skipped since the one before (the last item also what was
+        skipped after it), so every skip reaches the logs once; a worker left with no item only warns."""
         issues: Counter[str] = Counter()
+        pending = None
+        for item in self._items(issues):
+            if pending is not None:
+                pending["data_issues"] = dict(issues)
+                issues.clear()
+                yield pending
+            pending = item
+        if issues:
+            log.warning("eval split %r: %s", self.name, dict(issues))
+        if pending is not None:
+            pending["data_issues"] = dict(issues)
+            yield pending
+
+    def _items(self, issues: Counter[str]) -> Iterator[dict[str, Any]]:
+        slot, slots = _worker_slot()
         for sample in _split_samples(self.source, slot, slots, issues, self.allow_partial):
             regions = clean_regions(sample, issues)
-            pixels = self.transform.pixels(sample.image) if regions else None  # once for all the sample's phrases
+            if not regions:
+                issues["sample_without_regions"] += 1
+                continue
+            pixels = self.transform.pixels(sample.image)  # once for all the sample's phrases
             for index, region in enumerate(regions):
                 item = self.transform.region_item(pixels, sample.image.size, region, f"{sample.key}-{index}", with_mask=False)
                 item["image_key"] = sample.key  # the phrases of one image share it: the model can encode it once
                 yield item
-        if issues:
-            log.warning("eval split %r: %s", self.name, issues)
 
 
 class _EpochLoader(DataLoader):

@@ -150,4 +150,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if all("mask" in item for item in items):  # training batches; evaluation items carry none
         batch["masks"] = torch.stack([item["mask"] for item in items])
+    if any("data_issues" in item for item in items):  # evaluation items: what was skipped before each
+        batch["data_issues"] = dict(sum((Counter(item.get("data_issues", {})) for item in items), Counter()))
     return batch

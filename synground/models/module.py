@@ -76,8 +76,6 @@ class GroundingModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
         self.log("train/itm_accuracy", (logits.argmax(1) == labels).float().mean(), batch_size=batch_size)
-        for reason, count in batch.get("data_issues", {}).items():
-            self.log(f"data/{reason}", float(count), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
         return loss
 
     def evaluation_maps(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
