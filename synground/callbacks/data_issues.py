@@ -21,19 +21,18 @@ class DataIssueCounts(L.Callback):
     """Sums each batch's `data_issues` and logs the totals of all ranks at the end of each epoch."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, list[Counter[str]]] = {"train": [], "val": [], "test": []}
+        self.counts: dict[str, dict[str, Counter[str]]] = {"train": {}, "val": {}, "test": {}}  # stage -> split -> counts
 
     def _start(self, trainer: L.Trainer, stage: str) -> None:
-        self.counts[stage] = [Counter() for _ in (["train"] if stage == "train" else split_names(trainer, stage))]
+        self.counts[stage] = {name: Counter() for name in (["train"] if stage == "train" else split_names(trainer, stage))}
 
     def _add(self, stage: str, batch: Any, dataloader_idx: int = 0) -> None:
         if isinstance(batch, dict) and self.counts[stage]:
-            self.counts[stage][dataloader_idx].update(batch.get("data_issues", {}))
+            list(self.counts[stage].values())[dataloader_idx].update(batch.get("data_issues", {}))
 
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        names = ["train"] if stage == "train" else split_names(trainer, stage)
-        totals = all_ranks(trainer, [dict(counts) for counts in self.counts[stage]])
-        for name, counts in zip(names, totals):
+        totals = all_ranks(trainer, [dict(counts) for counts in self.counts[stage].values()])
+        for name, counts in zip(self.counts[stage], totals):
             prefix = "data" if stage == "train" else f"{stage}/data/{name}"
             for reason, count in sorted(counts.items()):
                 # the same keys and values on every rank (already summed): nothing to reduce, nobody waits

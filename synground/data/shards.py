@@ -59,10 +59,11 @@ def encode_sample(sample: GroundingSample, jpeg_quality: int = 95) -> dict[str, 
 def write_shard(destination: str | os.PathLike, samples: Iterable[GroundingSample]) -> dict[str, Any]:
     """Write one tar shard, a local file or an object (see `ShardStore`), whole or not at all; returns its manifest entry."""
     directory, name = split_location(str(destination))
-    return ShardStore(directory).write(name, lambda file: _write_tar(file, destination, samples))
+    return {"name": name, **ShardStore(directory).write(name, lambda file: _write_tar(file, destination, samples))}
 
 
 def _write_tar(file: BinaryIO, destination: str | os.PathLike, samples: Iterable[GroundingSample]) -> dict[str, Any]:
+    """The shard's samples as a tar into `file`; returns their count and the checksum of what was written."""
     count = 0
     seen: set[str] = set()
     hashed = _HashingWriter(file)
@@ -78,7 +79,7 @@ def _write_tar(file: BinaryIO, destination: str | os.PathLike, samples: Iterable
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(payload))  # mtime 0: identical samples give identical shards
             count += 1
-    return {"name": split_location(str(destination))[1], "samples": count, "sha256": hashed.digest.hexdigest()}
+    return {"samples": count, "sha256": hashed.digest.hexdigest()}
 
 
 class _HashingWriter:
@@ -217,11 +218,13 @@ class Manifest:
         self.complete: bool | None = False
         self.totals: dict[str, Any] = {}
         self.command: str | None = None
-        if self.store.exists(MANIFEST_NAME):
+        try:
             record = read_manifest(self.path)
-            self.shards = record["shards"]
-            self.config = record.get("config", self.config)
-            self.complete, self.totals, self.command = record.get("complete"), record.get("totals", {}), record.get("command")
+        except FileNotFoundError:  # a set not started yet
+            return
+        self.shards = record["shards"]
+        self.config = record.get("config", self.config)
+        self.complete, self.totals, self.command = record.get("complete"), record.get("totals", {}), record.get("command")
 
     @property
     def finished(self) -> set[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from synground.data.shards import MANIFEST_NAME, ShardStore, is_remote, open_shard, read_manifest
+from synground.data.shards import MANIFEST_NAME, ShardStore, is_remote, manifest_of, open_shard, read_manifest
 
 HISTOGRAMS = {  # file stem -> (title, x label)
     "boxes_per_image": ("Boxes per image", "boxes"),
@@ -35,7 +35,7 @@ def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) 
     Either may be a local directory or an object-store prefix (`s3://`, `gs://`; the shard set also `http(s)://`).
     """
     shard_dir = str(shard_dir).rstrip("/")
-    manifest_path = f"{shard_dir}/{MANIFEST_NAME}" if is_remote(shard_dir) else str(Path(shard_dir) / MANIFEST_NAME)
+    manifest_path = manifest_of(shard_dir) or str(Path(shard_dir) / MANIFEST_NAME)  # a missing directory: named below
     try:
         shards = read_manifest(manifest_path)["shards"]
     except FileNotFoundError as error:

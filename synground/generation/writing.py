@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator
-from synground.data.shards import MANIFEST_NAME, Manifest, ShardStore, read_manifest, write_shard
+from synground.data.shards import Manifest, ShardStore, write_shard
 from synground.generation.filters import NearDuplicates
 from synground.generation.runtime import StageClock
 
@@ -52,12 +52,11 @@ class ShardPlan:
                 for i in range(start, min(start + self.samples_per_shard, self.num_samples))]
 
 
-def finished_shards(store: ShardStore) -> dict[str, dict[str, Any]]:
-    """Manifest entries of the complete shards: the merged manifest plus entries not merged yet."""
+def finished_shards(manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """Manifest entries of the complete shards: the merged manifest's plus entries not merged yet."""
+    store = manifest.store
     present = store.names()
-    entries = {}
-    if MANIFEST_NAME in present:
-        entries = {entry["name"]: entry for entry in read_manifest(store.url(MANIFEST_NAME))["shards"]}
+    entries = {entry["name"]: entry for entry in manifest.shards}
     for name in sorted(store.names(ENTRIES_DIR)):
         if name.endswith(".json"):
             entry = json.loads(store.read_text(f"{ENTRIES_DIR}/{name}"))
@@ -68,7 +67,7 @@ def finished_shards(store: ShardStore) -> dict[str, dict[str, Any]]:
 def merge_manifest(store: ShardStore, config: dict[str, Any], command: str | None, num_shards: int, final: bool = False) -> Manifest:
     """manifest.json from every finished shard's entry; complete (with totals) once the run ends with every shard."""
     manifest = Manifest(store, config=config)
-    manifest.shards = sorted(finished_shards(store).values(), key=lambda entry: entry["name"])
+    manifest.shards = sorted(finished_shards(manifest).values(), key=lambda entry: entry["name"])
     manifest.config, manifest.command, manifest.complete = config, command or manifest.command, False
     if final and len(manifest.shards) == num_shards:
         rejections: Counter[str] = Counter()
@@ -83,13 +82,11 @@ def merge_manifest(store: ShardStore, config: dict[str, Any], command: str | Non
 
 def check_settings(store: ShardStore, config: dict[str, Any]) -> None:
     """A shard set is made with one configuration: resuming with another would mix two datasets."""
-    if not store.exists(MANIFEST_NAME):
-        return
-    path = store.url(MANIFEST_NAME)
-    previous = read_manifest(path).get("config", {})
+    manifest = Manifest(store)  # a set not started yet has no settings
+    previous = manifest.config
     if previous and previous != config:
         changed = sorted(_changed_keys(previous, config))
-        raise ValueError(f"{store} holds shards made with other settings ({path}); changed: {changed[:8]}. "
+        raise ValueError(f"{store} holds shards made with other settings ({manifest.path}); changed: {changed[:8]}. "
                          "Use a new output_dir, or the same settings to resume.")
 
 
@@ -126,7 +123,7 @@ class GenerationTask(L.LightningModule):
 
     def assign_shards(self) -> list[int]:
         # rank 0 decides what is left and tells the others, so no shard is skipped or made twice
-        finished = self.trainer.strategy.broadcast(sorted(finished_shards(self.store)) if self.global_rank == 0 else None, src=0)
+        finished = self.trainer.strategy.broadcast(sorted(finished_shards(Manifest(self.store))) if self.global_rank == 0 else None, src=0)
         todo = [i for i in range(self.plan.num_shards) if self.plan.shard_name(i) not in finished]
         if self.global_rank == 0 and len(todo) < self.plan.num_shards:
             log.info("%d of %d shards already finished in %s", self.plan.num_shards - len(todo), self.plan.num_shards, self.store)
