@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from synground.callbacks.requeue import Preempted, Requeue
 from synground.data.shards import is_remote, manifest_of
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     record_run(cfg, loggers)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, callbacks), weights_only=True)
+    except Preempted as stop:
+        if trainer.global_rank == 0:
+            stop.requeue()
+        raise
     metrics = scalar_metrics(trainer.callback_metrics, prefixes=("val/", "train/", "data/"))
     metrics["train/global_step"] = float(trainer.global_step)
+    write_metrics(metrics, Path(cfg.paths.output_dir), quiet=True)  # kept if testing fails
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
         if not best:
@@ -63,6 +70,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(scalar_metrics(trainer.callback_metrics, prefixes=("test/",)))
     write_metrics(metrics, Path(cfg.paths.output_dir))
     return metrics
+
+
+def resume_path(cfg: DictConfig, callbacks: list[Any]) -> str | None:
+    """`ckpt_path` when given, else the checkpoint a requeued run left in its run directory."""
+    if cfg.get("ckpt_path"):
+        return cfg.ckpt_path
+    found = next((path for callback in callbacks if isinstance(callback, Requeue) and (path := callback.resume_path())), None)
+    if found:
+        log.info("resuming from %s, left by this run when it was stopped to be requeued", found)
+    return found
 
 
 def wandb_logger(project: str, save_dir: str, offline: bool = False, **settings: Any) -> WandbLogger:
@@ -124,9 +141,11 @@ def scalar_metrics(callback_metrics: dict[str, Any], prefixes: tuple[str, ...]) 
 
 
 @rank_zero_only
-def write_metrics(metrics: dict[str, float], output_dir: Path) -> None:
+def write_metrics(metrics: dict[str, float], output_dir: Path, quiet: bool = False) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
+    if quiet:
+        return
     print(results_table(metrics))
     print(f"metrics written to {output_dir / 'metrics.json'}")
 

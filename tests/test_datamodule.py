@@ -104,7 +104,7 @@ def test_ranks_read_disjoint_shards_and_no_sample_twice_in_an_epoch(tmp_path, mo
                                      batches_per_epoch=5, num_workers=0)  # 20 of each rank's 24 samples
     seen = {}
     for rank in (0, 1):
-        monkeypatch.setattr(datamodule_module, "_worker_slot", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(datamodule_module, "_worker_slot", lambda worker=None, rank=rank: (rank, 2))
         seen[rank] = [key for batch in datamodule.train_dataloader() for key in batch["keys"]]
     assert len(seen[0]) == len(seen[1]) == 20  # every rank the same number of batches
     assert len(set(seen[0])) == 20 and len(set(seen[1])) == 20 and not set(seen[0]) & set(seen[1])
@@ -137,3 +137,24 @@ def test_every_skipped_sample_reaches_the_batches_counts_exactly_once(tmp_path):
     batches = list(stream)
     assert len(batches) == 3
     assert sum(batch["data_issues"].get("corrupt_sample", 0) for batch in batches) == 4  # 2 per pass, 2 passes
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_an_epoch_resumed_after_k_batches_yields_exactly_the_rest_of_the_uninterrupted_epoch(tmp_path, workers):
+    generate_shards(ShapesGenerator("textured", 32), tmp_path / "real", num_samples=24, samples_per_shard=4, name="r")
+
+    def loader():
+        return GroundingDataModule(train={"synthetic": ShapesGenerator("clean", 32), "real": str(tmp_path / "real")},
+                                   image_size=32, batch_size=3, batches_per_epoch=7, num_workers=workers).train_dataloader()
+
+    whole = list(loader())  # epoch 0
+    for trained in (1, 2, 5, 7):  # a DataLoader hands out batch j from worker j % workers
+        resumed = loader()
+        resumed.load_state_dict({"epoch": 0, "batches": trained})  # as Lightning does with a checkpoint's state
+        rest = list(resumed)
+        assert [b["keys"] for b in rest] == [b["keys"] for b in whole[trained:]]
+        assert all(torch.equal(a["images"], b["images"]) and torch.equal(a["masks"], b["masks"]) for a, b in zip(rest, whole[trained:]))
+    later = loader()
+    later.load_state_dict({"epoch": 0, "batches": 3})  # a state of another epoch than the pass's is not applied
+    list(later)
+    assert len(list(later)) == 7

@@ -23,6 +23,14 @@ class DataIssueCounts(L.Callback):
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, Counter[str]]] = {"train": {}, "val": {}, "test": {}}  # stage -> split -> counts
 
+    def state_dict(self) -> dict[str, Any]:
+        """The training epoch's counts so far: a run resumed mid-epoch goes on counting from them (Lightning does
+        not start that epoch again, and starts every later one with on_train_epoch_start)."""
+        return {name: dict(counts) for name, counts in self.counts["train"].items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.counts["train"] = {name: Counter(counts) for name, counts in state.items()}
+
     def _start(self, trainer: L.Trainer, stage: str) -> None:
         self.counts[stage] = {name: Counter() for name in (["train"] if stage == "train" else split_names(trainer, stage))}
 

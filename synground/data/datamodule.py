@@ -50,12 +50,12 @@ def _local_worker() -> tuple[int, int]:
     return (info.id, info.num_workers) if info else (0, 1)
 
 
-def _worker_slot() -> tuple[int, int]:
-    """(index, count) of this data-loading worker across all ranks."""
+def _worker_slot(worker: int | None = None) -> tuple[int, int]:
+    """(index, count) of this data-loading worker (or of its `worker` part) across all ranks."""
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if (
         torch.distributed.is_available() and torch.distributed.is_initialized()) else (0, 1)
-    worker, workers = _local_worker()
-    return rank * workers + worker, world * workers
+    local, workers = _local_worker()
+    return rank * workers + (local if worker is None else worker), world * workers
 
 
 def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: Counter[str], slot: int = 0,
@@ -117,6 +117,11 @@ class MixedTrainStream(IterableDataset):
 
     Every rank yields exactly `batches_per_epoch` batches (shared among its workers), so DDP ranks never wait
     for each other; each epoch, rank and worker draws from its own seeded random stream.
+
+    An epoch can start after its first `skip` batches (a run resumed mid-epoch): the DataLoader takes batch j from
+    worker j % workers, and a resumed loader starts again at worker 0, so each worker plays the part of worker
+    (worker + skip) % workers and replays that part's skipped batches without yielding them. Replaying keeps every
+    random draw and shard position exactly where the uninterrupted epoch had them; it costs data loading only.
     """
 
     def __init__(self, synthetic: Sequence[str | GeneratorSource], real: Sequence[str | GeneratorSource],
@@ -135,14 +140,16 @@ class MixedTrainStream(IterableDataset):
         self.seed = seed
         self.exclude_keys = exclude_keys
         self.allow_partial = allow_partial
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """The epoch the next pass yields, without its first `skip` batches."""
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        slot, slots = _worker_slot()
-        worker, workers = _local_worker()
+        local, workers = _local_worker()
+        worker = (local + self.skip) % workers
+        slot, slots = _worker_slot(worker)
         rng = random.Random(f"{self.seed}:{self.epoch}:{slot}")
         issues: Counter[str] = Counter()
         streams = {
@@ -153,7 +160,10 @@ class MixedTrainStream(IterableDataset):
             for name, sources in (("synthetic", self.synthetic), ("real", self.real)) if sources
         }
         my_batches = len(range(worker, self.batches_per_epoch, workers))
-        for _ in range(my_batches):
+        skipped = len(range(worker, self.skip, workers))
+        if skipped >= my_batches:  # resumed at the end of the epoch: nothing to replay
+            return
+        for index in range(my_batches):
             items = []
             while len(items) < self.batch_size:
                 domain = "synthetic" if rng.random() < self.synthetic_ratio else "real"
@@ -171,6 +181,9 @@ class MixedTrainStream(IterableDataset):
                 item = self.transform(sample.image, rng.choice(regions), sample.key, rng)
                 item["domain"] = domain
                 items.append(item)
+            if index < skipped:  # trained on before the run was interrupted, its skips counted then
+                issues.clear()
+                continue
             batch = collate(items)
             batch["synthetic"] = torch.tensor([item["domain"] == "synthetic" for item in items])
             batch["data_issues"] = dict(issues)
@@ -220,16 +233,37 @@ class EvalSplit(IterableDataset):
                 yield item
 
 
-class _EpochLoader(DataLoader):
-    """Tells its dataset the epoch before each pass (Lightning only does that for samplers)."""
+class _TrainLoader(DataLoader):
+    """Tells its dataset the epoch before each pass (Lightning only does that for samplers), and resumes a pass
+    mid-epoch: Lightning keeps `state_dict()` in every checkpoint and hands it to `load_state_dict()` before the
+    first pass of a resumed run.
 
-    def __init__(self, *args, epoch: Callable[[], int], **kwargs):
+    `epoch` and `trained` tell the epoch and how many of its batches were trained on; the worker processes' base
+    seed comes from a generator seeded by the epoch, not from the global one, so creating the pass anew on resuming
+    draws nothing from the random stream that negatives and dropout use.
+    """
+
+    def __init__(self, *args, epoch: Callable[[], int], trained: Callable[[], int], seed: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self._epoch = epoch
+        self._epoch, self._trained, self._seed = epoch, trained, seed
+        self._serving = 0  # the epoch of the current pass
+        self._resume: dict[str, int] | None = None
 
     def __iter__(self):
-        self.dataset.set_epoch(self._epoch())
+        self._serving = self._epoch()
+        resume, self._resume = self._resume, None
+        skip = resume["batches"] if resume and resume["epoch"] == self._serving else 0
+        if skip:
+            log.info("resuming epoch %d at batch %d", self._serving, skip)
+        self.dataset.set_epoch(self._serving, skip)
+        self.generator = torch.Generator().manual_seed(self._seed * 100_003 + self._serving)
         return super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._serving, "batches": self._trained()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = state
 
 
 class GroundingDataModule(L.LightningDataModule):
@@ -311,9 +345,14 @@ class GroundingDataModule(L.LightningDataModule):
         dataset = MixedTrainStream(self.train_sources["synthetic"], self.train_sources["real"], self.synthetic_ratio,
                                    self.train_transform, self.batch_size, self.batches_per_epoch, self.seed, self.exclude_keys,
                                    self.allow_partial)
-        # Lightning's own sampler epoch: right also when a run resumes from an end-of-epoch checkpoint
-        epoch = (lambda: self.trainer.fit_loop.epoch_progress.current.processed) if self.trainer is not None else _counter()
-        return _EpochLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, epoch=epoch,
+        # Lightning's own sampler epoch and batch count: right also when a run resumes from a checkpoint
+        if self.trainer is not None:
+            loop = self.trainer.fit_loop
+            epoch, trained = (lambda: loop.epoch_progress.current.processed), (lambda: loop.epoch_loop.batch_progress.current.processed)
+        else:
+            epoch, trained = _counter(), (lambda: 0)
+        return _TrainLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, epoch=epoch,
+                            trained=trained, seed=self.seed,
                             multiprocessing_context=self._worker_start([*self.train_sources["synthetic"], *self.train_sources["real"]]))
 
     def val_dataloader(self) -> list[DataLoader]:
