@@ -62,7 +62,9 @@ class Requeue(Checkpoint):
     step: their gradients are in no checkpoint), except an epoch's last batch, whose validation comes first; and the
     end of each validation, after every ModelCheckpoint has taken its result (resuming skips that validation, so
     the best checkpoint must already know it). A signal during the last epoch's validation or the test is only
-    logged.
+    logged and the run goes on: its checkpoints are complete and train.py wrote metrics.json before testing. Outside
+    fitting and testing the signal keeps its usual handler (submitit's requeues the job; the rerun resumes from the
+    last requeue checkpoint, if any).
     """
 
     FILENAME = "requeue.ckpt"
@@ -81,8 +83,6 @@ class Requeue(Checkpoint):
         return str(self.path) if self.path.is_file() else None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
         self.received, self.last_step = None, trainer.global_step
         # a Checkpoint: Lightning runs those last, in their given order; this one must see every other's result
         later = [type(c).__name__ for c in trainer.callbacks[trainer.callbacks.index(self) + 1 :] if isinstance(c, Checkpoint)]
@@ -98,8 +98,9 @@ class Requeue(Checkpoint):
         for signum, handler in self.previous_handlers.items():
             signal.signal(signum, handler)
         self.previous_handlers = {}
-        if self.received is not None and stage == "fit" and not trainer.interrupted:
-            log.warning("%s came after the last step at which training could stop; the run goes on", self.received.name)
+        if self.received is not None and not trainer.interrupted:
+            log.warning("%s came after the last point at which training could stop; the %s stage went on to its end",
+                        self.received.name, stage)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         stepped, self.last_step = trainer.global_step != self.last_step, trainer.global_step

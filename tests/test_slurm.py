@@ -1,0 +1,93 @@
+"""train.py and generate.py through hydra/launcher=slurm against a real single-node Slurm (tests/slurm_cluster.py):
+a sweep is one job per run, a job signalled before its time limit requeues itself and resumes exactly, and the tasks
+of one job are Lightning's DDP ranks. Skipped where Slurm is not installed, except in CI (.ci/run installs it).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm_cluster import missing, slurm_cluster
+from test_experiments import ROOT
+from test_requeue import SHORT, assert_same_metrics
+
+# CPU jobs of one task on one core each: both runs of a sweep fit the 2-core node at once
+CPU_JOBS = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.tasks_per_node=1",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15"]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    reason = missing()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Slurm tests: {reason}")
+        pytest.skip(reason)
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def steps_logged(run_dir: Path) -> int:
+    log = run_dir / "csv" / "version_0" / "metrics.csv"
+    return sum(1 for line in log.read_text().splitlines()[1:] if line.split(",")[0] == "0") if log.exists() else 0
+
+
+def test_a_sweep_runs_one_job_per_run_and_a_job_signalled_before_its_time_limit_resumes_exactly(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    # two runs of one configuration: run 1 gets the time-limit signal, run 0 shows where it should end
+    launcher = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", *CPU_JOBS, *SHORT, "data.batches_per_epoch=12", "data.batch_size=4",
+         "data.num_workers=0", "trainer.log_every_n_steps=1", "+logger.csv.flush_logs_every_n_steps=1", "seed=42,42",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        job = wait_for(lambda: next((p.name for p in (sweep / ".submitit").glob("*_1")), None), 120, "run 1's job")
+        wait_for(lambda: steps_logged(sweep / "1") >= 3, 300, "run 1 to train 3 steps")
+        # what Slurm does signal_delay_s before the time limit (submitit asks for USR2), to every task of the job
+        subprocess.run(["scancel", "--signal=USR2", job], env=slurm, check=True)
+        output, _ = launcher.communicate(timeout=900)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 0, output[-3000:]
+
+    log = (sweep / "1" / "train.log").read_text()  # Hydra appends: both the stopped and the resumed job wrote here
+    assert re.search(rf"Slurm job {job} requeued", log), log[-3000:]
+    assert f"resuming from {sweep}/1/checkpoints/requeue.ckpt" in log
+    stopped_at = int(re.search(r"SIGUSR2 received: saved \S+ at step (\d+)", log).group(1))
+    assert 3 <= stopped_at < 24  # it stopped during training, not after it
+    def job_details():  # the job may still be completing when its result is written
+        details = subprocess.run(["scontrol", "show", "job", job], env=slurm, capture_output=True, text=True).stdout
+        return details if re.search(r"\bJobState=COMPLETED\b", details) else None
+
+    assert re.search(r"\bRestarts=1\b", wait_for(job_details, 60, f"job {job} to complete"))
+    assert_same_metrics(json.loads((sweep / "1" / "metrics.json").read_text()),
+                        json.loads((sweep / "0" / "metrics.json").read_text()))
+
+
+def test_the_tasks_of_one_job_are_the_ranks_of_one_generation(slurm, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "generate.py"), "-m", *CPU_JOBS, "hydra.launcher.tasks_per_node=2", "generation=shapes",
+         "generation.num_samples=40", "generation.samples_per_shard=5", "generation.generator.image_size=64",
+         f"output_dir={tmp_path}/shapes", f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=tmp_path, env=slurm, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "shapes" / "manifest.json").read_text())
+    assert manifest["complete"] and len(manifest["shards"]) == 8 and manifest["totals"]["samples"] == 40
+    (job_log,) = (tmp_path / "sweep").glob(".submitit/*/*_0_log.err")  # rank 0's task: Lightning saw 2 Slurm tasks
+    logs = "".join(path.read_text() for path in job_log.parent.glob("*_log.*"))
+    assert re.search(r"rank 1 wrote shapes-clean-\d+\.tar", logs) and re.search(r"rank 0 wrote shapes-clean-\d+\.tar", logs), logs[-3000:]
