@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -84,12 +85,18 @@ def resume_path(cfg: DictConfig, callbacks: list[Any]) -> str | None:
 
 def wandb_logger(project: str, save_dir: str, offline: bool = False, **settings: Any) -> WandbLogger:
     """Lightning's WandbLogger that never prompts: without a W&B login (WANDB_API_KEY or `wandb login`) it logs
-    offline, with a warning; `wandb sync <run dir>` uploads the run later."""
+    offline, with a warning; `wandb sync <run dir>` uploads the run later.
+
+    The W&B run id is derived from the run directory (unless `id` is given), so a run that is stopped and resumed in
+    its directory (a requeued Slurm job) goes on logging into the same W&B run.
+    """
     mode = os.environ.get("WANDB_MODE", "")
     if not offline and mode not in ("offline", "disabled", "dryrun") and not _wandb_credentials():
         log.warning("W&B: no login found (set WANDB_API_KEY or run `wandb login`): logging offline under %s; "
                     "upload later with `wandb sync`", save_dir)
         offline = True
+    settings.setdefault("id", hashlib.sha256(str(Path(save_dir).resolve()).encode()).hexdigest()[:16])
+    settings.setdefault("resume", "allow")
     return WandbLogger(project=project, save_dir=save_dir, offline=offline, **settings)
 
 

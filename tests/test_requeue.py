@@ -77,3 +77,12 @@ def test_two_ddp_ranks_stop_at_the_same_step_when_only_one_gets_the_signal(tmp_p
     # rank 1 alone is signalled, in the second epoch: both ranks save step 6 + 2 and stop
     resumed = interrupt_and_resume(tmp_path, "ddp", overrides, signal_at("train_batch_end", epoch=1, batch=1, rank=1), 8)
     assert_same_metrics(resumed, json.loads((tmp_path / "straight" / "metrics.json").read_text()))
+
+
+def test_a_run_resumed_in_its_directory_logs_into_the_same_wandb_run(tmp_path, monkeypatch):
+    from synground.training import wandb_logger
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    first, resumed, other = (wandb_logger("synground", str(tmp_path / name)) for name in ("run", "run", "other"))
+    assert first.version == resumed.version != other.version
+    assert wandb_logger("synground", str(tmp_path / "run"), id="chosen").version == "chosen"
