@@ -79,15 +79,37 @@ def test_a_sweep_runs_one_job_per_run_and_a_job_signalled_before_its_time_limit_
                         json.loads((sweep / "0" / "metrics.json").read_text()))
 
 
-def test_the_tasks_of_one_job_are_the_ranks_of_one_generation(slurm, tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "generate.py"), "-m", *CPU_JOBS, "hydra.launcher.tasks_per_node=2", "generation=shapes",
-         "generation.num_samples=40", "generation.samples_per_shard=5", "generation.generator.image_size=64",
-         f"output_dir={tmp_path}/shapes", f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=tmp_path, env=slurm, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, result.stderr[-3000:]
-    manifest = json.loads((tmp_path / "shapes" / "manifest.json").read_text())
-    assert manifest["complete"] and len(manifest["shards"]) == 8 and manifest["totals"]["samples"] == 40
-    (job_log,) = (tmp_path / "sweep").glob(".submitit/*/*_0_log.err")  # rank 0's task: Lightning saw 2 Slurm tasks
-    logs = "".join(path.read_text() for path in job_log.parent.glob("*_log.*"))
-    assert re.search(r"rank 1 wrote shapes-clean-\d+\.tar", logs) and re.search(r"rank 0 wrote shapes-clean-\d+\.tar", logs), logs[-3000:]
+def test_a_generation_job_runs_its_tasks_as_ranks_and_a_signalled_job_requeues_to_the_same_shards(slurm, tmp_path):
+    settings = ["generation=shapes", "generation.num_samples=240", "generation.samples_per_shard=6",
+                "generation.generator.image_size=64", "report=false"]
+    local = subprocess.run([sys.executable, str(ROOT / "generate.py"), *settings, f"output_dir={tmp_path}/local",
+                            f"hydra.run.dir={tmp_path}/local_run"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    sweep = tmp_path / "sweep"
+    launcher = subprocess.Popen(
+        [sys.executable, str(ROOT / "generate.py"), "-m", *CPU_JOBS, "hydra.launcher.tasks_per_node=2", *settings,
+         f"output_dir={tmp_path}/slurm", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        job = wait_for(lambda: next((p.name for p in (sweep / ".submitit").glob("[0-9]*")), None), 120, "the job")
+        wait_for(lambda: len(list((tmp_path / "slurm" / "manifest.d").glob("*.json"))) >= 4, 300, "4 shards written")
+        # submitit's own handler (generate.py installs none): it requeues the job, whose rerun skips finished shards
+        subprocess.run(["scancel", "--signal=USR2", job], env=slurm, check=True)
+        output, _ = launcher.communicate(timeout=900)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 0, output[-3000:]
+
+    logs = "".join(path.read_text() for path in (sweep / ".submitit" / job).glob("*_log.*"))
+    assert f"Requeued job {job}" in logs, logs[-3000:]
+    # Lightning saw the job's 2 Slurm tasks as 2 ranks, and both wrote shards
+    assert re.search(r"rank 1 wrote shapes-clean-\d+\.tar", logs) and re.search(r"rank 0 wrote shapes-clean-\d+\.tar", logs)
+    assert re.search(r"\d+ of 40 shards already finished", logs)
+
+    def shards(folder: str) -> dict:
+        manifest = json.loads((tmp_path / folder / "manifest.json").read_text())
+        assert manifest["complete"] and manifest["totals"]["requests"] == 240
+        return {entry["name"]: (entry["samples"], entry["sha256"]) for entry in manifest["shards"]}
+
+    assert shards("slurm") == shards("local")
