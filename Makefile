@@ -1,16 +1,59 @@
-# `make demo` / `make test` create .venv on first use and reuse it afterwards.
+# `make demo` / `make test` create .venv on first use and reuse it afterwards. They install the exact versions of
+# requirements.lock (pyproject.toml's dependencies and dev extra, with hashes; for CPython 3.11 on Linux x86_64), then
+# synground itself from the work tree, and reinstall when pyproject.toml or the lock changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# the tools the Makefile itself installs, pinned
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.8
 
-.PHONY: demo test benchmark mixing-study dry-run
+.PHONY: demo test lint check-lock lock benchmark mixing-study dry-run
 
-$(STAMP): pyproject.toml
+# the lock is checked against pyproject.toml first (offline, on the bare venv), so a stale lock fails with the
+# requirement it misses instead of installing; `pip check` then checks that the pinned packages fit one another
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) tools/check_lock.py --lock $(LOCK)
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# The one command that updates the lock after a change to pyproject.toml: uv resolves pyproject's dependencies, its
+# dev extra and its build requirements (the project is installed without build isolation) from PyPI's metadata for
+# CPython 3.11 on Linux x86_64 (no wheel is downloaded), keeping every pin of the current lock that still fits.
+# `make lock LOCK_ARGS=--upgrade` moves every package to the newest version allowed, `LOCK_ARGS="--upgrade-package X"`
+# only X. Needs the network (PyPI); installs uv into .venv if it is missing.
+LOCK_ARGS ?=
+LOCK_HEADER := \
+  "\# The exact versions, with their hashes, that make demo, make test and CI install (pip install --require-hashes):" \
+  "\# pyproject.toml's dependencies, its dev extra and its build backend, resolved for CPython 3.11 on Linux x86_64" \
+  "\# (manylinux_2_28). pyproject.toml keeps the ranges; after changing them run make lock, which rewrites this file" \
+  "\# (make check-lock tells whether it is needed). Not edited by hand."
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/uv --version 2>/dev/null | grep -qE '^uv $(UV_VERSION)( |$$)' || $(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' > $(VENV)/build-requires.txt
+	$(VENV)/bin/uv pip compile --quiet pyproject.toml - --extra dev --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' --output-file $(LOCK) $(LOCK_ARGS) \
+	  < $(VENV)/build-requires.txt
+	{ printf '%s\n' $(LOCK_HEADER); cat $(LOCK); } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	$(PY) tools/check_lock.py --lock $(LOCK)
+
+# offline and fast: does the lock still pin every requirement of pyproject.toml inside its range, with hashes?
+check-lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) tools/check_lock.py --lock $(LOCK)
+
+# what CI and the pre-commit hooks run: the lock check, ruff's lint and ruff's formatting check (ruff pinned in the lock)
+lint: $(STAMP)
+	$(PY) tools/check_lock.py --lock $(LOCK)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: $(STAMP)
 	$(PY) train.py experiment=shapes

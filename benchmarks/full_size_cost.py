@@ -112,8 +112,8 @@ def measure(model: str, amc: bool, batch_size: int) -> dict:
     seconds = step()
     return {"model": model, "amc": amc, "batch_size": batch_size, "image_size": image_size,
             "parameters": sum(p.numel() for p in module.parameters()), "trainable_parameters": sum(p.numel() for p in parameters),
-            "baseline_bytes": baseline, "forward_peak_bytes": forward_peak, "backward_peak_bytes": backward_peak, "optimizer_step_peak_bytes": optimizer_peak,
-            "seconds": seconds}
+            "baseline_bytes": baseline, "forward_peak_bytes": forward_peak, "backward_peak_bytes": backward_peak,
+            "optimizer_step_peak_bytes": optimizer_peak, "seconds": seconds}
 
 
 def in_fresh_process(model: str, amc: bool, batch_size: int) -> dict:
@@ -143,12 +143,13 @@ def summarise(small: dict, large: dict) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | loss | s / sample (CPU) | weights + gradients + AdamW (GB) | activations / sample (GB, fp32) | "
-             f"fixed (GB) | largest batch / 80 GB GPU | {REFERENCE_BATCH} fits |", "|---|---|---|---|---|---|---|---|"]
+    lines = [("| model | loss | s / sample (CPU) | weights + gradients + AdamW (GB) | activations / sample (GB, fp32) | "
+              f"fixed (GB) | largest batch / 80 GB GPU | {REFERENCE_BATCH} fits |"), "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         name = f"{r['model'].upper()} {r['image_size']} px"
         lines.append(f"| {name} | {r['loss']} | {r['seconds_per_sample']:.2f} | {r['weights_and_optimiser_gb']:.2f} | "
-                     f"{r['activations_per_sample_gb']:.3f} | {r['fixed_gb']:.2f} | {r['largest_batch_per_80gb']} | {'yes' if r['fits_reference_batch'] else 'no'} |")
+                     f"{r['activations_per_sample_gb']:.3f} | {r['fixed_gb']:.2f} | {r['largest_batch_per_80gb']} | "
+                     f"{'yes' if r['fits_reference_batch'] else 'no'} |")
     return "\n".join(lines)
 
 

@@ -153,8 +153,8 @@ def main() -> None:
         lines.append(f"| {stage} | {seconds:.2f} | {'' if inside is None else f'{inside:.2f}'} | {'' if rate is None else rate} |")
     lines += [f"| **sum of stages** | **{stage_sum:.2f}** | | |",
               f"| **end to end** (generate_shards) | **{pipeline_seconds:.2f}** | | |", "",
-              f"End to end / sum of stages: **{result['ratio']:.3f}x** (target at most 1.15x); {args.requests} requests, "
-              f"{pipeline['samples']} samples kept, {args.steps} diffusion steps at 64 px, best of {args.repeats}."]
+              (f"End to end / sum of stages: **{result['ratio']:.3f}x** (target at most 1.15x); {args.requests} requests, "
+               f"{pipeline['samples']} samples kept, {args.steps} diffusion steps at 64 px, best of {args.repeats}.")]
     (RESULTS / "generation_pipeline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)

@@ -82,7 +82,7 @@ def per_sample_maps(module, batch) -> torch.Tensor:
         saved = {}
         with capture_attention(net.gradcam_attention) as captured:
             logits = net.itm_logits(net.encode_images(image[None]), tokens)
-        captured.value.register_hook(lambda grad: saved.__setitem__("grad", grad))
+        captured.value.register_hook(lambda grad, saved=saved: saved.__setitem__("grad", grad))
         net.zero_grad()
         logits[:, 1].sum().backward()
         maps.append(attention_gradcam(captured.value.detach(), saved["grad"], tokens["attention_mask"])[0])
@@ -129,7 +129,8 @@ def main() -> None:
     for model_name in MODELS:
         for method in METHODS:
             output = subprocess.run([sys.executable, __file__, "--worker", model_name, method, "--items", str(args.items),
-                                     "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)], cwd=ROOT, check=True, capture_output=True, text=True)
+                                     "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)],
+                                    cwd=ROOT, check=True, capture_output=True, text=True)
             runs[model_name, method] = json.loads(output.stdout.strip().splitlines()[-1])
             print(f"{model_name:<11} {method:<20} {runs[model_name, method]['items_per_second']:>8.1f} items/s", flush=True)
 

@@ -53,7 +53,7 @@ def table(rows: list[dict[str, Any]], x: str, metrics: list[str]) -> str:
             cells = [f"failed: {row['error'][:60]}"] + [""] * (len(metrics) - 1)
         else:
             cells = [f"{100 * row['metrics'][name]:.1f}%" if name in row["metrics"] else "" for name in metrics]
-        lines.append("| " + " | ".join([str(row["x"])] + cells) + " |")
+        lines.append("| " + " | ".join([str(row["x"]), *cells]) + " |")
     return "\n".join(lines)
 
 

@@ -25,9 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import WORDS  # noqa: E402
-
-from synground.models import AlbefGroundingModel, BlipGroundingModel, GroundingModule  # noqa: E402
+from conftest import WORDS
+from synground.models import AlbefGroundingModel, BlipGroundingModel, GroundingModule
 
 TEXTS = ["the red circle", "the blue square", "the square on the left", "the circle on the right", "the blue circle",
          "the red square"]
@@ -90,10 +89,7 @@ def main() -> None:
                         max_steps=args.steps, accumulate_grad_batches=2 // args.devices, use_distributed_sampler=False,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     batches = micro_batches(args.steps)
-    if args.devices == 2:
-        mine = [row[trainer.global_rank] for row in batches]
-    else:
-        mine = [batch for row in batches for batch in row]
+    mine = [row[trainer.global_rank] for row in batches] if args.devices == 2 else [batch for row in batches for batch in row]
     trainer.fit(module, DataLoader(StepBatches(mine), batch_size=None, shuffle=False))
     if trainer.is_global_zero:
         torch.save({"weights": module.net.state_dict(), "initial": build_module(args.model).net.state_dict(),

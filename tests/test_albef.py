@@ -6,11 +6,10 @@ import logging
 import pytest
 import torch
 
+from released_checkpoints import random_state_dict, released_albef_shapes
 from synground.models import AlbefGroundingModel
 from synground.models.albef import AlbefConfig, bert_tokenizer
 from synground.models.checkpoints import CheckpointError, read_state_dict
-
-from released_checkpoints import random_state_dict, released_albef_shapes
 
 
 @pytest.mark.parametrize("bert", ["text_encoder.bert.", "text_encoder."])
@@ -42,7 +41,7 @@ def test_a_missing_weight_is_an_error_naming_it(tiny_albef):
     c = tiny_albef.config
     state = random_state_dict(released_albef_shapes(c, grid=4))
     del state["itm_head.weight"]
-    with pytest.raises(CheckpointError, match="itm_head.weight"):
+    with pytest.raises(CheckpointError, match=r"itm_head\.weight"):
         tiny_albef.load_albef_state_dict(state, name="no-itm.pth")
 
 
@@ -68,7 +67,7 @@ def test_safetensors_and_pickled_objects(tmp_path, tiny_albef):
     save_file(state, tmp_path / "albef.safetensors")
     assert read_state_dict(str(tmp_path / "albef.safetensors")).keys() == state.keys()
     torch.save({"model": state, "args": argparse.Namespace(lr=1e-5)}, tmp_path / "objects.pth")
-    with pytest.raises(CheckpointError, match="objects.pth holds Python objects"):
+    with pytest.raises(CheckpointError, match=r"objects\.pth holds Python objects"):
         read_state_dict(str(tmp_path / "objects.pth"))
 
 
@@ -119,7 +118,7 @@ def test_a_vocab_txt_file_gives_every_word_its_line_number(tmp_path):
 
 def test_a_vocab_txt_with_a_repeated_line_is_refused(tmp_path):
     write_vocabulary(tmp_path / "vocab.txt", ["the", "red", "the"])
-    with pytest.raises(OSError, match="vocab.txt gives a vocabulary of 7 tokens from 8 lines"):
+    with pytest.raises(OSError, match=r"vocab\.txt gives a vocabulary of 7 tokens from 8 lines"):
         bert_tokenizer(str(tmp_path / "vocab.txt"))
 
 

@@ -24,12 +24,12 @@ def test_a_saved_model_directory_loads_with_the_same_outputs(tiny_blip, tmp_path
 def test_a_captioning_checkpoint_is_refused_naming_the_missing_weights(tiny_blip, tmp_path):
     BlipForConditionalGeneration(tiny_blip.model.config).save_pretrained(tmp_path)
     tiny_blip.tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match="not a BLIP image-text matching checkpoint.*itm_head"):
+    with pytest.raises(CheckpointError, match=r"not a BLIP image-text matching checkpoint.*itm_head"):
         BlipGroundingModel.from_pretrained(str(tmp_path), gradcam_layer=1)
 
 
 def test_offline_without_weights_the_error_names_the_model_and_how_to_get_it():
-    with pytest.raises(OSError, match="cannot load BLIP weights 'Salesforce/blip-itm-base-coco'.*hf download"):
+    with pytest.raises(OSError, match=r"cannot load BLIP weights 'Salesforce/blip-itm-base-coco'.*hf download"):
         BlipGroundingModel.from_pretrained("Salesforce/blip-itm-base-coco")
 
 

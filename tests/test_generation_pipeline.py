@@ -244,7 +244,7 @@ def test_a_killed_generation_run_resumes_to_the_same_shards(tiny, tmp_path):
     assert 2 <= len(finished_before) < 6, "the kill should land mid-run"
     if (tmp_path / "killed" / "manifest.json").exists():  # rank 0 merges after each shard: the kill may come first
         assert read_manifest(tmp_path / "killed" / "manifest.json")["complete"] is False
-        with pytest.raises(IncompleteShardSet, match="generate.py generation=synground_tiny"):
+        with pytest.raises(IncompleteShardSet, match=r"generate\.py generation=synground_tiny"):
             resolve_shards(str(tmp_path / "killed"))
 
     output, _ = full.communicate(timeout=600)

@@ -4,7 +4,6 @@ from synground.models import BlipGroundingModel
 from synground.models.gradcam import attention_gradcam, normalise_cam
 from synground.models.losses import amc_loss
 
-
 TEXTS = ["the red circle", "the blue square on the left", "the circle"]
 
 

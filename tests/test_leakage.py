@@ -23,7 +23,8 @@ def test_report_counts_shared_coco_ids_and_copied_images_and_training_can_exclud
     write_visual_genome(tmp_path / "vg", count=6)  # odd VG ids are COCO images 1001, 1003, 1005
     write_refcoco(tmp_path / "coco", {1003: [("testA", ["a thing"])], 77: [("testA", ["another"])]})
     # the RefCOCO+ image 77 is VG image 4's picture under another name: a near duplicate, not an id match
-    shutil.copy(tmp_path / "vg" / "VG_100K_2" / "4.jpg", tmp_path / "coco" / "images" / "mscoco" / "images" / "train2014" / "COCO_train2014_000000000077.jpg")
+    shutil.copy(tmp_path / "vg" / "VG_100K_2" / "4.jpg",
+                tmp_path / "coco" / "images" / "mscoco" / "images" / "train2014" / "COCO_train2014_000000000077.jpg")
     convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "visual_genome", "vg")
     convert_records(refcoco_records(tmp_path / "coco"), tmp_path / "refcoco_plus-testA", "testA")
     exclude = tmp_path / "leaked.txt"

@@ -53,7 +53,7 @@ def upload_shard_set(tmp_path, bucket: str, samples: int = 12) -> tuple[Path, s3
     local = tmp_path / "local"
     generate_shards(ShapesGenerator("clean", image_size=64), local, num_samples=samples, samples_per_shard=4, name="shapes")
     fs = make_bucket(bucket)
-    for path in sorted(local.glob("*.tar")) + [local / "manifest.json"]:
+    for path in [*sorted(local.glob("*.tar")), local / "manifest.json"]:
         fs.put(str(path), f"{bucket}/set/{path.name}")
     return local, fs
 
@@ -89,7 +89,7 @@ def test_an_unfinished_or_missing_remote_set_is_refused_by_name(s3_env, tmp_path
     with pytest.raises(IncompleteShardSet, match=r"s3://bucket-b/set is an unfinished shard set.*output_dir=s3://bucket-b/set"):
         resolve_shards("s3://bucket-b/set")
     assert len(resolve_shards("s3://bucket-b/set", allow_partial=True)) == 3
-    with pytest.raises(FileNotFoundError, match="no manifest.json at s3://bucket-b/elsewhere"):
+    with pytest.raises(FileNotFoundError, match=r"no manifest\.json at s3://bucket-b/elsewhere"):
         resolve_shards("s3://bucket-b/elsewhere")
     issues = Counter()
     assert list(iterate_shard("s3://bucket-b/set/gone.tar", issues)) == [] and issues == {"corrupt_shard": 1}
@@ -164,7 +164,8 @@ def test_convert_py_writes_to_s3_and_a_killed_run_resumes_to_the_same_bytes(s3_e
     assert stopped["complete"] is False and 2 <= len(stopped["shards"]) < 24, "the kill should land mid-run"
     objects = assert_only_whole_shards(fs, "bucket-convert/vg", whole)
     assert set(objects) >= {e["name"] for e in stopped["shards"]}  # a shard is listed only once its object is whole
-    with pytest.raises(IncompleteShardSet, match=r"s3://bucket-convert/vg is an unfinished shard set.*convert.py output_dir=s3://bucket-convert/vg dataset=visual_genome"):
+    with pytest.raises(IncompleteShardSet, match=(r"s3://bucket-convert/vg is an unfinished shard set"
+                                                  r".*convert\.py output_dir=s3://bucket-convert/vg dataset=visual_genome")):
         resolve_shards(remote)
 
     finished(start("convert.py", remote, *common, env=s3_env))
@@ -195,7 +196,7 @@ def test_generate_py_writes_to_s3_and_a_killed_run_resumes_to_the_same_shards(s3
     objects = assert_only_whole_shards(fs, "bucket-generate/shapes", whole)
     assert set(objects) >= {path.rpartition("/")[2].removesuffix(".json") for path in entries}  # entry after its shard
     if fs.exists("bucket-generate/shapes/manifest.json"):  # merged after each shard: the kill may come first
-        with pytest.raises(IncompleteShardSet, match="generate.py output_dir=s3://bucket-generate/shapes generation=shapes"):
+        with pytest.raises(IncompleteShardSet, match=r"generate\.py output_dir=s3://bucket-generate/shapes generation=shapes"):
             resolve_shards(remote)
 
     finished(start("generate.py", remote, *common, env=s3_env))  # with the dataset report, written beside the shards
@@ -210,5 +211,5 @@ def test_writing_to_a_read_only_location_is_refused_before_any_work():
     from synground.data.shards import ShardStore
 
     for location in ("https://example.org/set", "pipe:cat x.tar"):
-        with pytest.raises(ValueError, match="cannot write a shard set to .*read only"):
+        with pytest.raises(ValueError, match=r"cannot write a shard set to .*read only"):
             ShardStore(location)

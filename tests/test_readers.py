@@ -198,7 +198,8 @@ def test_a_conversion_stopped_by_a_truncated_file_is_refused_until_a_rerun_finis
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["complete"] is False and manifest["command"] == command and len(manifest["shards"]) == 2
 
-    with pytest.raises(IncompleteShardSet, match=rf"out is an unfinished shard set \(2 shards so far; .*manifest.json says.*{command}.*allow_partial"):
+    with pytest.raises(IncompleteShardSet,
+                       match=rf"out is an unfinished shard set \(2 shards so far; .*manifest\.json says.*{command}.*allow_partial"):
         resolve_shards(str(tmp_path / "out"))
     assert len(resolve_shards(str(tmp_path / "out"), allow_partial=True)) == 2
     with pytest.raises(IncompleteShardSet):

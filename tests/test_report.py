@@ -29,7 +29,7 @@ def test_counts_distributions_and_rejections_match_what_was_written(tmp_path):
     stage_seconds = [{"text_to_image": 2.0}, {"text_to_image": 3.0, "detect": 1.0}, {}]
     edit_manifest(tmp_path, lambda i, entry: entry.update(
         requests=entry["samples"] + sum(rejections[i].values()), rejections=rejections[i],
-        stage_seconds=stage_seconds[i], stage_items={stage: 10 for stage in stage_seconds[i]}))
+        stage_seconds=stage_seconds[i], stage_items=dict.fromkeys(stage_seconds[i], 10)))
 
     summary = dataset_report(tmp_path)
     assert summary["samples"] == summary["records"] == 10 and summary["shards"] == 3
@@ -99,15 +99,15 @@ def test_malformed_records_are_counted_not_fatal_and_a_missing_shard_is_named(tm
 
     manifest["shards"].append({"name": "g-000001.tar", "samples": 1, "sha256": ""})
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(FileNotFoundError, match="g-000001.tar"):
+    with pytest.raises(FileNotFoundError, match=r"g-000001\.tar"):
         dataset_report(tmp_path)
 
 
 def test_a_missing_or_unreadable_manifest_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="manifest.json"):
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json"):
         dataset_report(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ValueError, match="manifest.json"):
+    with pytest.raises(ValueError, match=r"manifest\.json"):
         dataset_report(tmp_path)
 
 

@@ -32,7 +32,7 @@ def test_round_trip_keeps_keys_text_boxes_and_image(tmp_path):
 def test_keys_with_a_dot_are_rejected_before_anything_is_written(tmp_path):
     sample = shapes(1)[0]
     sample.key = "bad.key"
-    with pytest.raises(ValueError, match="bad.key"):
+    with pytest.raises(ValueError, match=r"bad\.key"):
         write_shard(tmp_path / "a.tar", [sample])
     assert not (tmp_path / "a.tar").exists()
 
@@ -44,10 +44,10 @@ def test_a_pattern_that_matches_nothing_names_the_path(tmp_path):
 
 def test_an_empty_manifest_names_the_file(tmp_path):
     Manifest(tmp_path).finish({})
-    with pytest.raises(ValueError, match="manifest.json lists no shards"):
+    with pytest.raises(ValueError, match=r"manifest\.json lists no shards"):
         resolve_shards(str(tmp_path))
     Manifest(tmp_path / "started").save()  # a run that has written nothing yet
-    with pytest.raises(IncompleteShardSet, match="manifest.json says the run that writes it did not finish"):
+    with pytest.raises(IncompleteShardSet, match=r"manifest\.json says the run that writes it did not finish"):
         resolve_shards(str(tmp_path / "started"))
 
 

@@ -62,7 +62,7 @@ def test_planted_faults_are_counted_once_in_a_ddp_run_s_training_and_test_logs(t
     # evaluation: planted once each, dealt over 2 ranks x 1 worker
     shard_set(tmp_path / "eval", {
         "e-000000.tar": ([[Region("one", GOOD)], [Region("two", GOOD), Region("three", GOOD)], [Region("four", GOOD)]], {0: "jpg"}),
-        "e-000001.tar": ([[Region("five", GOOD + [[10.0, 10.0, 10.0, 30.0]])],  # a degenerate box beside a good one
+        "e-000001.tar": ([[Region("five", [*GOOD, [10.0, 10.0, 10.0, 30.0]])],  # a degenerate box beside a good one
                           [Region("six", [[10.0, 10.0, 10.0, 30.0]])],  # only degenerate: the sample is left with nothing
                           [Region("seven", [[-5.0, -5.0, 30.0, 30.0]]), Region("  ", GOOD)]], {}),  # clipped; empty phrase
         "e-000002.tar": ([[Region("eight", GOOD)], [Region("nine", GOOD)], [Region("ten", GOOD)]], {1: "json", 2: "jpg"}),

@@ -2,8 +2,8 @@
 
 import json
 import subprocess
-import tarfile
 import sys
+import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,6 +13,7 @@ written to a file that `GroundingDataModule(exclude_keys=...)` (`data.exclude_ke
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ def band_slices(max_distance: int) -> list[tuple[int, int]]:
     """max_distance + 1 bit ranges covering 64 bits: two hashes within max_distance agree exactly on at least one."""
     count = max_distance + 1
     edges = [round(64 * i / count) for i in range(count + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
 
 def index_split(name: str, source: str, max_distance: int) -> ImageIndex:

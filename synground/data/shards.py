@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 import contextlib
 import glob
 import hashlib
@@ -12,8 +11,10 @@ import logging
 import os
 import tarfile
 import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import webdataset as wds
 from braceexpand import braceexpand

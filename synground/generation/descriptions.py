@@ -8,9 +8,10 @@ import io
 import logging
 import random
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -19,8 +20,17 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from synground.data.schema import GenerationRequest, GroundingSample, sample_from_metadata
 from synground.data.shards import resolve_shards
 from synground.generation.llm import LanguageModel
-from synground.generation.runtime import (LazyModels, StageClock, load_pretrained, model_dtype, model_provenance,
-                                          move_to, prompt_version, resolve_device, run_batched)
+from synground.generation.runtime import (
+    LazyModels,
+    StageClock,
+    load_pretrained,
+    model_dtype,
+    model_provenance,
+    move_to,
+    prompt_version,
+    resolve_device,
+    run_batched,
+)
 
 log = logging.getLogger(__name__)
 

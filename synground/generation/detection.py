@@ -3,21 +3,31 @@
 GLIP, the paper's detector, is not in transformers; Grounding DINO is its successor. Each detected box is assigned
 to the one phrase that scores it highest: for Grounding DINO the best token of the phrase's span in the joint
 prompt "phrase one. phrase two.", for OWLv2 the phrase's own query. A box is kept when its best token scores at
-least `box_threshold` and its phrase at least `text_threshold` (for OWLv2 both are the phrase score); then per phrase: non-maximum suppression, boxes covering more than `max_box_area` of the image or thinner than
-`min_box_size` pixels are dropped, at most `max_boxes_per_phrase` are kept. The region's score is its best box's.
+least `box_threshold` and its phrase at least `text_threshold` (for OWLv2 both are the phrase score); then per phrase:
+non-maximum suppression, boxes covering more than `max_box_area` of the image or thinner than `min_box_size` pixels
+are dropped, at most `max_boxes_per_phrase` are kept. The region's score is its best box's.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchvision.ops import batched_nms, box_convert
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from synground.data.schema import Region
-from synground.generation.runtime import (LazyModels, StageClock, load_pretrained, model_dtype, model_provenance,
-                                          move_to, resolve_device, run_batched)
+from synground.generation.runtime import (
+    LazyModels,
+    StageClock,
+    load_pretrained,
+    model_dtype,
+    model_provenance,
+    move_to,
+    resolve_device,
+    run_batched,
+)
 
 KINDS = ("grounding_dino", "owlv2")
 
@@ -92,7 +102,8 @@ class OpenVocabularyDetector(LazyModels):
         absolute[:, 1::2] = absolute[:, 1::2].clamp(0, height)
         sides = absolute[:, 2:] - absolute[:, :2]
         area = sides[:, 0] * sides[:, 1] / (width * height)
-        keep = (query_scores >= self.box_threshold) & (best >= self.text_threshold) & (sides.min(dim=1).values >= self.min_box_size) & (area <= self.max_box_area)
+        keep = ((query_scores >= self.box_threshold) & (best >= self.text_threshold)
+                & (sides.min(dim=1).values >= self.min_box_size) & (area <= self.max_box_area))
         absolute, best, phrase_index = absolute[keep], best[keep], phrase_index[keep]
         kept = batched_nms(absolute, best, phrase_index, self.nms_iou)  # sorted by score
         regions = []

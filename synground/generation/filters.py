@@ -5,7 +5,8 @@ Detector confidence and box sanity (size, area) are thresholds of the detector i
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,8 @@ are the layout itself (no detector), so each region's score is None.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from synground.generation.runtime import (LazyModels, StageClock, load_pretrained, model_dtype, model_provenance,
-                                          move_to, resolve_device, run_batched)
+from synground.generation.runtime import (
+    LazyModels,
+    StageClock,
+    load_pretrained,
+    model_dtype,
+    model_provenance,
+    move_to,
+    resolve_device,
+    run_batched,
+)
 
 
 class LanguageModel(LazyModels):

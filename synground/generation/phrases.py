@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from synground.generation.llm import LanguageModel
 from synground.generation.runtime import StageClock, prompt_version

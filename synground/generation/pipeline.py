@@ -7,8 +7,9 @@ shard writer, and each rejection is counted by reason in `clock` (read by the wr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image

@@ -8,8 +8,9 @@ import hashlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -129,7 +130,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_pretrained(loader: Callable[..., Any], model_id: str, revision: str | None = None, **kwargs: Any) -> Any:
     """`loader.from_pretrained(model_id, ...)`, once per process for equal arguments (stages share models)."""
     try:

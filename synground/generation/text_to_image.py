@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from synground.generation.runtime import (LazyModels, StageClock, load_pretrained, model_dtype, model_provenance,
-                                          resolve_device, run_batched)
+from synground.generation.runtime import (
+    LazyModels,
+    StageClock,
+    load_pretrained,
+    model_dtype,
+    model_provenance,
+    resolve_device,
+    run_batched,
+)
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,35 @@ from pathlib import Path
 
 import open_clip
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionGLIGENPipeline, StableDiffusionPipeline,
-                       UNet2DConditionModel)
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionGLIGENPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
-from transformers import (BertConfig, BertTokenizer, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer,
-                          CLIPVisionConfig, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                          GroundingDinoImageProcessor, GroundingDinoProcessor, LlamaConfig, LlamaForCausalLM,
-                          LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Owlv2Config,
-                          Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor, PreTrainedTokenizerFast, SwinConfig)
+from transformers import (
+    BertConfig,
+    BertTokenizer,
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    GroundingDinoConfig,
+    GroundingDinoForObjectDetection,
+    GroundingDinoImageProcessor,
+    GroundingDinoProcessor,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    Owlv2Config,
+    Owlv2ForObjectDetection,
+    Owlv2ImageProcessor,
+    Owlv2Processor,
+    PreTrainedTokenizerFast,
+    SwinConfig,
+)
 
 WORDS = ["a", "an", "the", "red", "blue", "green", "yellow", "white", "black", "small", "large", "dog", "cat", "car",
          "tree", "house", "person", "man", "woman", "ball", "table", "chair", "grass", "sky", "street", "road", "window",

@@ -52,7 +52,7 @@ class AlbefConfig:
     initializer_range: float = 0.02
 
     @classmethod
-    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], name: str = "the state dict", **settings) -> "AlbefConfig":
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], name: str = "the state dict", **settings) -> AlbefConfig:
         """Every size a released state dict (our key style) determines; heads are width / 64, as in ViT and BERT."""
         def shape(key: str) -> torch.Size:
             if key not in state_dict:
@@ -351,7 +351,7 @@ class AlbefGroundingModel(GroundingModel):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str, text_encoder: str = "bert-base-uncased", image_size: int = 256,
-                        gradcam_layer: int = 8, max_text_length: int = 30, dropout: float | None = None) -> "AlbefGroundingModel":
+                        gradcam_layer: int = 8, max_text_length: int = 30, dropout: float | None = None) -> AlbefGroundingModel:
         """An ALBEF-family model (ViT-B/16 + BERT-base for the released files) from a checkpoint: a local file, an
         http(s) URL or hf://owner/repo/file. Widths, depths, the fusion layer and the vocabulary size are read from it.
         `dropout` replaces BERT's 0.1 (e.g. 0 to fine-tune without it)."""
@@ -371,7 +371,7 @@ class AlbefGroundingModel(GroundingModel):
     def tiny(cls, vocabulary: list[str] | None = None, image_size: int = 128, patch_size: int = 16, vision_width: int = 64,
              vision_layers: int = 3, text_width: int = 64, text_layers: int = 4, fusion_layer: int = 1, heads: int = 4,
              gradcam_layer: int = 2, max_text_length: int = 16, embed_dim: int = 64, dropout: float = 0.1,
-             initializer_range: float = 0.1) -> "AlbefGroundingModel":
+             initializer_range: float = 0.1) -> AlbefGroundingModel:
         """A randomly initialised ALBEF of the same architecture, small enough to train on a CPU.
 
         As in the released model, the Grad-CAM layer is a fusion layer with fusion layers above it (8 of 12 there,

@@ -62,7 +62,7 @@ class BlipGroundingModel(GroundingModel):
         return self.model.text_encoder.encoder.layer[self.gradcam_layer].crossattention.self
 
     @classmethod
-    def from_pretrained(cls, model_id: str = "Salesforce/blip-itm-base-coco", dropout: float | None = None, **kwargs) -> "BlipGroundingModel":
+    def from_pretrained(cls, model_id: str = "Salesforce/blip-itm-base-coco", dropout: float | None = None, **kwargs) -> BlipGroundingModel:
         """Weights and tokenizer from a hub id or a local directory (safetensors when the repository has them).
 
         `dropout` replaces the text encoder's hidden and attention dropout and the vision attention dropout (0 turns
@@ -94,7 +94,7 @@ class BlipGroundingModel(GroundingModel):
     def tiny(cls, vocabulary: list[str] | None = None, image_size: int = 128, patch_size: int = 16,
              vision_width: int = 64, vision_layers: int = 3, text_width: int = 64, text_layers: int = 3,
              heads: int = 4, gradcam_layer: int = 1, max_text_length: int = 16, dropout: float = 0.0, initializer_range: float = 0.1,
-             **kwargs) -> "BlipGroundingModel":
+             **kwargs) -> BlipGroundingModel:
         """A randomly initialised BLIP of the same architecture, small enough to train on a CPU.
 
         As in the released model (layer 6 of 12), the Grad-CAM layer has layers above it, which the AMC loss

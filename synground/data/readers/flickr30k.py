@@ -12,8 +12,8 @@ import logging
 import re
 import xml.etree.ElementTree as ElementTree
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from synground.data.readers.record import Record, require
 from synground.data.schema import Region

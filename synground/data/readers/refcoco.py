@@ -10,8 +10,9 @@ import json
 import logging
 import pickle
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from synground.data.readers.record import Record, require
 from synground.data.schema import Region
