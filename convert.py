@@ -15,8 +15,15 @@ def main(cfg: DictConfig) -> None:
     issues: Counter[str] = Counter()
     reader = hydra.utils.instantiate(cfg.dataset.reader, _partial_=True)
     records = reader(issues=issues)  # passed here, not to instantiate, which would copy the Counter into a config
-    report = convert_records(records, cfg.output_dir, cfg.dataset.name, cfg.samples_per_shard, issues,
-                             config=OmegaConf.to_container(cfg.dataset, resolve=True), command=shlex.join(["python", *sys.argv]))
+    report = convert_records(
+        records,
+        cfg.output_dir,
+        cfg.dataset.name,
+        cfg.samples_per_shard,
+        issues,
+        config=OmegaConf.to_container(cfg.dataset, resolve=True),
+        command=shlex.join(["python", *sys.argv]),
+    )
     print(f"{report['samples']} images with {report['regions']} phrases in {report['shards']} shards: {report['manifest']}")
     if report["skipped"]:
         print("skipped: " + ", ".join(f"{reason} {count}" for reason, count in report["skipped"].items()))

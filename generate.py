@@ -15,11 +15,19 @@ from synground.generation.writing import generate_shards
 def main(cfg: DictConfig) -> None:
     generation = cfg.generation
     near_duplicates = generation.get("near_duplicates")
-    manifest = generate_shards(hydra.utils.instantiate(generation.generator), cfg.output_dir, generation.num_samples,
-                               generation.samples_per_shard, generation.seed, generation.name, generation.chunk_size,
-                               config=OmegaConf.to_container(generation, resolve=True),
-                               near_duplicates=hydra.utils.instantiate(near_duplicates) if near_duplicates else None,
-                               trainer=OmegaConf.to_container(cfg.trainer, resolve=True), command=shlex.join(["python", *sys.argv]))
+    manifest = generate_shards(
+        hydra.utils.instantiate(generation.generator),
+        cfg.output_dir,
+        generation.num_samples,
+        generation.samples_per_shard,
+        generation.seed,
+        generation.name,
+        generation.chunk_size,
+        config=OmegaConf.to_container(generation, resolve=True),
+        near_duplicates=hydra.utils.instantiate(near_duplicates) if near_duplicates else None,
+        trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
+        command=shlex.join(["python", *sys.argv]),
+    )
     if rank_zero_only.rank != 0:  # every rank runs this script under DDP; one reports
         return
     print(f"{sum(s['samples'] for s in manifest.shards)} samples in {len(manifest.shards)} shards: {manifest.path}")

@@ -52,9 +52,16 @@ def write_shards(directory: Path, images: int) -> None:
     manifest = Manifest(directory)
     per_shard = 100
     for shard in range(-(-images // per_shard)):
-        samples = [GroundingSample(f"img-{i:06d}", photo_like(i), "a picture", [Region(f"thing {r}", [[40.0 * r, 30.0, 40.0 * r + 200, 300.0]])
-                                                                                 for r in range(3)], "benchmark")
-                   for i in range(shard * per_shard, min(images, (shard + 1) * per_shard))]
+        samples = [
+            GroundingSample(
+                f"img-{i:06d}",
+                photo_like(i),
+                "a picture",
+                [Region(f"thing {r}", [[40.0 * r, 30.0, 40.0 * r + 200, 300.0]]) for r in range(3)],
+                "benchmark",
+            )
+            for i in range(shard * per_shard, min(images, (shard + 1) * per_shard))
+        ]
         manifest.add(write_shard(directory / f"bench-{shard:06d}.tar", samples))
     manifest.finish({"samples": images})
 
@@ -75,18 +82,27 @@ def datamodule_loop(directory: Path, image_size: int, images: int, stage: str) -
     from synground.data import GroundingDataModule
 
     batch_size = 32
-    datamodule = GroundingDataModule(train={"real": str(directory)}, test={"bench": str(directory)}, image_size=image_size,
-                                     mask_size=256, batch_size=batch_size, eval_batch_size=3 * batch_size,
-                                     batches_per_epoch=images // batch_size, num_workers=0)
+    datamodule = GroundingDataModule(
+        train={"real": str(directory)},
+        test={"bench": str(directory)},
+        image_size=image_size,
+        mask_size=256,
+        batch_size=batch_size,
+        eval_batch_size=3 * batch_size,
+        batches_per_epoch=images // batch_size,
+        num_workers=0,
+    )
     if stage == "train":
         return sum(len(batch["texts"]) for batch in datamodule.train_dataloader())
     return sum(len(batch["texts"]) for batch in datamodule.test_dataloader()[0]) // 3  # 3 phrases per image
 
 
 def throughput(directory: Path, images: int, image_size: int, repeats: int = 5) -> dict:
-    loops = {"bare decode + resize": lambda: bare_loop(directory, image_size),
-             "GroundingDataModule train": lambda: datamodule_loop(directory, image_size, images, "train"),
-             "GroundingDataModule eval": lambda: datamodule_loop(directory, image_size, images, "eval")}
+    loops = {
+        "bare decode + resize": lambda: bare_loop(directory, image_size),
+        "GroundingDataModule train": lambda: datamodule_loop(directory, image_size, images, "train"),
+        "GroundingDataModule eval": lambda: datamodule_loop(directory, image_size, images, "eval"),
+    }
     best = {name: float("inf") for name in loops}
     counts = {}
     for _ in range(repeats):  # interleaved, so drifts in machine load hit every loop alike
@@ -96,8 +112,15 @@ def throughput(directory: Path, images: int, image_size: int, repeats: int = 5) 
             best[name] = min(best[name], time.perf_counter() - start)
     rates = {name: counts[name] / best[name] for name in loops}
     bare = rates["bare decode + resize"]
-    return {name: {"images": counts[name], "seconds": round(best[name], 3), "images_per_second": round(rate, 1),
-                   "of_bare": round(rate / bare, 3)} for name, rate in rates.items()}
+    return {
+        name: {
+            "images": counts[name],
+            "seconds": round(best[name], 3),
+            "images_per_second": round(rate, 1),
+            "of_bare": round(rate / bare, 3),
+        }
+        for name, rate in rates.items()
+    }
 
 
 def conversion_worker(images: int) -> dict:
@@ -122,9 +145,15 @@ def conversion_worker(images: int) -> dict:
         done.set()
         sampler.join()
         annotation_mib = (Path(tmp) / "vg" / "region_descriptions.json").stat().st_size / 2**20
-    return {"images": images, "samples": report["samples"], "seconds": round(seconds, 1), "peak_rss_mib": round(peak[0], 1),
-            "rss_before_conversion_mib": round(before, 1), "growth_mib": round(peak[0] - before, 1),
-            "region_file_mib": round(annotation_mib, 1)}
+    return {
+        "images": images,
+        "samples": report["samples"],
+        "seconds": round(seconds, 1),
+        "peak_rss_mib": round(peak[0], 1),
+        "rss_before_conversion_mib": round(before, 1),
+        "growth_mib": round(peak[0] - before, 1),
+        "region_file_mib": round(annotation_mib, 1),
+    }
 
 
 def rss_mib() -> float:
@@ -149,21 +178,40 @@ def main() -> None:
         print(f"{name:<28} {rate['images_per_second']:>7.1f} images/s  ({rate['of_bare']:.0%} of bare)", flush=True)
     conversion = []
     for images in (1000, 10000):
-        output = subprocess.run([sys.executable, __file__, "--conversion-worker", str(images)], check=True, capture_output=True, text=True)
+        output = subprocess.run(
+            [sys.executable, __file__, "--conversion-worker", str(images)], check=True, capture_output=True, text=True
+        )
         conversion.append(json.loads(output.stdout.strip().splitlines()[-1]))
-        print(f"conversion of {images} images: peak RSS {conversion[-1]['peak_rss_mib']:.0f} MiB "
-              f"({conversion[-1]['growth_mib']:+.0f} MiB during conversion)", flush=True)
+        print(
+            f"conversion of {images} images: peak RSS {conversion[-1]['peak_rss_mib']:.0f} MiB "
+            f"({conversion[-1]['growth_mib']:+.0f} MiB during conversion)",
+            flush=True,
+        )
 
-    result = {"command": "python benchmarks/data_throughput.py", "image_size": args.image_size, "throughput": rates,
-              "conversion": conversion, "machine": {"platform": platform.platform(), "torch": torch.__version__}}
+    result = {
+        "command": "python benchmarks/data_throughput.py",
+        "image_size": args.image_size,
+        "throughput": rates,
+        "conversion": conversion,
+        "machine": {"platform": platform.platform(), "torch": torch.__version__},
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "data_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"| reading {args.images} shard images (640x480 JPEG -> {args.image_size} px) | images/s | of bare loop |", "|---|---|---|"]
+    lines = [
+        f"| reading {args.images} shard images (640x480 JPEG -> {args.image_size} px) | images/s | of bare loop |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {rate['images_per_second']:.1f} | {rate['of_bare']:.0%} |" for name, rate in rates.items()]
-    lines += ["", "| conversion (Visual Genome format, 20 regions per image) | region file | peak memory | growth during conversion | time |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {c['images']:,} images | {c['region_file_mib']:.1f} MiB | {c['peak_rss_mib']:.0f} MiB | {c['growth_mib']:+.0f} MiB | "
-              f"{c['seconds']:.0f} s |" for c in conversion]
+    lines += [
+        "",
+        "| conversion (Visual Genome format, 20 regions per image) | region file | peak memory | growth during conversion | time |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c['images']:,} images | {c['region_file_mib']:.1f} MiB | {c['peak_rss_mib']:.0f} MiB | {c['growth_mib']:+.0f} MiB | "
+        f"{c['seconds']:.0f} s |"
+        for c in conversion
+    ]
     table = "\n".join(lines)
     (RESULTS / "data_throughput.md").write_text(table + "\n")
     print(table)

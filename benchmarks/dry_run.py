@@ -41,8 +41,16 @@ sys.path.insert(0, str(ROOT / "tests"))  # the writers of upstream formats that 
 from raw_datasets import write_flickr30k, write_refcoco, write_visual_genome  # noqa: E402
 from released_checkpoints import bert_vocabulary, save_released_albef  # noqa: E402
 
-EXPERIMENTS = ["albef_off_the_shelf", "albef_amc_vg", "albef_synground", "albef_synground_vg",
-               "blip_off_the_shelf", "blip_amc_vg", "blip_synground", "blip_synground_vg"]
+EXPERIMENTS = [
+    "albef_off_the_shelf",
+    "albef_amc_vg",
+    "albef_synground",
+    "albef_synground_vg",
+    "blip_off_the_shelf",
+    "blip_amc_vg",
+    "blip_synground",
+    "blip_synground_vg",
+]
 RESULTS = ROOT / "benchmarks" / "results"
 IMAGE_SIZE = (500, 375)  # a typical photo; the configs resize to 256 or 384 px
 FLICKR_IDS = {"val": ["1000092795", "10002456"], "test": ["1007129816", "1009434119"]}
@@ -87,25 +95,57 @@ def prepare(work: Path) -> dict[str, Path]:
         for split, ids in FLICKR_IDS.items():
             write_flickr30k(raw / "flickr30k_entities", ids, split=split, size=IMAGE_SIZE)
         sentences = [["man on the left"], ["person on the right"]]
-        write_refcoco(raw / "refer", {1: [("testA", sentences[0]), ("testB", sentences[1])], 2: [("testA", sentences[1]), ("testB", sentences[0])]},
-                      size=IMAGE_SIZE)
+        write_refcoco(
+            raw / "refer",
+            {1: [("testA", sentences[0]), ("testB", sentences[1])], 2: [("testA", sentences[1]), ("testB", sentences[0])]},
+            size=IMAGE_SIZE,
+        )
     python = [sys.executable]
     common = [f"paths.data_dir={data}", "hydra.run.dir=" + str(logs / "hydra" / "${task_name}-${dataset.name}")]
-    conversions = [("visual_genome", []), ("flickr30k", ["dataset.reader.split=val"]), ("flickr30k", ["dataset.reader.split=test"]),
-                   ("refcoco_plus", ["dataset.reader.split=testA"]), ("refcoco_plus", ["dataset.reader.split=testB"])]
+    conversions = [
+        ("visual_genome", []),
+        ("flickr30k", ["dataset.reader.split=val"]),
+        ("flickr30k", ["dataset.reader.split=test"]),
+        ("refcoco_plus", ["dataset.reader.split=testA"]),
+        ("refcoco_plus", ["dataset.reader.split=testB"]),
+    ]
     for dataset, overrides in conversions:
         name = "-".join([dataset, *[o.split("=")[1] for o in overrides if "split=" in o]])
-        check(f"convert.py {name}", [*python, str(ROOT / "convert.py"), f"dataset={dataset}", *overrides, *common], work,
-              logs / f"convert-{name}.log")
+        check(
+            f"convert.py {name}",
+            [*python, str(ROOT / "convert.py"), f"dataset={dataset}", *overrides, *common],
+            work,
+            logs / f"convert-{name}.log",
+        )
     if not (data / "tiny" / "llm").exists():
-        check("tiny generation components", [*python, "-m", "synground.generation.tiny", str(data / "tiny")], ROOT, logs / "tiny.log")
-    check("generate.py synground_tiny", [*python, str(ROOT / "generate.py"), "generation=synground_tiny", f"paths.data_dir={data}",
-                                         f"output_dir={data / 'synground'}", "generation.num_samples=32",
-                                         f"hydra.run.dir={logs / 'hydra' / 'generate'}"], work, logs / "generate.log")
+        check(
+            "tiny generation components",
+            [*python, "-m", "synground.generation.tiny", str(data / "tiny")],
+            ROOT,
+            logs / "tiny.log",
+        )
+    check(
+        "generate.py synground_tiny",
+        [
+            *python,
+            str(ROOT / "generate.py"),
+            "generation=synground_tiny",
+            f"paths.data_dir={data}",
+            f"output_dir={data / 'synground'}",
+            "generation.num_samples=32",
+            f"hydra.run.dir={logs / 'hydra' / 'generate'}",
+        ],
+        work,
+        logs / "generate.log",
+    )
 
     weights = work / "weights"
-    paths = {"data": data, "vocab": weights / "bert-base-uncased" / "vocab.txt", "albef": weights / "ALBEF.pth",
-             "blip": weights / "blip-itm-base-coco"}
+    paths = {
+        "data": data,
+        "vocab": weights / "bert-base-uncased" / "vocab.txt",
+        "albef": weights / "ALBEF.pth",
+        "blip": weights / "blip-itm-base-coco",
+    }
     if not paths["albef"].exists() or not (paths["blip"] / "config.json").exists():
         write_full_size_weights(paths)
     return paths
@@ -148,21 +188,40 @@ def run_experiment(name: str, dropout: str | None, paths: dict[str, Path], work:
     label = name if dropout is None else f"{name} dropout {dropout}"
     run_dir = work / "runs" / label.replace(" ", "_")
     shutil.rmtree(run_dir, ignore_errors=True)
-    model = (["model.net.checkpoint=" + str(paths["albef"]), "model.net.text_encoder=" + str(paths["vocab"])]
-             if name.startswith("albef") else ["model.net.model_id=" + str(paths["blip"])])
-    overrides = [f"experiment={name}", f"paths.data_dir={paths['data']}", "trainer=ddp_cpu", f"trainer.precision={precision}",
-                 *model, "data.eval_batch_size=2", "data.num_workers=1", "data.pin_memory=false", "trainer.limit_test_batches=1",
-                 f"hydra.run.dir={run_dir}"]
+    model = (
+        ["model.net.checkpoint=" + str(paths["albef"]), "model.net.text_encoder=" + str(paths["vocab"])]
+        if name.startswith("albef")
+        else ["model.net.model_id=" + str(paths["blip"])]
+    )
+    overrides = [
+        f"experiment={name}",
+        f"paths.data_dir={paths['data']}",
+        "trainer=ddp_cpu",
+        f"trainer.precision={precision}",
+        *model,
+        "data.eval_batch_size=2",
+        "data.num_workers=1",
+        "data.pin_memory=false",
+        "trainer.limit_test_batches=1",
+        f"hydra.run.dir={run_dir}",
+    ]
     if entry == "train":
-        overrides += ["data.batch_size=2", "data.batches_per_epoch=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
-                      f"model.net.dropout={0.1 if dropout == 'on' else 0.0}"]
+        overrides += [
+            "data.batch_size=2",
+            "data.batches_per_epoch=2",
+            "trainer.max_epochs=1",
+            "trainer.limit_val_batches=1",
+            f"model.net.dropout={0.1 if dropout == 'on' else 0.0}",
+        ]
     code, seconds, peak = run([sys.executable, str(ROOT / f"{entry}.py"), *overrides], work, run_dir / "output.log")
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # 2.5 GB each at full size
     steps = int(metrics.get("train/global_step", 0))
     loss = metrics.get("train/loss")
-    tested = sorted(key.rsplit("/", 1)[1] for key in metrics if key.startswith("test/pointing_game/") and not key.endswith("/mean"))
+    tested = sorted(
+        key.rsplit("/", 1)[1] for key in metrics if key.startswith("test/pointing_game/") and not key.endswith("/mean")
+    )
     problems = [f"exit {code}"] if code else []
     if entry == "train" and steps != 2:
         problems.append(f"{steps} steps instead of 2")
@@ -170,23 +229,37 @@ def run_experiment(name: str, dropout: str | None, paths: dict[str, Path], work:
         problems.append(f"final loss {loss}")
     if len(tested) != 3:
         problems.append(f"tested {tested or 'nothing'}, not the 3 test splits")
-    return {"experiment": label, "entry": f"{entry}.py", "precision": precision, "steps": steps,
-            "final_loss": loss, "loss_finite": loss is not None and math.isfinite(loss),
-            "seconds_per_step": metrics.get("train/seconds_per_step"), "seconds": round(seconds, 1),
-            "peak_memory_gib": round(peak, 2), "tested": tested, "ok": not problems, "problems": problems,
-            "log": str(run_dir / "output.log")}
+    return {
+        "experiment": label,
+        "entry": f"{entry}.py",
+        "precision": precision,
+        "steps": steps,
+        "final_loss": loss,
+        "loss_finite": loss is not None and math.isfinite(loss),
+        "seconds_per_step": metrics.get("train/seconds_per_step"),
+        "seconds": round(seconds, 1),
+        "peak_memory_gib": round(peak, 2),
+        "tested": tested,
+        "ok": not problems,
+        "problems": problems,
+        "log": str(run_dir / "output.log"),
+    }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| experiment | entry point | precision | steps | final loss finite | s / step | run (s) | peak memory (GiB) | result |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| experiment | entry point | precision | steps | final loss finite | s / step | run (s) | peak memory (GiB) | result |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         training = r["entry"] == "train.py"
         step_time = f"{r['seconds_per_step']:.1f}" if r["seconds_per_step"] else "-"
         finite = ("yes" if r["loss_finite"] else "NO") if training else "-"
-        lines.append(f"| {r['experiment']} | {r['entry']} | {r['precision']} | {r['steps'] if training else '-'} | {finite} | "
-                     f"{step_time} | {r['seconds']:.0f} | {r['peak_memory_gib']:.1f} | "
-                     f"{'ok' if r['ok'] else 'FAILED: ' + '; '.join(r['problems'])} |")
+        lines.append(
+            f"| {r['experiment']} | {r['entry']} | {r['precision']} | {r['steps'] if training else '-'} | {finite} | "
+            f"{step_time} | {r['seconds']:.0f} | {r['peak_memory_gib']:.1f} | "
+            f"{'ok' if r['ok'] else 'FAILED: ' + '; '.join(r['problems'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -205,8 +278,10 @@ def main() -> None:
         for dropout in [None] if name.endswith("off_the_shelf") else args.dropout:
             rows.append(run_experiment(name, dropout, paths, args.work_dir))
             row = rows[-1]
-            print(f"  {row['experiment']}: {'ok' if row['ok'] else 'FAILED ' + '; '.join(row['problems'])} in {row['seconds']:.0f} s"
-                  + ("" if row["ok"] else f" (log: {row['log']})"))
+            print(
+                f"  {row['experiment']}: {'ok' if row['ok'] else 'FAILED ' + '; '.join(row['problems'])} in {row['seconds']:.0f} s"
+                + ("" if row["ok"] else f" (log: {row['log']})")
+            )
     report = table(rows)
     print(report)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -34,8 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 GPU_BYTES = 80e9
 REFERENCE_BATCH = 64  # per GPU, the AMC reference recipe
-TEXTS = ["a man riding a horse on the beach", "the red car parked near the trees", "two dogs playing with a ball",
-         "a woman holding an umbrella in the rain"]
+TEXTS = [
+    "a man riding a horse on the beach",
+    "the red car parked near the trees",
+    "two dogs playing with a ball",
+    "a woman holding an umbrella in the rain",
+]
 
 
 def rss_bytes() -> int:
@@ -86,8 +90,11 @@ def measure(model: str, amc: bool, batch_size: int) -> dict:
     generator = torch.Generator().manual_seed(0)
     masks = torch.zeros(batch_size, 256, 256)
     masks[:, 64:192, 32:160] = 1
-    batch = {"images": torch.randn(batch_size, 3, image_size, image_size, generator=generator), "masks": masks,
-             "texts": [TEXTS[i % len(TEXTS)] + f" {i}" for i in range(batch_size)]}
+    batch = {
+        "images": torch.randn(batch_size, 3, image_size, image_size, generator=generator),
+        "masks": masks,
+        "texts": [TEXTS[i % len(TEXTS)] + f" {i}" for i in range(batch_size)],
+    }
 
     def step() -> float:
         start = time.perf_counter()
@@ -110,10 +117,19 @@ def measure(model: str, amc: bool, batch_size: int) -> dict:
     optimizer_peak = peak_bytes() - before
     optimizer.zero_grad(set_to_none=True)
     seconds = step()
-    return {"model": model, "amc": amc, "batch_size": batch_size, "image_size": image_size,
-            "parameters": sum(p.numel() for p in module.parameters()), "trainable_parameters": sum(p.numel() for p in parameters),
-            "baseline_bytes": baseline, "forward_peak_bytes": forward_peak, "backward_peak_bytes": backward_peak,
-            "optimizer_step_peak_bytes": optimizer_peak, "seconds": seconds}
+    return {
+        "model": model,
+        "amc": amc,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "parameters": sum(p.numel() for p in module.parameters()),
+        "trainable_parameters": sum(p.numel() for p in parameters),
+        "baseline_bytes": baseline,
+        "forward_peak_bytes": forward_peak,
+        "backward_peak_bytes": backward_peak,
+        "optimizer_step_peak_bytes": optimizer_peak,
+        "seconds": seconds,
+    }
 
 
 def in_fresh_process(model: str, amc: bool, batch_size: int) -> dict:
@@ -134,22 +150,35 @@ def summarise(small: dict, large: dict) -> dict:
     # `states`, so the backward, where they replace freed activations, and AdamW's step peak lower at large batches)
     fixed = states + max(small["forward_peak_bytes"] - per_sample * small["batch_size"], 0.0)
     largest = int((GPU_BYTES - fixed) // per_sample) if per_sample > 0 else None
-    return {"model": large["model"], "image_size": large["image_size"], "loss": "ITM + AMC" if large["amc"] else "ITM only",
-            "seconds_per_sample": round(large["seconds"] / large["batch_size"], 2),
-            "weights_and_optimiser_gb": round(states / 1e9, 2), "fixed_gb": round(fixed / 1e9, 2),
-            "activations_per_sample_gb": round(per_sample / 1e9, 3), "largest_batch_per_80gb": largest,
-            "fits_reference_batch": largest is not None and largest >= REFERENCE_BATCH,
-            "measurements": [small, large]}
+    return {
+        "model": large["model"],
+        "image_size": large["image_size"],
+        "loss": "ITM + AMC" if large["amc"] else "ITM only",
+        "seconds_per_sample": round(large["seconds"] / large["batch_size"], 2),
+        "weights_and_optimiser_gb": round(states / 1e9, 2),
+        "fixed_gb": round(fixed / 1e9, 2),
+        "activations_per_sample_gb": round(per_sample / 1e9, 3),
+        "largest_batch_per_80gb": largest,
+        "fits_reference_batch": largest is not None and largest >= REFERENCE_BATCH,
+        "measurements": [small, large],
+    }
 
 
 def table(rows: list[dict]) -> str:
-    lines = [("| model | loss | s / sample (CPU) | weights + gradients + AdamW (GB) | activations / sample (GB, fp32) | "
-              f"fixed (GB) | largest batch / 80 GB GPU | {REFERENCE_BATCH} fits |"), "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| model | loss | s / sample (CPU) | weights + gradients + AdamW (GB) | activations / sample (GB, fp32) | "
+            f"fixed (GB) | largest batch / 80 GB GPU | {REFERENCE_BATCH} fits |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         name = f"{r['model'].upper()} {r['image_size']} px"
-        lines.append(f"| {name} | {r['loss']} | {r['seconds_per_sample']:.2f} | {r['weights_and_optimiser_gb']:.2f} | "
-                     f"{r['activations_per_sample_gb']:.3f} | {r['fixed_gb']:.2f} | {r['largest_batch_per_80gb']} | "
-                     f"{'yes' if r['fits_reference_batch'] else 'no'} |")
+        lines.append(
+            f"| {name} | {r['loss']} | {r['seconds_per_sample']:.2f} | {r['weights_and_optimiser_gb']:.2f} | "
+            f"{r['activations_per_sample_gb']:.3f} | {r['fixed_gb']:.2f} | {r['largest_batch_per_80gb']} | "
+            f"{'yes' if r['fits_reference_batch'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 
@@ -174,7 +203,9 @@ def main() -> None:
     print(report)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "full_size_cost.json").write_text(json.dumps({"machine": machine, "batch_sizes": args.batch_sizes, "rows": rows}, indent=2))
+    (RESULTS / "full_size_cost.json").write_text(
+        json.dumps({"machine": machine, "batch_sizes": args.batch_sizes, "rows": rows}, indent=2)
+    )
     (RESULTS / "full_size_cost.md").write_text(f"# Full-size training step cost ({machine})\n\n{report}\n")
 
 

@@ -48,13 +48,21 @@ def tiny_generator(paths: dict[str, str], steps: int) -> SynGroundGenerator:
     llm = LanguageModel(paths["llm"], device="cpu", dtype="float32", max_new_tokens=16, batch_size=16)
     return SynGroundGenerator(
         descriptions=Concept2Text(llm, concepts=WORDS[11:30]),
-        text_to_image=StableDiffusion(paths["stable_diffusion"], steps=steps, height=64, width=64, device="cpu",
-                                      dtype="float32", batch_size=16),
+        text_to_image=StableDiffusion(
+            paths["stable_diffusion"], steps=steps, height=64, width=64, device="cpu", dtype="float32", batch_size=16
+        ),
         phrases=PhraseExtractor(llm),
-        detector=OpenVocabularyDetector(paths["grounding_dino"], box_threshold=0.3, text_threshold=0.3, min_box_size=2,
-                                        device="cpu", batch_size=16),
-        clip_filter=ClipScore(paths["open_clip_model"], pretrained=paths["open_clip_checkpoint"],
-                              model_config=paths["open_clip_config"], min_score=-1.0, device="cpu", batch_size=32),
+        detector=OpenVocabularyDetector(
+            paths["grounding_dino"], box_threshold=0.3, text_threshold=0.3, min_box_size=2, device="cpu", batch_size=16
+        ),
+        clip_filter=ClipScore(
+            paths["open_clip_model"],
+            pretrained=paths["open_clip_checkpoint"],
+            model_config=paths["open_clip_config"],
+            min_score=-1.0,
+            device="cpu",
+            batch_size=32,
+        ),
     )
 
 
@@ -72,12 +80,16 @@ def stages_alone(generator: SynGroundGenerator, plan: ShardPlan, directory: Path
 
     descriptions = timed("describe", lambda: generator.descriptions.describe(requests, clock))
     drafts = [Draft(r, d) for r, d in zip(requests, descriptions) if d is not None]
-    drawn = timed("text_to_image", lambda: generator.text_to_image.generate([d.description.text for d in drafts],
-                                                                             [d.request.seed for d in drafts], clock))
+    drawn = timed(
+        "text_to_image",
+        lambda: generator.text_to_image.generate([d.description.text for d in drafts], [d.request.seed for d in drafts], clock),
+    )
     for draft, (image, prompt) in zip(drafts, drawn):
         draft.image, draft.prompt = image, prompt
-    phrases = timed("phrases", lambda: generator.phrases.extract([d.description.text for d in drafts],
-                                                                 [d.request.seed for d in drafts], clock))
+    phrases = timed(
+        "phrases",
+        lambda: generator.phrases.extract([d.description.text for d in drafts], [d.request.seed for d in drafts], clock),
+    )
     for draft, found in zip(drafts, phrases):
         draft.phrases = found or []
     drafts = [draft for draft in drafts if draft.phrases]
@@ -85,8 +97,9 @@ def stages_alone(generator: SynGroundGenerator, plan: ShardPlan, directory: Path
     for draft, found in zip(drafts, regions):
         draft.regions = found or []
     drafts = [draft for draft in drafts if draft.regions]
-    scores = timed("clip_score", lambda: generator.clip_filter.score([d.image for d in drafts],
-                                                                     [d.description.text for d in drafts], clock))
+    scores = timed(
+        "clip_score", lambda: generator.clip_filter.score([d.image for d in drafts], [d.description.text for d in drafts], clock)
+    )
     for draft, score in zip(drafts, scores):
         draft.clip_score = score
     samples = timed("make_samples", lambda: [generator._sample(draft) for draft in drafts])
@@ -98,12 +111,23 @@ def stages_alone(generator: SynGroundGenerator, plan: ShardPlan, directory: Path
 def end_to_end(generator: SynGroundGenerator, plan: ShardPlan, directory: Path, chunk_size: int) -> tuple[float, dict]:
     shutil.rmtree(directory, ignore_errors=True)
     start = time.perf_counter()
-    manifest = generate_shards(generator, directory, plan.num_samples, plan.samples_per_shard, plan.seed, plan.name,
-                               chunk_size, near_duplicates=NearDuplicates(), trainer={"accelerator": "cpu"})
-    return time.perf_counter() - start, {"samples": sum(e["samples"] for e in manifest.shards),
-                                         "stage_seconds": _sum_entries(manifest.shards, "stage_seconds"),
-                                         "stage_items": _sum_entries(manifest.shards, "stage_items"),
-                                         "rejections": _sum_entries(manifest.shards, "rejections")}
+    manifest = generate_shards(
+        generator,
+        directory,
+        plan.num_samples,
+        plan.samples_per_shard,
+        plan.seed,
+        plan.name,
+        chunk_size,
+        near_duplicates=NearDuplicates(),
+        trainer={"accelerator": "cpu"},
+    )
+    return time.perf_counter() - start, {
+        "samples": sum(e["samples"] for e in manifest.shards),
+        "stage_seconds": _sum_entries(manifest.shards, "stage_seconds"),
+        "stage_items": _sum_entries(manifest.shards, "stage_items"),
+        "rejections": _sum_entries(manifest.shards, "rejections"),
+    }
 
 
 def _sum_entries(entries: list[dict], key: str) -> dict[str, float]:
@@ -137,12 +161,21 @@ def main() -> None:
     pipeline_seconds, pipeline = min(pipeline_runs, key=lambda run: run[0])
     stage_sum = sum(alone.values())
     result = {
-        "requests": args.requests, "steps": args.steps, "repeats": args.repeats, "samples": pipeline["samples"],
-        "stages_alone_seconds": {k: round(v, 3) for k, v in alone.items()}, "stages_alone_sum": round(stage_sum, 3),
-        "end_to_end_seconds": round(pipeline_seconds, 3), "ratio": round(pipeline_seconds / stage_sum, 3),
+        "requests": args.requests,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "samples": pipeline["samples"],
+        "stages_alone_seconds": {k: round(v, 3) for k, v in alone.items()},
+        "stages_alone_sum": round(stage_sum, 3),
+        "end_to_end_seconds": round(pipeline_seconds, 3),
+        "ratio": round(pipeline_seconds / stage_sum, 3),
         "pipeline_stage_seconds": {k: round(v, 3) for k, v in pipeline["stage_seconds"].items()},
-        "pipeline_items_per_second": {k: round(pipeline["stage_items"][k] / v, 2) for k, v in pipeline["stage_seconds"].items() if v},
-        "rejections": pipeline["rejections"], "threads": torch.get_num_threads(), "machine": platform.platform(),
+        "pipeline_items_per_second": {
+            k: round(pipeline["stage_items"][k] / v, 2) for k, v in pipeline["stage_seconds"].items() if v
+        },
+        "rejections": pipeline["rejections"],
+        "threads": torch.get_num_threads(),
+        "machine": platform.platform(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "generation_pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -150,11 +183,18 @@ def main() -> None:
     for stage, seconds in alone.items():
         inside = pipeline["stage_seconds"].get(stage)
         rate = result["pipeline_items_per_second"].get(stage)
-        lines.append(f"| {stage} | {seconds:.2f} | {'' if inside is None else f'{inside:.2f}'} | {'' if rate is None else rate} |")
-    lines += [f"| **sum of stages** | **{stage_sum:.2f}** | | |",
-              f"| **end to end** (generate_shards) | **{pipeline_seconds:.2f}** | | |", "",
-              (f"End to end / sum of stages: **{result['ratio']:.3f}x** (target at most 1.15x); {args.requests} requests, "
-               f"{pipeline['samples']} samples kept, {args.steps} diffusion steps at 64 px, best of {args.repeats}.")]
+        lines.append(
+            f"| {stage} | {seconds:.2f} | {'' if inside is None else f'{inside:.2f}'} | {'' if rate is None else rate} |"
+        )
+    lines += [
+        f"| **sum of stages** | **{stage_sum:.2f}** | | |",
+        f"| **end to end** (generate_shards) | **{pipeline_seconds:.2f}** | | |",
+        "",
+        (
+            f"End to end / sum of stages: **{result['ratio']:.3f}x** (target at most 1.15x); {args.requests} requests, "
+            f"{pipeline['samples']} samples kept, {args.steps} diffusion steps at 64 px, best of {args.repeats}."
+        ),
+    ]
     (RESULTS / "generation_pipeline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)

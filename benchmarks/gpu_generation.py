@@ -49,7 +49,11 @@ def diffusion_images_per_hour(text_to_image, images: int, batch_size: int) -> di
     start = time.perf_counter()
     drawn = text_to_image.generate(prompts[:images], list(range(images)), clock)
     seconds = time.perf_counter() - start
-    return {"images": images, "seconds": round(seconds, 2), "images_per_hour": round(sum(d is not None for d in drawn) / seconds * 3600)}
+    return {
+        "images": images,
+        "seconds": round(seconds, 2),
+        "images_per_hour": round(sum(d is not None for d in drawn) / seconds * 3600),
+    }
 
 
 def triplets_per_hour(cfg, requests: int, work: Path) -> dict:
@@ -59,9 +63,16 @@ def triplets_per_hour(cfg, requests: int, work: Path) -> dict:
     generator.generate(ShardPlan("warmup", 2, 2, 10**9).requests(0))
     generator.clock.take()  # the warm-up's counts are not the pipeline's
     start = time.perf_counter()
-    manifest = generate_shards(generator, work / "shards", requests, samples_per_shard=min(requests, 1000),
-                               seed=0, name="bench", chunk_size=generation.chunk_size,
-                               near_duplicates=hydra.utils.instantiate(generation.near_duplicates))
+    manifest = generate_shards(
+        generator,
+        work / "shards",
+        requests,
+        samples_per_shard=min(requests, 1000),
+        seed=0,
+        name="bench",
+        chunk_size=generation.chunk_size,
+        near_duplicates=hydra.utils.instantiate(generation.near_duplicates),
+    )
     seconds = time.perf_counter() - start
     samples = sum(entry["samples"] for entry in manifest.shards)
     stage_seconds, stage_items, rejections = {}, {}, {}
@@ -69,10 +80,14 @@ def triplets_per_hour(cfg, requests: int, work: Path) -> dict:
         for totals, key in ((stage_seconds, "stage_seconds"), (stage_items, "stage_items"), (rejections, "rejections")):
             for name, value in entry.get(key, {}).items():
                 totals[name] = totals.get(name, 0) + value
-    return {"requests": requests, "triplets": samples, "seconds": round(seconds, 2),
-            "triplets_per_hour": round(samples / seconds * 3600),
-            "items_per_second": {k: round(stage_items[k] / v, 2) for k, v in stage_seconds.items() if v},
-            "rejections": rejections}
+    return {
+        "requests": requests,
+        "triplets": samples,
+        "seconds": round(seconds, 2),
+        "triplets_per_hour": round(samples / seconds * 3600),
+        "items_per_second": {k: round(stage_items[k] / v, 2) for k, v in stage_seconds.items() if v},
+        "rejections": rejections,
+    }
 
 
 def main() -> None:
@@ -95,12 +110,20 @@ def main() -> None:
 
         tiny_dir = work / "tiny"
         write_tiny_components(tiny_dir)
-    cfg = pipeline_config(tiny_dir, [f"generation.generator.text_to_image.steps={args.steps}",
-                                     f"generation.generator.text_to_image.batch_size={args.batch_size}", *args.overrides])
+    cfg = pipeline_config(
+        tiny_dir,
+        [
+            f"generation.generator.text_to_image.steps={args.steps}",
+            f"generation.generator.text_to_image.batch_size={args.batch_size}",
+            *args.overrides,
+        ],
+    )
     text_to_image = hydra.utils.instantiate(cfg.generation.generator.text_to_image)
     result = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-        "tiny": args.tiny, "steps": args.steps, "batch_size": args.batch_size,
+        "tiny": args.tiny,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
         "stable_diffusion": diffusion_images_per_hour(text_to_image, args.images, args.batch_size),
         "end_to_end": triplets_per_hour(cfg, args.requests, work),
         "text_to_image": {k: v for k, v in dict(cfg.generation.generator.text_to_image).items() if k != "_target_"},

@@ -44,8 +44,10 @@ def build(model_name: str, items: int, batch_size: int):
     from hydra.utils import instantiate
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=shapes", f"model={model_name}", "data.num_workers=0",
-                                          f"data.eval_batch_size={batch_size}"])
+        cfg = compose(
+            "train",
+            overrides=["experiment=shapes", f"model={model_name}", "data.num_workers=0", f"data.eval_batch_size={batch_size}"],
+        )
     torch.manual_seed(0)
     module = instantiate(cfg.model).eval()
     batches, count = [], 0
@@ -68,7 +70,6 @@ def one_image_per_item(batch: dict) -> dict:
 
 def batched_every_image_maps(module, batch) -> torch.Tensor:
     return module.evaluation_maps(one_image_per_item(batch))["maps"]  # an image encoded again for each phrase
-
 
 
 def per_sample_maps(module, batch) -> torch.Tensor:
@@ -108,10 +109,18 @@ def worker(model_name: str, method: str, items: int, batch_size: int, repeats: i
         passes.append(time.perf_counter() - start)
     seconds = min(passes)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"model": model_name, "method": method, "items": len(hits), "seconds": round(seconds, 3),
-            "all_passes_seconds": [round(p, 3) for p in passes], "items_per_second": round(len(hits) / seconds, 2),
-            "accuracy": round(sum(hits) / len(hits), 4), "peak_rss_mib": round(peak, 1),
-            "peak_over_start_mib": round(peak - before, 1), "hits": hits}
+    return {
+        "model": model_name,
+        "method": method,
+        "items": len(hits),
+        "seconds": round(seconds, 3),
+        "all_passes_seconds": [round(p, 3) for p in passes],
+        "items_per_second": round(len(hits) / seconds, 2),
+        "accuracy": round(sum(hits) / len(hits), 4),
+        "peak_rss_mib": round(peak, 1),
+        "peak_over_start_mib": round(peak - before, 1),
+        "hits": hits,
+    }
 
 
 def main() -> None:
@@ -128,9 +137,25 @@ def main() -> None:
     runs = {}
     for model_name in MODELS:
         for method in METHODS:
-            output = subprocess.run([sys.executable, __file__, "--worker", model_name, method, "--items", str(args.items),
-                                     "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)],
-                                    cwd=ROOT, check=True, capture_output=True, text=True)
+            output = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    model_name,
+                    method,
+                    "--items",
+                    str(args.items),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--repeats",
+                    str(args.repeats),
+                ],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             runs[model_name, method] = json.loads(output.stdout.strip().splitlines()[-1])
             print(f"{model_name:<11} {method:<20} {runs[model_name, method]['items_per_second']:>8.1f} items/s", flush=True)
 
@@ -144,8 +169,12 @@ def main() -> None:
             row[method]["speedup"] = round(run["items_per_second"] / reference["items_per_second"], 2)
             row[method]["same_hits_as_per_sample"] = sum(a == b for a, b in zip(run["hits"], reference["hits"]))
         rows.append(row)
-    result = {"command": "python benchmarks/gradcam_throughput.py", "batch_size": args.batch_size, "rows": rows,
-              "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}}
+    result = {
+        "command": "python benchmarks/gradcam_throughput.py",
+        "batch_size": args.batch_size,
+        "rows": rows,
+        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "gradcam_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(rows, args.batch_size)
@@ -154,15 +183,22 @@ def main() -> None:
 
 
 def markdown(rows: list[dict], batch_size: int) -> str:
-    names = {"per_sample": "per-sample loop (reference)", "batched_every_image": f"batched {batch_size}, image per phrase",
-             "batched": f"batched {batch_size}, image once (ours)"}
-    lines = ["| model | method | items/s | speed-up | pointing game | same hit as per-sample | peak memory of evaluation |",
-             "|---|---|---|---|---|---|---|"]
+    names = {
+        "per_sample": "per-sample loop (reference)",
+        "batched_every_image": f"batched {batch_size}, image per phrase",
+        "batched": f"batched {batch_size}, image once (ours)",
+    }
+    lines = [
+        "| model | method | items/s | speed-up | pointing game | same hit as per-sample | peak memory of evaluation |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         for method, name in names.items():
             run = row[method]
-            lines.append(f"| {row['model']} | {name} | {run['items_per_second']:.1f} | {run['speedup']:.1f}x | {run['accuracy']:.1%} | "
-                         f"{run['same_hits_as_per_sample']} of {row['items']} | {run['peak_over_start_mib']:.0f} MiB |")
+            lines.append(
+                f"| {row['model']} | {name} | {run['items_per_second']:.1f} | {run['speedup']:.1f}x | {run['accuracy']:.1%} | "
+                f"{run['same_hits_as_per_sample']} of {row['items']} | {run['peak_over_start_mib']:.0f} MiB |"
+            )
     return "\n".join(lines)
 
 

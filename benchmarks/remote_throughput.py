@@ -33,16 +33,23 @@ from s3_server import start_s3_server  # noqa: E402
 def read_stream(source: str, images: int, workers: int) -> int:
     from synground.data import GroundingDataModule
 
-    datamodule = GroundingDataModule(train={"real": source}, image_size=384, mask_size=256, batch_size=32,
-                                     batches_per_epoch=images // 32, num_workers=workers)
+    datamodule = GroundingDataModule(
+        train={"real": source}, image_size=384, mask_size=256, batch_size=32, batches_per_epoch=images // 32, num_workers=workers
+    )
     return sum(len(batch["texts"]) for batch in datamodule.train_dataloader())
 
 
 def main() -> None:
     images = 400
     server, endpoint = start_s3_server()
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
     try:
         import s3fs
 
@@ -71,8 +78,9 @@ def main() -> None:
         local_rate = count / best["local disk", workers]
         for name in sources:
             rate = count / best[name, workers]
-            rows.append({"source": name, "workers": workers, "images_per_second": round(rate, 1),
-                         "of_local": round(rate / local_rate, 3)})
+            rows.append(
+                {"source": name, "workers": workers, "images_per_second": round(rate, 1), "of_local": round(rate / local_rate, 3)}
+            )
     lines = ["| source | data-loading workers | images/s | of local disk |", "|---|---|---|---|"]
     lines += [f"| {r['source']} | {r['workers']} | {r['images_per_second']:.1f} | {r['of_local']:.0%} |" for r in rows]
     report = "\n".join(lines)

@@ -33,8 +33,12 @@ def train(name: str, *overrides: str) -> dict:
     run_dir = RUNS / name
     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of an earlier benchmark run must not be read as this one's
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=shapes", *overrides, f"hydra.run.dir={run_dir}"],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "experiment=shapes", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"seconds": round(time.perf_counter() - start, 1), **metrics}
 
@@ -85,8 +89,11 @@ def random_point_baseline(draws: int = 5) -> dict:
             metric = PointingGame()
             for batch in batches:
                 height, width = batch["original_sizes"][0].tolist()  # one size per split in the shapes world
-                metric.update(torch.rand(len(batch["texts"]), height, width, generator=generator), batch["original_boxes"],
-                              batch["original_sizes"])
+                metric.update(
+                    torch.rand(len(batch["texts"]), height, width, generator=generator),
+                    batch["original_boxes"],
+                    batch["original_sizes"],
+                )
             scores.append(metric.compute().item())
         results[f"test/pointing_game/{name}"] = sum(scores) / len(scores)
     return results
@@ -101,8 +108,12 @@ def main() -> None:
     rows = {method: train(name, *overrides) for method, (name, overrides) in runs.items()}
     rows["random point"] = random_point_baseline()
     breakdown = {method: hits_by_colour_sharing(name, *overrides) for method, (name, overrides) in runs.items()}
-    record = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-              "command": "python benchmarks/shapes_grounding.py", "rows": rows, "by_colour_sharing": breakdown}
+    record = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "command": "python benchmarks/shapes_grounding.py",
+        "rows": rows,
+        "by_colour_sharing": breakdown,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "shapes_grounding.json").write_text(json.dumps(record, indent=2))
     splits = ["shapes_clean", "shapes_textured"]
@@ -114,8 +125,9 @@ def main() -> None:
     groups = ["colour unique in scene", "colour shared in scene"]
     lines += ["", "| method (both test splits) | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
     for method, result in breakdown.items():
-        lines.append(f"| {method} | " + " | ".join(
-            f"{100 * result[g]['accuracy']:.1f}% of {result[g]['items']}" for g in groups) + " |")
+        lines.append(
+            f"| {method} | " + " | ".join(f"{100 * result[g]['accuracy']:.1f}% of {result[g]['items']}" for g in groups) + " |"
+        )
     table = "\n".join(lines)
     (RESULTS / "shapes_grounding.md").write_text(table + "\n")
     print(table)

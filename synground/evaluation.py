@@ -18,8 +18,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such file (a .ckpt written by train.py, e.g. "
-                                "logs/train/runs/<date>/checkpoints/last.ckpt)")
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path}: no such file (a .ckpt written by train.py, e.g. "
+            "logs/train/runs/<date>/checkpoints/last.ckpt)"
+        )
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     if not datamodule.test_split_names:
         raise ValueError("the data config has no test splits: add one, e.g. +data.test.<name>=<shard directory>")

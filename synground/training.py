@@ -6,14 +6,15 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import fsspec
 import hydra
+import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -92,8 +93,11 @@ def wandb_logger(project: str, save_dir: str, offline: bool = False, **settings:
     """
     mode = os.environ.get("WANDB_MODE", "")
     if not offline and mode not in ("offline", "disabled", "dryrun") and not _wandb_credentials():
-        log.warning("W&B: no login found (set WANDB_API_KEY or run `wandb login`): logging offline under %s; "
-                    "upload later with `wandb sync`", save_dir)
+        log.warning(
+            "W&B: no login found (set WANDB_API_KEY or run `wandb login`): logging offline under %s; "
+            "upload later with `wandb sync`",
+            save_dir,
+        )
         offline = True
     settings.setdefault("id", hashlib.sha256(str(Path(save_dir).resolve()).encode()).hexdigest()[:16])
     settings.setdefault("resume", "allow")
@@ -159,8 +163,11 @@ def write_metrics(metrics: dict[str, float], output_dir: Path, quiet: bool = Fal
 
 def results_table(metrics: dict[str, float]) -> str:
     """Pointing game per split (with the number of items scored), or every metric when there is none."""
-    rows = [(name, f"{value:.4f}", metrics.get(name.replace("/pointing_game/", "/items/"))) for name, value in sorted(metrics.items())
-            if "/pointing_game/" in name]
+    rows = [
+        (name, f"{value:.4f}", metrics.get(name.replace("/pointing_game/", "/items/")))
+        for name, value in sorted(metrics.items())
+        if "/pointing_game/" in name
+    ]
     if not rows:
         rows = [(name, f"{value:.4f}", None) for name, value in sorted(metrics.items())]
     width = max([len(name) for name, _, _ in rows] + [6])

@@ -20,8 +20,17 @@ def tiny_blip() -> BlipGroundingModel:
 @pytest.fixture
 def tiny_albef() -> AlbefGroundingModel:
     torch.manual_seed(0)
-    return AlbefGroundingModel.tiny(WORDS, image_size=64, vision_width=32, text_width=32, heads=2, vision_layers=2,
-                                    text_layers=4, fusion_layer=1, gradcam_layer=2)
+    return AlbefGroundingModel.tiny(
+        WORDS,
+        image_size=64,
+        vision_width=32,
+        text_width=32,
+        heads=2,
+        vision_layers=2,
+        text_layers=4,
+        fusion_layer=1,
+        gradcam_layer=2,
+    )
 
 
 @pytest.fixture(params=["blip", "albef"])

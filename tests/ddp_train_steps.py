@@ -28,8 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import WORDS
 from synground.models import AlbefGroundingModel, BlipGroundingModel, GroundingModule
 
-TEXTS = ["the red circle", "the blue square", "the square on the left", "the circle on the right", "the blue circle",
-         "the red square"]
+TEXTS = [
+    "the red circle",
+    "the blue square",
+    "the square on the left",
+    "the circle on the right",
+    "the blue circle",
+    "the red square",
+]
 
 
 def micro_batches(steps: int, ranks: int = 2, size: int = 2, image_size: int = 64) -> list[list[dict]]:
@@ -44,8 +50,13 @@ def micro_batches(steps: int, ranks: int = 2, size: int = 2, image_size: int = 6
             for item in range(size):
                 x, y = torch.randint(0, 16, (2,), generator=generator).tolist()
                 masks[item, y : y + 16, x : x + 16] = 1
-            row.append({"images": torch.randn(size, 3, image_size, image_size, generator=generator), "masks": masks,
-                        "texts": [TEXTS[(first + item) % len(TEXTS)] for item in range(size)]})
+            row.append(
+                {
+                    "images": torch.randn(size, 3, image_size, image_size, generator=generator),
+                    "masks": masks,
+                    "texts": [TEXTS[(first + item) % len(TEXTS)] for item in range(size)],
+                }
+            )
         batches.append(row)
     return batches
 
@@ -85,15 +96,30 @@ def main() -> None:
     args = parser.parse_args()
 
     module = build_module(args.model)
-    trainer = L.Trainer(accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices == 2 else "auto",
-                        max_steps=args.steps, accumulate_grad_batches=2 // args.devices, use_distributed_sampler=False,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp" if args.devices == 2 else "auto",
+        max_steps=args.steps,
+        accumulate_grad_batches=2 // args.devices,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     batches = micro_batches(args.steps)
     mine = [row[trainer.global_rank] for row in batches] if args.devices == 2 else [batch for row in batches for batch in row]
     trainer.fit(module, DataLoader(StepBatches(mine), batch_size=None, shuffle=False))
     if trainer.is_global_zero:
-        torch.save({"weights": module.net.state_dict(), "initial": build_module(args.model).net.state_dict(),
-                    "steps": trainer.global_step}, args.out)
+        torch.save(
+            {
+                "weights": module.net.state_dict(),
+                "initial": build_module(args.model).net.state_dict(),
+                "steps": trainer.global_step,
+            },
+            args.out,
+        )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,11 @@ def released_albef_shapes(c: AlbefConfig, grid: int, bert: str = "text_encoder.b
     for i in range(c.vision_layers):
         block = f"visual_encoder.blocks.{i}"
         norm(f"{block}.norm1", v), linear(f"{block}.attn.qkv", 3 * v, v), linear(f"{block}.attn.proj", v, v)
-        norm(f"{block}.norm2", v), linear(f"{block}.mlp.fc1", c.vision_mlp_width, v), linear(f"{block}.mlp.fc2", v, c.vision_mlp_width)
+        (
+            norm(f"{block}.norm2", v),
+            linear(f"{block}.mlp.fc1", c.vision_mlp_width, v),
+            linear(f"{block}.mlp.fc2", v, c.vision_mlp_width),
+        )
     norm("visual_encoder.norm", v)
     shapes[f"{bert}embeddings.position_ids"] = (1, c.max_positions)
     shapes[f"{bert}embeddings.word_embeddings.weight"] = (c.vocab_size, t)
@@ -48,12 +52,19 @@ def released_albef_shapes(c: AlbefConfig, grid: int, bert: str = "text_encoder.b
             linear(f"{layer}.{part}.self.value", t, key_width), linear(f"{layer}.{part}.output.dense", t, t)
             norm(f"{layer}.{part}.output.LayerNorm", t)
         ffn = c.text_intermediate_width
-        linear(f"{layer}.intermediate.dense", ffn, t), linear(f"{layer}.output.dense", t, ffn), norm(f"{layer}.output.LayerNorm", t)
+        (
+            linear(f"{layer}.intermediate.dense", ffn, t),
+            linear(f"{layer}.output.dense", t, ffn),
+            norm(f"{layer}.output.LayerNorm", t),
+        )
     linear("vision_proj", e, v), linear("text_proj", e, t), linear("itm_head", 2, t)
     shapes["temp"] = ()
     if bert == "text_encoder.bert.":  # the pretraining checkpoint keeps its masked-language-model head
         linear("text_encoder.cls.predictions.transform.dense", t, t), norm("text_encoder.cls.predictions.transform.LayerNorm", t)
-        shapes["text_encoder.cls.predictions.decoder.weight"], shapes["text_encoder.cls.predictions.bias"] = (c.vocab_size, t), (c.vocab_size,)
+        shapes["text_encoder.cls.predictions.decoder.weight"], shapes["text_encoder.cls.predictions.bias"] = (
+            (c.vocab_size, t),
+            (c.vocab_size,),
+        )
     for key in list(shapes):  # momentum encoders and projections
         module, _, rest = key.partition(".")
         if module in ("visual_encoder", "text_encoder", "vision_proj", "text_proj"):
@@ -64,8 +75,12 @@ def released_albef_shapes(c: AlbefConfig, grid: int, bert: str = "text_encoder.b
 
 def random_state_dict(shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    return {key: torch.zeros(shape, dtype=torch.long) if key.endswith(("position_ids", "queue_ptr", "idx_queue"))
-            else torch.randn(shape, generator=generator) for key, shape in shapes.items()}
+    return {
+        key: torch.zeros(shape, dtype=torch.long)
+        if key.endswith(("position_ids", "queue_ptr", "idx_queue"))
+        else torch.randn(shape, generator=generator)
+        for key, shape in shapes.items()
+    }
 
 
 def bert_vocabulary(words: list[str], size: int = 30522) -> list[str]:

@@ -9,9 +9,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 MUNGE_KEY = Path("/etc/munge/munge.key")
 
@@ -38,17 +38,39 @@ def slurm_cluster(directory: Path, timeout: float = 60.0) -> Iterator[dict[str, 
     memory_mb = int(int(Path("/proc/meminfo").read_text().split()[1]) / 1024 * 0.8)
     ctld_port, node_port = _free_port(), _free_port()
     config = directory / "slurm.conf"
-    config.write_text("\n".join([
-        "ClusterName=tests", f"SlurmctldHost={host}", f"SlurmctldPort={ctld_port}", f"SlurmdPort={node_port}",
-        "SlurmUser=root", "SlurmdUser=root", f"StateSaveLocation={directory}/state", f"SlurmdSpoolDir={directory}/spool",
-        f"SlurmctldPidFile={directory}/slurmctld.pid", f"SlurmdPidFile={directory}/slurmd.pid",
-        f"SlurmctldLogFile={directory}/slurmctld.log", f"SlurmdLogFile={directory}/slurmd.log",
-        "AuthType=auth/munge", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SwitchType=switch/none",
-        "MpiDefault=none", "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core", "ReturnToService=2",
-        # a requeued job may start again once its credentials expire (default 120 s)
-        "JobRequeue=1", "MinJobAge=600", "AuthInfo=cred_expire=10",
-        f"NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN",
-        f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP", ""]))
+    config.write_text(
+        "\n".join(
+            [
+                "ClusterName=tests",
+                f"SlurmctldHost={host}",
+                f"SlurmctldPort={ctld_port}",
+                f"SlurmdPort={node_port}",
+                "SlurmUser=root",
+                "SlurmdUser=root",
+                f"StateSaveLocation={directory}/state",
+                f"SlurmdSpoolDir={directory}/spool",
+                f"SlurmctldPidFile={directory}/slurmctld.pid",
+                f"SlurmdPidFile={directory}/slurmd.pid",
+                f"SlurmctldLogFile={directory}/slurmctld.log",
+                f"SlurmdLogFile={directory}/slurmd.log",
+                "AuthType=auth/munge",
+                "ProctrackType=proctrack/linuxproc",
+                "TaskPlugin=task/none",
+                "SwitchType=switch/none",
+                "MpiDefault=none",
+                "SelectType=select/cons_tres",
+                "SelectTypeParameters=CR_Core",
+                "ReturnToService=2",
+                # a requeued job may start again once its credentials expire (default 120 s)
+                "JobRequeue=1",
+                "MinJobAge=600",
+                "AuthInfo=cred_expire=10",
+                f"NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN",
+                f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+                "",
+            ]
+        )
+    )
     env = {**os.environ, "SLURM_CONF": str(config)}
     pid_files = [directory / "slurmctld.pid", directory / "slurmd.pid"]
     try:
@@ -98,7 +120,9 @@ def _munge_works() -> bool:
     if shutil.which("munge") is None:
         return False
     credential = subprocess.run(["munge", "-n"], capture_output=True)
-    return credential.returncode == 0 and subprocess.run(["unmunge"], input=credential.stdout, capture_output=True).returncode == 0
+    return (
+        credential.returncode == 0 and subprocess.run(["unmunge"], input=credential.stdout, capture_output=True).returncode == 0
+    )
 
 
 def _stop(pid_file: Path) -> None:

@@ -22,15 +22,32 @@ def test_released_checkpoint_loads_every_weight_by_its_own_name(tiny_albef, tmp_
     loaded = tiny_albef.state_dict()
     for key, value in loaded.items():  # nothing missing: every weight of the model equals the file's
         torch.testing.assert_close(value, state[key.replace("text_encoder.", bert, 1)], msg=key)
-    assert len(loaded) == sum(1 for key in state if not key.startswith(("visual_encoder_m", "text_encoder_m", "vision_proj_m",
-                                                                       "text_proj_m", "text_encoder.cls", "image_queue", "text_queue",
-                                                                       "idx_queue", "queue_ptr")) and "position_ids" not in key)
+    assert len(loaded) == sum(
+        1
+        for key in state
+        if not key.startswith(
+            (
+                "visual_encoder_m",
+                "text_encoder_m",
+                "vision_proj_m",
+                "text_proj_m",
+                "text_encoder.cls",
+                "image_queue",
+                "text_queue",
+                "idx_queue",
+                "queue_ptr",
+            )
+        )
+        and "position_ids" not in key
+    )
 
 
 def test_position_embeddings_are_resized_for_another_resolution(tiny_albef):
     c = tiny_albef.config  # 64 px, patch 16: a 4x4 grid; the file was trained on a 2x2 grid
-    state = {key.replace("text_encoder.bert.", "text_encoder.", 1): value
-             for key, value in random_state_dict(released_albef_shapes(c, grid=2)).items()}
+    state = {
+        key.replace("text_encoder.bert.", "text_encoder.", 1): value
+        for key, value in random_state_dict(released_albef_shapes(c, grid=2)).items()
+    }
     tiny_albef.load_albef_state_dict(state, name="small-grid.pth")
     pos = tiny_albef.visual_encoder.pos_embed
     assert pos.shape == (1, 1 + 16, c.vision_width)
@@ -125,18 +142,35 @@ def test_a_vocab_txt_with_a_repeated_line_is_refused(tmp_path):
 def test_a_checkpoint_of_other_sizes_loads_with_every_size_read_from_the_file(tmp_path):
     """An ALBEF-family file narrower and shallower than ViT-B + BERT-base, with other feed-forward and projection widths."""
     tokens = write_vocabulary(tmp_path / "vocab.txt", ["the", "red", "circle"])
-    sizes = dict(patch_size=16, vision_width=64, vision_layers=2, vision_heads=1, vision_mlp_width=96, text_width=128,
-                 text_layers=4, text_heads=2, text_intermediate_width=192, fusion_layer=2, vocab_size=len(tokens),
-                 max_positions=40, embed_dim=48)
+    sizes = dict(
+        patch_size=16,
+        vision_width=64,
+        vision_layers=2,
+        vision_heads=1,
+        vision_mlp_width=96,
+        text_width=128,
+        text_layers=4,
+        text_heads=2,
+        text_intermediate_width=192,
+        fusion_layer=2,
+        vocab_size=len(tokens),
+        max_positions=40,
+        embed_dim=48,
+    )
     state = random_state_dict(released_albef_shapes(AlbefConfig(**sizes), grid=4))
     torch.save({"model": state, "epoch": 0}, tmp_path / "small.pth")
-    model = AlbefGroundingModel.from_checkpoint(str(tmp_path / "small.pth"), text_encoder=str(tmp_path / "vocab.txt"),
-                                                image_size=64, gradcam_layer=2, dropout=0.0)
+    model = AlbefGroundingModel.from_checkpoint(
+        str(tmp_path / "small.pth"), text_encoder=str(tmp_path / "vocab.txt"), image_size=64, gradcam_layer=2, dropout=0.0
+    )
     assert {key: getattr(model.config, key) for key in sizes} == sizes  # heads: width / 64, as in ViT and BERT
     assert model.config.dropout == 0.0
-    torch.testing.assert_close(model.state_dict()["text_encoder.encoder.layer.3.intermediate.dense.weight"],
-                               state["text_encoder.bert.encoder.layer.3.intermediate.dense.weight"])
-    out = model.eval().gradcam(model.encode_images(torch.randn(2, 3, 64, 64)), model.tokenize(["the red circle", "the"]), create_graph=False)
+    torch.testing.assert_close(
+        model.state_dict()["text_encoder.encoder.layer.3.intermediate.dense.weight"],
+        state["text_encoder.bert.encoder.layer.3.intermediate.dense.weight"],
+    )
+    out = model.eval().gradcam(
+        model.encode_images(torch.randn(2, 3, 64, 64)), model.tokenize(["the red circle", "the"]), create_graph=False
+    )
     assert out.maps.shape == (2, 4, 4) and torch.isfinite(out.maps).all()
 
 
@@ -151,11 +185,14 @@ def test_weights_saved_in_the_released_layout_load_back_into_the_same_model(tmp_
     save_released_albef(model, tmp_path / "ALBEF.pth", queue=16)
     saved = torch.load(tmp_path / "ALBEF.pth", weights_only=True)["model"]
     assert "text_encoder_m.bert.encoder.layer.3.output.dense.weight" in saved and saved["image_queue"].shape == (64, 16)
-    loaded = AlbefGroundingModel.from_checkpoint(str(tmp_path / "ALBEF.pth"), text_encoder=str(tmp_path / "vocab.txt"),
-                                                 image_size=64, gradcam_layer=2).eval()
+    loaded = AlbefGroundingModel.from_checkpoint(
+        str(tmp_path / "ALBEF.pth"), text_encoder=str(tmp_path / "vocab.txt"), image_size=64, gradcam_layer=2
+    ).eval()
     assert all(parameter.requires_grad and not parameter.is_meta for parameter in loaded.parameters())
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
     images, texts = torch.randn(2, 3, 64, 64), ["the red circle", "circle"]
-    torch.testing.assert_close(loaded.itm_logits(loaded.encode_images(images), loaded.tokenize(texts)),
-                               model.itm_logits(model.encode_images(images), model.tokenize(texts)))
+    torch.testing.assert_close(
+        loaded.itm_logits(loaded.encode_images(images), loaded.tokenize(texts)),
+        model.itm_logits(model.encode_images(images), model.tokenize(texts)),
+    )

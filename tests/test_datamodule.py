@@ -7,8 +7,14 @@ from synground.generation.writing import generate_shards
 
 
 def test_the_mixed_stream_follows_the_synthetic_ratio():
-    datamodule = GroundingDataModule(train={"synthetic": ShapesGenerator("clean", 32), "real": ShapesGenerator("textured", 32)},
-                                     synthetic_ratio=0.25, image_size=32, batch_size=32, batches_per_epoch=40, num_workers=0)
+    datamodule = GroundingDataModule(
+        train={"synthetic": ShapesGenerator("clean", 32), "real": ShapesGenerator("textured", 32)},
+        synthetic_ratio=0.25,
+        image_size=32,
+        batch_size=32,
+        batches_per_epoch=40,
+        num_workers=0,
+    )
     batches = list(datamodule.train_dataloader())
     assert len(batches) == 40
     synthetic = torch.cat([b["synthetic"] for b in batches]).float()
@@ -20,8 +26,14 @@ def test_the_mixed_stream_follows_the_synthetic_ratio():
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0])
 def test_ratios_zero_and_one_draw_from_one_domain_only(ratio):
-    datamodule = GroundingDataModule(train={"synthetic": ShapesGenerator("clean", 32), "real": ShapesGenerator("textured", 32)},
-                                     synthetic_ratio=ratio, image_size=32, batch_size=8, batches_per_epoch=5, num_workers=0)
+    datamodule = GroundingDataModule(
+        train={"synthetic": ShapesGenerator("clean", 32), "real": ShapesGenerator("textured", 32)},
+        synthetic_ratio=ratio,
+        image_size=32,
+        batch_size=8,
+        batches_per_epoch=5,
+        num_workers=0,
+    )
     flags = torch.cat([b["synthetic"] for b in datamodule.train_dataloader()])
     assert flags.float().mean().item() == ratio
 
@@ -32,8 +44,9 @@ def test_a_ratio_outside_zero_one_is_rejected():
 
 
 def test_every_worker_shares_the_epoch_and_epochs_differ():
-    datamodule = GroundingDataModule(train={"synthetic": ShapesGenerator("clean", 32)}, image_size=32, batch_size=4,
-                                     batches_per_epoch=5, num_workers=2)
+    datamodule = GroundingDataModule(
+        train={"synthetic": ShapesGenerator("clean", 32)}, image_size=32, batch_size=4, batches_per_epoch=5, num_workers=2
+    )
     loader = datamodule.train_dataloader()
     first, second = list(loader), list(loader)
     assert len(first) == len(second) == 5
@@ -43,8 +56,14 @@ def test_every_worker_shares_the_epoch_and_epochs_differ():
 
 
 def test_batches_carry_what_the_loss_and_the_pointing_game_need():
-    datamodule = GroundingDataModule(train={"real": ShapesGenerator("textured", 48)}, image_size=32, mask_size=16,
-                                     batch_size=4, batches_per_epoch=1, num_workers=0)
+    datamodule = GroundingDataModule(
+        train={"real": ShapesGenerator("textured", 48)},
+        image_size=32,
+        mask_size=16,
+        batch_size=4,
+        batches_per_epoch=1,
+        num_workers=0,
+    )
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["images"].shape == (4, 3, 32, 32) and batch["masks"].shape == (4, 16, 16)
     assert len(batch["texts"]) == 4 and all(isinstance(t, str) for t in batch["texts"])
@@ -58,8 +77,9 @@ def test_eval_splits_from_shards_cover_every_region_once_across_workers(tmp_path
     assert datamodule.test_split_names == ["held_out"]
     (loader,) = datamodule.test_dataloader()
     keys = [k for batch in loader for k in batch["keys"]]
-    expected = sum(len(s.regions) for s in ShapesGenerator("clean", 32).generate(
-        [GenerationRequest(f"e-{i:09d}", i) for i in range(7)]))
+    expected = sum(
+        len(s.regions) for s in ShapesGenerator("clean", 32).generate([GenerationRequest(f"e-{i:09d}", i) for i in range(7)])
+    )
     assert len(keys) == len(set(keys)) == expected
     assert sum(e["samples"] for e in manifest.shards) == 7
 
@@ -75,15 +95,19 @@ def test_generated_eval_split_is_fixed_and_split_across_workers():
 
 def test_training_reads_shards_and_counts_skipped_samples(tmp_path):
     generate_shards(ShapesGenerator("clean", 32), tmp_path / "syn", num_samples=6, samples_per_shard=3, name="s")
-    datamodule = GroundingDataModule(train={"synthetic": str(tmp_path / "syn")}, image_size=32, batch_size=4,
-                                     batches_per_epoch=3, num_workers=0)
+    datamodule = GroundingDataModule(
+        train={"synthetic": str(tmp_path / "syn")}, image_size=32, batch_size=4, batches_per_epoch=3, num_workers=0
+    )
     batches = list(datamodule.train_dataloader())
     assert len(batches) == 3 and all(k.startswith("s-") for b in batches for k in b["keys"])
 
 
 def test_a_missing_shard_path_fails_at_setup_of_the_stage_that_reads_it(tmp_path):
-    datamodule = GroundingDataModule(train={"real": ShapesGenerator()}, val={"held_out": str(tmp_path / "missing-val")},
-                                     test={"t": GeneratorSource(ShapesGenerator(), num_samples=2)})
+    datamodule = GroundingDataModule(
+        train={"real": ShapesGenerator()},
+        val={"held_out": str(tmp_path / "missing-val")},
+        test={"t": GeneratorSource(ShapesGenerator(), num_samples=2)},
+    )
     datamodule.setup("test")  # eval.py reads the test splits only: a missing validation split is not its business
     with pytest.raises(FileNotFoundError, match="missing-val"):
         datamodule.setup("fit")
@@ -100,8 +124,9 @@ def test_ranks_read_disjoint_shards_and_no_sample_twice_in_an_epoch(tmp_path, mo
     import synground.data.datamodule as datamodule_module
 
     generate_shards(ShapesGenerator("clean", 32), tmp_path / "syn", num_samples=48, samples_per_shard=4, name="s")
-    datamodule = GroundingDataModule(train={"synthetic": str(tmp_path / "syn")}, image_size=32, batch_size=4,
-                                     batches_per_epoch=5, num_workers=0)  # 20 of each rank's 24 samples
+    datamodule = GroundingDataModule(
+        train={"synthetic": str(tmp_path / "syn")}, image_size=32, batch_size=4, batches_per_epoch=5, num_workers=0
+    )  # 20 of each rank's 24 samples
     seen = {}
     for rank in (0, 1):
         monkeypatch.setattr(datamodule_module, "_worker_slot", lambda worker=None, rank=rank: (rank, 2))
@@ -132,8 +157,9 @@ def test_every_skipped_sample_reaches_the_batches_counts_exactly_once(tmp_path):
     manifest = Manifest(tmp_path / "set")
     manifest.add({"name": "x.tar", "samples": 8, "sha256": ""})
     manifest.finish({"samples": 8})
-    stream = MixedTrainStream([], [str(tmp_path / "set")], 0.0, GroundingTransform(64, 32, 0.0), batch_size=4,
-                              batches_per_epoch=3, seed=0)
+    stream = MixedTrainStream(
+        [], [str(tmp_path / "set")], 0.0, GroundingTransform(64, 32, 0.0), batch_size=4, batches_per_epoch=3, seed=0
+    )
     batches = list(stream)
     assert len(batches) == 3
     assert sum(batch["data_issues"].get("corrupt_sample", 0) for batch in batches) == 4  # 2 per pass, 2 passes
@@ -144,8 +170,13 @@ def test_an_epoch_resumed_after_k_batches_yields_exactly_the_rest_of_the_uninter
     generate_shards(ShapesGenerator("textured", 32), tmp_path / "real", num_samples=24, samples_per_shard=4, name="r")
 
     def loader():
-        return GroundingDataModule(train={"synthetic": ShapesGenerator("clean", 32), "real": str(tmp_path / "real")},
-                                   image_size=32, batch_size=3, batches_per_epoch=7, num_workers=workers).train_dataloader()
+        return GroundingDataModule(
+            train={"synthetic": ShapesGenerator("clean", 32), "real": str(tmp_path / "real")},
+            image_size=32,
+            batch_size=3,
+            batches_per_epoch=7,
+            num_workers=workers,
+        ).train_dataloader()
 
     whole = list(loader())  # epoch 0
     for trained in (1, 2, 5, 7):  # a DataLoader hands out batch j from worker j % workers
@@ -153,7 +184,9 @@ def test_an_epoch_resumed_after_k_batches_yields_exactly_the_rest_of_the_uninter
         resumed.load_state_dict({"epoch": 0, "batches": trained})  # as Lightning does with a checkpoint's state
         rest = list(resumed)
         assert [b["keys"] for b in rest] == [b["keys"] for b in whole[trained:]]
-        assert all(torch.equal(a["images"], b["images"]) and torch.equal(a["masks"], b["masks"]) for a, b in zip(rest, whole[trained:]))
+        assert all(
+            torch.equal(a["images"], b["images"]) and torch.equal(a["masks"], b["masks"]) for a, b in zip(rest, whole[trained:])
+        )
     later = loader()
     later.load_state_dict({"epoch": 0, "batches": 3})  # a state of another epoch than the pass's is not applied
     list(later)

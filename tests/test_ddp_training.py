@@ -15,9 +15,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_steps(model: str, devices: int, out: Path) -> dict:
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_train_steps.py"), "--model", model, "--devices",
-                             str(devices), "--out", str(out)], cwd=out.parent, capture_output=True, text=True, timeout=600,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "ddp_train_steps.py"),
+            "--model",
+            model,
+            "--devices",
+            str(devices),
+            "--out",
+            str(out),
+        ],
+        cwd=out.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out, weights_only=True)
 
@@ -34,7 +48,9 @@ def test_two_ddp_processes_end_with_the_weights_of_one_process_accumulating_thei
             assert (two["weights"][name] - one["weights"][name]).norm() <= 1e-4 * update + 1e-6, name
             unchanged += [name] if update == 0 else []
     # every weight trained but the contrastive projections and temperature, frozen when ITC is off
-    assert unchanged == ([] if model == "blip" else ["temp", "vision_proj.weight", "vision_proj.bias", "text_proj.weight", "text_proj.bias"])
+    assert unchanged == (
+        [] if model == "blip" else ["temp", "vision_proj.weight", "vision_proj.bias", "text_proj.weight", "text_proj.bias"]
+    )
 
 
 def test_train_py_under_ddp_with_itc_off(tmp_path):

@@ -10,13 +10,25 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = ["experiment=shapes", "debug=limit", "data.test.shapes_clean.num_samples=20",
-         "data.test.shapes_textured.num_samples=20", "data.val.shapes_textured.num_samples=20"]
+SHORT = [
+    "experiment=shapes",
+    "debug=limit",
+    "data.test.shapes_clean.num_samples=20",
+    "data.test.shapes_textured.num_samples=20",
+    "data.val.shapes_textured.num_samples=20",
+]
 
 
 def run(script: str, *overrides: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, capture_output=True, text=True,
-                          timeout=900, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_a_ratio_sweep_runs_every_ratio_survives_a_bad_one_and_summarises(tmp_path):
@@ -30,8 +42,13 @@ def test_a_ratio_sweep_runs_every_ratio_survives_a_bad_one_and_summarises(tmp_pa
     with Image.open(runs[0] / "gallery" / "val_shapes_textured_epoch001.png") as grid:
         assert grid.format == "PNG" and grid.width > 400
 
-    summary = subprocess.run([sys.executable, "-m", "synground.results", str(tmp_path / "sweep")], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
+    summary = subprocess.run(
+        [sys.executable, "-m", "synground.results", str(tmp_path / "sweep")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert summary.returncode == 0, summary.stderr
     rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
     assert [row["x"] for row in rows] == [0, 1, 1.5]
@@ -63,8 +80,13 @@ def test_resuming_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tmp_pat
     assert straight.returncode == 0, straight.stderr[-3000:]
     first = run("train.py", *SHORT, "trainer.max_epochs=1", "test=false", f"hydra.run.dir={tmp_path}/first", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run("train.py", *common, f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt",
-                  f"hydra.run.dir={tmp_path}/resumed", cwd=tmp_path)
+    resumed = run(
+        "train.py",
+        *common,
+        f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt",
+        f"hydra.run.dir={tmp_path}/resumed",
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     got = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
@@ -77,9 +99,16 @@ def test_resuming_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tmp_pat
 
 
 def test_wandb_without_a_login_logs_offline_with_a_warning_and_never_prompts(tmp_path):
-    env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "HOME": str(tmp_path), "NETRC": str(tmp_path / "no-netrc"),
-           "WANDB_DIR": str(tmp_path)}
-    result = run("train.py", *SHORT, "trainer.max_epochs=1", "logger=wandb", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, env=env)
+    env = {
+        "WANDB_MODE": "",
+        "WANDB_API_KEY": "",
+        "HOME": str(tmp_path),
+        "NETRC": str(tmp_path / "no-netrc"),
+        "WANDB_DIR": str(tmp_path),
+    }
+    result = run(
+        "train.py", *SHORT, "trainer.max_epochs=1", "logger=wandb", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no login found" in result.stderr + result.stdout
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))

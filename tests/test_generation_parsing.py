@@ -9,7 +9,9 @@ from synground.generation.runtime import StageClock, run_batched
 
 
 def test_phrases_are_parsed_from_numbered_bulleted_and_inline_lists():
-    answer = '1. A red dog\n2) the tall tree;  "a blue car"\n- grass, sky\n* Sure! Here are the objects in the photo of a park:\n3.'
+    answer = (
+        '1. A red dog\n2) the tall tree;  "a blue car"\n- grass, sky\n* Sure! Here are the objects in the photo of a park:\n3.'
+    )
     assert parse_phrases(answer, max_words=4) == ["a red dog", "the tall tree", "a blue car", "grass", "sky"]
 
 
@@ -19,11 +21,13 @@ def test_an_answer_without_phrases_parses_to_nothing():
 
 
 def test_layouts_keep_well_formed_boxes_only():
-    answer = ("1. a red dog: 0.1 0.2 0.5 0.9\n"
-              "the tree - [0.6, 0.0, 1.0, 0.8]\n"
-              "a car: 0.5 0.5 0.4 0.9\n"  # x0 > x1
-              "sky: 0 0 1.5 1\n"  # outside the image
-              "nothing here")
+    answer = (
+        "1. a red dog: 0.1 0.2 0.5 0.9\n"
+        "the tree - [0.6, 0.0, 1.0, 0.8]\n"
+        "a car: 0.5 0.5 0.4 0.9\n"  # x0 > x1
+        "sky: 0 0 1.5 1\n"  # outside the image
+        "nothing here"
+    )
     assert parse_layout(answer, max_objects=5) == [("a red dog", [0.1, 0.2, 0.5, 0.9]), ("the tree", [0.6, 0.0, 1.0, 0.8])]
     assert len(parse_layout(answer, max_objects=1)) == 1
 

@@ -30,8 +30,16 @@ from synground.generation.tiny import WORDS, write_tiny_components
 from synground.generation.writing import generate_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-REJECTION_REASONS = {"no_description", "nan_image", "black_image", "no_phrases", "no_detection", "low_clip_score",
-                     "out_of_memory", "near_duplicate"}
+REJECTION_REASONS = {
+    "no_description",
+    "nan_image",
+    "black_image",
+    "no_phrases",
+    "no_detection",
+    "low_clip_score",
+    "out_of_memory",
+    "near_duplicate",
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,24 +52,39 @@ def llm(tiny) -> LanguageModel:
 
 
 def diffusion(tiny, **settings) -> StableDiffusion:
-    return StableDiffusion(tiny["stable_diffusion"], steps=2, height=64, width=64, device="cpu", dtype="float32",
-                           batch_size=4, **settings)
+    return StableDiffusion(
+        tiny["stable_diffusion"], steps=2, height=64, width=64, device="cpu", dtype="float32", batch_size=4, **settings
+    )
 
 
 def detector(tiny, kind="grounding_dino", **settings) -> OpenVocabularyDetector:
-    return OpenVocabularyDetector(tiny[kind], **{"box_threshold": 0.3, "text_threshold": 0.3, "min_box_size": 2,
-                                                 "device": "cpu", "batch_size": 4, **settings})
+    return OpenVocabularyDetector(
+        tiny[kind],
+        **{"box_threshold": 0.3, "text_threshold": 0.3, "min_box_size": 2, "device": "cpu", "batch_size": 4, **settings},
+    )
 
 
 def clip(tiny, min_score=-1.0) -> ClipScore:
-    return ClipScore(tiny["open_clip_model"], pretrained=tiny["open_clip_checkpoint"], model_config=tiny["open_clip_config"],
-                     min_score=min_score, device="cpu")
+    return ClipScore(
+        tiny["open_clip_model"],
+        pretrained=tiny["open_clip_checkpoint"],
+        model_config=tiny["open_clip_config"],
+        min_score=min_score,
+        device="cpu",
+    )
 
 
 def synground(tiny, descriptions=None, **stages) -> SynGroundGenerator:
-    return SynGroundGenerator(**{"descriptions": descriptions or Concept2Text(llm(tiny), WORDS[11:30]),
-                                 "text_to_image": diffusion(tiny), "phrases": PhraseExtractor(llm(tiny), max_words={"short": 12}),
-                                 "detector": detector(tiny), "clip_filter": clip(tiny), **stages})
+    return SynGroundGenerator(
+        **{
+            "descriptions": descriptions or Concept2Text(llm(tiny), WORDS[11:30]),
+            "text_to_image": diffusion(tiny),
+            "phrases": PhraseExtractor(llm(tiny), max_words={"short": 12}),
+            "detector": detector(tiny),
+            "clip_filter": clip(tiny),
+            **stages,
+        }
+    )
 
 
 def read_samples(directory: Path) -> list[GroundingSample]:
@@ -72,8 +95,15 @@ def read_samples(directory: Path) -> list[GroundingSample]:
 
 
 def test_triplets_reach_the_shards_with_boxes_phrases_and_provenance(tiny, tmp_path):
-    manifest = generate_shards(synground(tiny), tmp_path / "out", num_samples=12, samples_per_shard=4, name="syn",
-                               chunk_size=4, near_duplicates=NearDuplicates())
+    manifest = generate_shards(
+        synground(tiny),
+        tmp_path / "out",
+        num_samples=12,
+        samples_per_shard=4,
+        name="syn",
+        chunk_size=4,
+        near_duplicates=NearDuplicates(),
+    )
     samples = read_samples(tmp_path / "out")
     assert samples, "the tiny pipeline should keep some samples"
     for sample in samples:
@@ -116,8 +146,11 @@ def test_nan_and_black_images_are_rejected_and_counted(tiny, monkeypatch):
 
     generator = synground(tiny)
     real_draw = generator.text_to_image._draw
-    monkeypatch.setattr(generator.text_to_image, "_draw", lambda batch: [image * float("nan") if seed % 2 else image
-                                                                          for image, (_, seed) in zip(real_draw(batch), batch)])
+    monkeypatch.setattr(
+        generator.text_to_image,
+        "_draw",
+        lambda batch: [image * float("nan") if seed % 2 else image for image, (_, seed) in zip(real_draw(batch), batch)],
+    )
     samples = generator.generate([GenerationRequest(f"k-{i}", i, i) for i in range(4)])
     taken = generator.clock.take()
     assert taken["rejections"]["nan_image"] == 2 and all(s.provenance["seed"] % 2 == 0 for s in samples)
@@ -138,12 +171,28 @@ def test_long_descriptions_are_cut_at_a_sentence_boundary_and_counted(tiny):
 
 
 def test_image2text_captions_seed_images_and_carries_their_ids_for_the_leakage_check(tiny, tmp_path):
-    seeds = [GroundingSample(f"vg-{i}", Image.new("RGB", (48, 40), (40 * i, 90, 200)), "", [Region("a red dog", [[1, 1, 20, 20]])],
-                             "visual_genome", {"image_ids": [f"vg:{i}", f"coco:{100 + i}"]}) for i in range(3)]
+    seeds = [
+        GroundingSample(
+            f"vg-{i}",
+            Image.new("RGB", (48, 40), (40 * i, 90, 200)),
+            "",
+            [Region("a red dog", [[1, 1, 20, 20]])],
+            "visual_genome",
+            {"image_ids": [f"vg:{i}", f"coco:{100 + i}"]},
+        )
+        for i in range(3)
+    ]
     write_shard(tmp_path / "seeds" / "seeds-000000.tar", seeds)
     seed_images = SeedImages(str(tmp_path / "seeds" / "*.tar"))
-    captioner = Image2Text(seed_images, tiny["llava"], prompt="USER: <image>\nDescribe the image. ASSISTANT:",
-                           max_new_tokens=8, device="cpu", dtype="float32", batch_size=2)
+    captioner = Image2Text(
+        seed_images,
+        tiny["llava"],
+        prompt="USER: <image>\nDescribe the image. ASSISTANT:",
+        max_new_tokens=8,
+        device="cpu",
+        dtype="float32",
+        batch_size=2,
+    )
     clock = StageClock()
     requests = [GenerationRequest(f"s-{i}", i, index=i) for i in range(4)]
     described = captioner.describe(requests, clock)
@@ -178,9 +227,12 @@ class ScriptedLanguageModel(LanguageModel):
 
 
 def layout_generator(tiny, answer) -> LayoutGenerator:
-    return LayoutGenerator(Concept2Text(llm(tiny), WORDS[11:30]), ScriptedLanguageModel(answer),
-                           Gligen(tiny["gligen"], steps=2, height=64, width=64, device="cpu", dtype="float32"),
-                           clip_filter=clip(tiny))
+    return LayoutGenerator(
+        Concept2Text(llm(tiny), WORDS[11:30]),
+        ScriptedLanguageModel(answer),
+        Gligen(tiny["gligen"], steps=2, height=64, width=64, device="cpu", dtype="float32"),
+        clip_filter=clip(tiny),
+    )
 
 
 def test_layout_generator_draws_the_proposed_boxes_with_gligen(tiny):
@@ -188,8 +240,10 @@ def test_layout_generator_draws_the_proposed_boxes_with_gligen(tiny):
     samples = generator.generate([GenerationRequest(f"l-{i}", i, i) for i in range(2)])
     assert len(samples) == 2
     for sample in samples:
-        assert [(r.phrase, r.boxes) for r in sample.regions] == [("a red dog", [[6.4, 12.8, 32.0, 57.6]]),
-                                                                 ("a tree", [[32.0, 0.0, 64.0, 38.4]])]
+        assert [(r.phrase, r.boxes) for r in sample.regions] == [
+            ("a red dog", [[6.4, 12.8, 32.0, 57.6]]),
+            ("a tree", [[32.0, 0.0, 64.0, 38.4]]),
+        ]
         assert sample.provenance["text_to_image"]["model"] == tiny["gligen"]
 
     refusing = layout_generator(tiny, "I cannot draw boxes.")  # no layout, even when asked again
@@ -200,8 +254,9 @@ def test_layout_generator_draws_the_proposed_boxes_with_gligen(tiny):
 
 def test_on_the_fly_training_batches_come_from_the_pipeline(tiny):
     generator = synground(tiny)
-    datamodule = GroundingDataModule(train={"synthetic": generator}, image_size=32, batch_size=2, batches_per_epoch=1,
-                                     num_workers=0)
+    datamodule = GroundingDataModule(
+        train={"synthetic": generator}, image_size=32, batch_size=2, batches_per_epoch=1, num_workers=0
+    )
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["images"].shape == (2, 3, 32, 32) and len(batch["texts"]) == 2 and batch["synthetic"].all()
     assert datamodule._worker_start(datamodule.train_sources["synthetic"]) is None  # CPU: workers may fork
@@ -219,11 +274,25 @@ def test_on_the_fly_training_batches_come_from_the_pipeline(tiny):
 
 
 def _generate(tiny_dir: Path, output_dir: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "generation=synground_tiny",
-                             f"generation.tiny_dir={tiny_dir}", f"output_dir={output_dir}", "generation.num_samples=24",
-                             "generation.samples_per_shard=4", "generation.chunk_size=4", "report=false", *extra],
-                            cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "generate.py"),
+            "generation=synground_tiny",
+            f"generation.tiny_dir={tiny_dir}",
+            f"output_dir={output_dir}",
+            "generation.num_samples=24",
+            "generation.samples_per_shard=4",
+            "generation.chunk_size=4",
+            "report=false",
+            *extra,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _shard_set(directory: Path) -> list[tuple[str, str, int]]:
@@ -255,7 +324,10 @@ def test_a_killed_generation_run_resumes_to_the_same_shards(tiny, tmp_path):
     assert _shard_set(tmp_path / "killed") == _shard_set(tmp_path / "full")  # same shards, byte for byte
     finished = [read_manifest(tmp_path / name / "manifest.json") for name in ("killed", "full")]
     assert finished[0]["complete"] is finished[1]["complete"] is True and finished[0]["totals"] == finished[1]["totals"]
-    assert finished[0]["totals"]["requests"] == 24 and sum(finished[0]["totals"]["rejections"].values()) + finished[0]["totals"]["samples"] == 24
+    assert (
+        finished[0]["totals"]["requests"] == 24
+        and sum(finished[0]["totals"]["rejections"].values()) + finished[0]["totals"]["samples"] == 24
+    )
     keys = [s.key for s in read_samples(tmp_path / "killed")]
     assert len(keys) == len(set(keys)) and keys == [s.key for s in read_samples(tmp_path / "full")]
     assert not list((tmp_path / "killed").rglob("*.partial"))
@@ -263,11 +335,19 @@ def test_a_killed_generation_run_resumes_to_the_same_shards(tiny, tmp_path):
 
 def test_two_processes_write_the_same_shard_set_as_one(tmp_path):
     """DDP generation: each rank writes whole shards, none twice, and the set equals a single process's."""
-    common = [sys.executable, str(ROOT / "generate.py"), "generation=shapes", "generation.generator.image_size=32",
-              "generation.num_samples=20", "generation.samples_per_shard=3", "report=false"]
+    common = [
+        sys.executable,
+        str(ROOT / "generate.py"),
+        "generation=shapes",
+        "generation.generator.image_size=32",
+        "generation.num_samples=20",
+        "generation.samples_per_shard=3",
+        "report=false",
+    ]
     for name, extra in (("one", []), ("two", ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"])):
-        result = subprocess.run([*common, f"output_dir={tmp_path / name}", *extra], cwd=ROOT, capture_output=True,
-                                text=True, timeout=300)
+        result = subprocess.run(
+            [*common, f"output_dir={tmp_path / name}", *extra], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, result.stdout + result.stderr
     assert _shard_set(tmp_path / "two") == _shard_set(tmp_path / "one") and len(_shard_set(tmp_path / "one")) == 7
     keys = [s.key for s in read_samples(tmp_path / "two")]
@@ -276,9 +356,28 @@ def test_two_processes_write_the_same_shard_set_as_one(tmp_path):
 
 def test_the_gpu_benchmark_script_runs_on_tiny_components(tmp_path):
     output = tmp_path / "tiny_generation.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_generation.py"), "--tiny", "--images", "2",
-                             "--batch-size", "2", "--steps", "2", "--requests", "4", "--output", str(output)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_generation.py"),
+            "--tiny",
+            "--images",
+            "2",
+            "--batch-size",
+            "2",
+            "--steps",
+            "2",
+            "--requests",
+            "4",
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     measured = json.loads(output.read_text())
     assert measured["stable_diffusion"]["images_per_hour"] > 0 and measured["end_to_end"]["requests"] == 4
@@ -289,8 +388,14 @@ def test_a_folder_of_seed_images_works_and_an_unreadable_one_is_counted_not_fata
     for name in ("a", "b"):
         Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / f"{name}.jpg")
     (tmp_path / "c.jpg").write_bytes(b"not a jpeg at all")
-    captioner = Image2Text(SeedImages(str(tmp_path)), tiny["llava"], prompt="USER: <image>\nDescribe. ASSISTANT:",
-                           max_new_tokens=6, device="cpu", dtype="float32")
+    captioner = Image2Text(
+        SeedImages(str(tmp_path)),
+        tiny["llava"],
+        prompt="USER: <image>\nDescribe. ASSISTANT:",
+        max_new_tokens=6,
+        device="cpu",
+        dtype="float32",
+    )
     clock = StageClock()
     described = captioner.describe([GenerationRequest(f"f-{i}", i, index=i) for i in range(3)], clock)
     assert described[2] is None and clock.events["unreadable_seed_image"] == 1

@@ -28,8 +28,11 @@ def test_other_input_sizes_give_their_own_grid(tiny_model):
 
 
 def patch_and_query_weights(model):
-    patch = (model.model.vision_model.embeddings.patch_embedding if isinstance(model, BlipGroundingModel)
-             else model.visual_encoder.patch_embed.proj)
+    patch = (
+        model.model.vision_model.embeddings.patch_embedding
+        if isinstance(model, BlipGroundingModel)
+        else model.visual_encoder.patch_embed.proj
+    )
     return patch.weight, model.gradcam_attention.query.weight
 
 

@@ -63,17 +63,30 @@ def test_a_complete_lock_passes_markers_for_other_platforms_and_other_extras_ski
     assert problems(tmp_path, lock_text(PINS)) == []
 
 
-@pytest.mark.parametrize("missing, where", [("numpy", "[project] dependencies"), ("pytest", "[project.optional-dependencies] dev"),
-                                            ("moto", "[project.optional-dependencies] dev"),
-                                            ("setuptools", "[build-system] requires")])
+@pytest.mark.parametrize(
+    "missing, where",
+    [
+        ("numpy", "[project] dependencies"),
+        ("pytest", "[project.optional-dependencies] dev"),
+        ("moto", "[project.optional-dependencies] dev"),
+        ("setuptools", "[build-system] requires"),
+    ],
+)
 def test_a_lock_missing_a_requirement_is_refused_by_name(tmp_path, missing, where):
     found = problems(tmp_path, lock_text({name: v for name, v in PINS.items() if name != missing}))
     assert len(found) == 1
     assert missing in found[0] and where in found[0] and "is not in requirements.lock" in found[0]
 
 
-@pytest.mark.parametrize("name, version, wanted", [("numpy", "1.25.2", "numpy>=1.26"), ("torch", "2.14.0", "torch==2.14.1"),
-                                                  ("pytest", "7.4.4", "pytest>=8"), ("moto", "4.2.14", "moto[server]>=5.0")])
+@pytest.mark.parametrize(
+    "name, version, wanted",
+    [
+        ("numpy", "1.25.2", "numpy>=1.26"),
+        ("torch", "2.14.0", "torch==2.14.1"),
+        ("pytest", "7.4.4", "pytest>=8"),
+        ("moto", "4.2.14", "moto[server]>=5.0"),
+    ],
+)
 def test_a_pin_outside_the_range_is_refused_with_both(tmp_path, name, version, wanted):
     found = problems(tmp_path, lock_text({**PINS, name: version}))
     assert len(found) == 1
@@ -82,17 +95,19 @@ def test_a_pin_outside_the_range_is_refused_with_both(tmp_path, name, version, w
 
 def test_a_pin_only_for_another_platform_does_not_count(tmp_path):
     found = problems(tmp_path, lock_text(PINS, markers={"numpy": "sys_platform == 'darwin'"}))
-    assert len(found) == 1 and "numpy==2.4.6 only where sys_platform == \"darwin\"" in found[0]
+    assert len(found) == 1 and 'numpy==2.4.6 only where sys_platform == "darwin"' in found[0]
 
 
 def test_a_requirement_that_applies_on_the_lock_platform_is_required(tmp_path):
-    pyproject = PYPROJECT.replace("\"pytest>=8\"", "\"pytest>=8\", \"triton>=3; sys_platform == 'linux' and platform_machine == 'x86_64'\"")
+    pyproject = PYPROJECT.replace(
+        '"pytest>=8"', "\"pytest>=8\", \"triton>=3; sys_platform == 'linux' and platform_machine == 'x86_64'\""
+    )
     found = problems(tmp_path, lock_text(PINS), pyproject)
     assert len(found) == 1 and "triton" in found[0] and "is not in requirements.lock" in found[0]
 
 
 def test_names_are_compared_normalised(tmp_path):
-    pyproject = PYPROJECT.replace("\"pytest>=8\"", "\"Open_Clip.Torch>=2.24\"")
+    pyproject = PYPROJECT.replace('"pytest>=8"', '"Open_Clip.Torch>=2.24"')
     pins = {name: version for name, version in PINS.items() if name != "pytest"}
     assert problems(tmp_path, lock_text({**pins, "open-clip-torch": "3.3.0"}), pyproject) == []
 

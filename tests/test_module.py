@@ -10,8 +10,11 @@ def batch(size=4, image_size=64):
     torch.manual_seed(0)
     masks = torch.zeros(size, 32, 32)
     masks[:, 8:24, 8:24] = 1
-    return {"images": torch.randn(size, 3, image_size, image_size), "masks": masks,
-            "texts": ["the red circle", "the blue square", "the red circle", "the square on the left"][:size]}
+    return {
+        "images": torch.randn(size, 3, image_size, image_size),
+        "masks": masks,
+        "texts": ["the red circle", "the blue square", "the red circle", "the square on the left"][:size],
+    }
 
 
 @pytest.mark.parametrize("itc_weight, hard_negatives", [(1.0, True), (0.0, True), (0.0, False)])
@@ -29,7 +32,9 @@ def test_training_step_combines_itm_itc_and_amc_into_one_finite_loss(tiny_model,
     assert sum(p.grad.abs().sum() for p in tiny_model.parameters() if p.grad is not None) > 0
 
 
-@pytest.mark.parametrize("amc_weight, itc_weight, hard_negatives", [(1.0, 0.0, False), (1.0, 0.0, True), (1.0, 1.0, True), (0.0, 0.0, True)])
+@pytest.mark.parametrize(
+    "amc_weight, itc_weight, hard_negatives", [(1.0, 0.0, False), (1.0, 0.0, True), (1.0, 1.0, True), (0.0, 0.0, True)]
+)
 def test_every_trainable_parameter_takes_part_in_the_loss_with_dropout_off(tiny_model, amc_weight, itc_weight, hard_negatives):
     """What DDP needs without find_unused_parameters (the projections are frozen when ITC is off). With dropout off
     the attention above the Grad-CAM layer could take a fused kernel, which has no double backward for the AMC loss."""
@@ -67,9 +72,19 @@ def test_a_collated_evaluation_batch_holds_each_image_once(tiny_model):
     from synground.data.transforms import collate
 
     pixels = [torch.full((64, 64, 3), value, dtype=torch.uint8) for value in (10, 20)]
-    items = [{"image": pixels[i], "image_key": f"img{i}", "text": text, "boxes": torch.zeros(1, 4), "mask": torch.zeros(8, 8),
-              "original_size": torch.tensor([64, 64]), "original_boxes": torch.zeros(1, 4), "key": f"img{i}-{j}"}
-             for j, (i, text) in enumerate([(0, "the red circle"), (1, "the square"), (0, "the circle")])]
+    items = [
+        {
+            "image": pixels[i],
+            "image_key": f"img{i}",
+            "text": text,
+            "boxes": torch.zeros(1, 4),
+            "mask": torch.zeros(8, 8),
+            "original_size": torch.tensor([64, 64]),
+            "original_boxes": torch.zeros(1, 4),
+            "key": f"img{i}-{j}",
+        }
+        for j, (i, text) in enumerate([(0, "the red circle"), (1, "the square"), (0, "the circle")])
+    ]
     collated = collate(items)
     assert collated["images"].shape == (2, 3, 64, 64) and collated["image_index"].tolist() == [0, 1, 0]
     training = collate([{k: v for k, v in item.items() if k != "image_key"} for item in items])  # flips may differ

@@ -35,8 +35,12 @@ def s3_endpoint():
 @pytest.fixture
 def s3_env(s3_endpoint, monkeypatch):
     """What a user sets for any S3-compatible store: botocore reads the endpoint from AWS_ENDPOINT_URL."""
-    settings = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                "AWS_DEFAULT_REGION": "us-east-1"}
+    settings = {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     s3fs.S3FileSystem.clear_instance_cache()
@@ -99,11 +103,30 @@ def test_train_py_trains_and_evaluates_from_a_set_generated_on_s3(s3_env, tmp_pa
     fs = make_bucket("bucket-c")
     generate_shards(ShapesGenerator("clean", image_size=64), "s3://bucket-c/set", num_samples=16, samples_per_shard=4)
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "data=shards", "data.image_size=64", "data.mask_size=32",
-         "data.train.real=[s3://bucket-c/set]", "+data.val.remote=s3://bucket-c/set", "+data.test.remote=s3://bucket-c/set",
-         "data.batch_size=4", "data.batches_per_epoch=2", "data.num_workers=1", "data.pin_memory=false", "trainer.max_epochs=1",
-         "model.net.image_size=64", f"hydra.run.dir={tmp_path}/run"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, env={**os.environ, **s3_env})
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "data=shards",
+            "data.image_size=64",
+            "data.mask_size=32",
+            "data.train.real=[s3://bucket-c/set]",
+            "+data.val.remote=s3://bucket-c/set",
+            "+data.test.remote=s3://bucket-c/set",
+            "data.batch_size=4",
+            "data.batches_per_epoch=2",
+            "data.num_workers=1",
+            "data.pin_memory=false",
+            "trainer.max_epochs=1",
+            "model.net.image_size=64",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **s3_env},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train/global_step"] == 2 and metrics["test/items/remote"] > 16  # every phrase of the 16 scenes
@@ -112,9 +135,14 @@ def test_train_py_trains_and_evaluates_from_a_set_generated_on_s3(s3_env, tmp_pa
 
 
 def start(script: str, output_dir: str, *overrides: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / script), f"output_dir={output_dir}", *overrides], cwd=ROOT,
-                            env={**os.environ, **env, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / script), f"output_dir={output_dir}", *overrides],
+        cwd=ROOT,
+        env={**os.environ, **env, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finished(process: subprocess.Popen) -> None:
@@ -157,15 +185,23 @@ def test_convert_py_writes_to_s3_and_a_killed_run_resumes_to_the_same_bytes(s3_e
 
     def two_shards_listed() -> bool:
         fs.invalidate_cache()
-        return fs.exists("bucket-convert/vg/manifest.json") and len(json.loads(fs.cat("bucket-convert/vg/manifest.json"))["shards"]) >= 2
+        return (
+            fs.exists("bucket-convert/vg/manifest.json")
+            and len(json.loads(fs.cat("bucket-convert/vg/manifest.json"))["shards"]) >= 2
+        )
 
     kill_when(killed, two_shards_listed)
     stopped = json.loads(fs.cat("bucket-convert/vg/manifest.json"))
     assert stopped["complete"] is False and 2 <= len(stopped["shards"]) < 24, "the kill should land mid-run"
     objects = assert_only_whole_shards(fs, "bucket-convert/vg", whole)
     assert set(objects) >= {e["name"] for e in stopped["shards"]}  # a shard is listed only once its object is whole
-    with pytest.raises(IncompleteShardSet, match=(r"s3://bucket-convert/vg is an unfinished shard set"
-                                                  r".*convert\.py output_dir=s3://bucket-convert/vg dataset=visual_genome")):
+    with pytest.raises(
+        IncompleteShardSet,
+        match=(
+            r"s3://bucket-convert/vg is an unfinished shard set"
+            r".*convert\.py output_dir=s3://bucket-convert/vg dataset=visual_genome"
+        ),
+    ):
         resolve_shards(remote)
 
     finished(start("convert.py", remote, *common, env=s3_env))
@@ -177,8 +213,13 @@ def test_convert_py_writes_to_s3_and_a_killed_run_resumes_to_the_same_bytes(s3_e
 
 def test_generate_py_writes_to_s3_and_a_killed_run_resumes_to_the_same_shards(s3_env, tmp_path):
     fs = make_bucket("bucket-generate")
-    common = ["generation=shapes", "generation.generator.image_size=32", "generation.num_samples=400",
-              "generation.samples_per_shard=5", "generation.chunk_size=5"]
+    common = [
+        "generation=shapes",
+        "generation.generator.image_size=32",
+        "generation.num_samples=400",
+        "generation.samples_per_shard=5",
+        "generation.chunk_size=5",
+    ]
     finished(start("generate.py", str(tmp_path / "whole"), *common, "report=false", env=s3_env))
     whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())
 

@@ -19,8 +19,9 @@ def read_back(directory):
 def test_flickr30k_one_item_per_sentence_phrase_with_boxes_any_box_rule(tmp_path):
     write_flickr30k(tmp_path / "f30k", ["101", "102"])
     issues = Counter()
-    report = convert_records(flickr30k_records(tmp_path / "f30k", "test", issues=issues), tmp_path / "shards", "flickr30k-test",
-                             reader_issues=issues)
+    report = convert_records(
+        flickr30k_records(tmp_path / "f30k", "test", issues=issues), tmp_path / "shards", "flickr30k-test", reader_issues=issues
+    )
     samples = read_back(tmp_path / "shards")
     assert [s.key for s in samples] == ["flickr30k-101", "flickr30k-102"]
     regions = samples[0].regions
@@ -35,8 +36,9 @@ def test_flickr30k_one_item_per_sentence_phrase_with_boxes_any_box_rule(tmp_path
 def write_flickr30k_image(root, image_id, sentence, objects, size=(40, 30)):
     write_flickr30k(root, [image_id], size=size)
     (root / "Sentences" / f"{image_id}.txt").write_text(sentence + "\n")
-    (root / "Annotations" / f"{image_id}.xml").write_text(f"<annotation><size><width>{size[0]}</width><height>{size[1]}</height>"
-                                                          f"</size>{objects}</annotation>")
+    (root / "Annotations" / f"{image_id}.xml").write_text(
+        f"<annotation><size><width>{size[0]}</width><height>{size[1]}</height></size>{objects}</annotation>"
+    )
 
 
 def test_flickr30k_boxes_touching_every_edge_score_as_the_official_utility_makes_them(tmp_path):
@@ -60,13 +62,17 @@ def test_flickr30k_boxes_touching_every_edge_score_as_the_official_utility_makes
 
 def test_flickr30k_phrases_without_boxes_are_counted_by_kind_and_a_malformed_object_is_skipped(tmp_path):
     root = tmp_path / "f30k"
-    sentence = ("[/EN#1/people A man] and [/EN#2/people a boy] on [/EN#3/scene the beach] see [/EN#0/notvisual it] "
-                "near [/EN#4/other a wall] by [/EN#5/other the sea] .")
-    objects = ("<object><name>1</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>10</xmax><ymax>12</ymax></bndbox></object>"
-               "<object><name/><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>10</xmax><ymax>12</ymax></bndbox></object>"
-               "<object><name>2</name><bndbox><xmin>2</xmin><ymin>x</ymin><xmax>10</xmax><ymax>12</ymax></bndbox></object>"
-               "<object><name>3</name><scene>1</scene></object>"
-               "<object><name>4</name><nobndbox>1</nobndbox></object>")
+    sentence = (
+        "[/EN#1/people A man] and [/EN#2/people a boy] on [/EN#3/scene the beach] see [/EN#0/notvisual it] "
+        "near [/EN#4/other a wall] by [/EN#5/other the sea] ."
+    )
+    objects = (
+        "<object><name>1</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>10</xmax><ymax>12</ymax></bndbox></object>"
+        "<object><name/><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>10</xmax><ymax>12</ymax></bndbox></object>"
+        "<object><name>2</name><bndbox><xmin>2</xmin><ymin>x</ymin><xmax>10</xmax><ymax>12</ymax></bndbox></object>"
+        "<object><name>3</name><scene>1</scene></object>"
+        "<object><name>4</name><nobndbox>1</nobndbox></object>"
+    )
     write_flickr30k_image(root, "6", sentence, objects)
     issues = Counter()
     (record,) = flickr30k_records(root, issues=issues)
@@ -107,8 +113,10 @@ def test_flickr30k_bad_files_are_skipped_and_counted_and_missing_folders_named(t
 
 
 def test_refcoco_items_per_expression_from_the_split_with_coco_boxes(tmp_path):
-    write_refcoco(tmp_path, {7: [("testA", ["man on left", "left guy"]), ("testA", ["woman"])], 9: [("testB", ["red car"])],
-                             11: [("val", ["dog"])]})
+    write_refcoco(
+        tmp_path,
+        {7: [("testA", ["man on left", "left guy"]), ("testA", ["woman"])], 9: [("testB", ["red car"])], 11: [("val", ["dog"])]},
+    )
     records = list(refcoco_records(tmp_path, split="testA"))  # the refer API's layout, as its downloads unpack
     assert [r.key for r in records] == ["coco-7"]
     assert [r.phrase for r in records[0].regions] == ["man on left", "left guy", "woman"]
@@ -118,8 +126,11 @@ def test_refcoco_items_per_expression_from_the_split_with_coco_boxes(tmp_path):
         next(refcoco_records(tmp_path, split="testC"))
     with pytest.raises(FileNotFoundError, match=r"refs pickle not found: looked for .*refcoco\+/refs\(google\).p"):
         next(refcoco_records(tmp_path, split_by="google"))
-    elsewhere = {"refs_file": tmp_path / "refcoco+" / "refs(unc).p", "instances_file": tmp_path / "refcoco+" / "instances.json",
-                 "image_dir": tmp_path / "images" / "mscoco" / "images" / "train2014"}
+    elsewhere = {
+        "refs_file": tmp_path / "refcoco+" / "refs(unc).p",
+        "instances_file": tmp_path / "refcoco+" / "instances.json",
+        "image_dir": tmp_path / "images" / "mscoco" / "images" / "train2014",
+    }
     assert [r.key for r in refcoco_records(split="testB", **elsewhere)] == ["coco-9"]  # single paths instead of a root
 
 
@@ -139,7 +150,9 @@ def test_visual_genome_regions_with_ids_for_leakage_and_boxes_checked(tmp_path):
     descriptions[0]["regions"][1].update(x=500, y=500)  # entirely outside the 64 x 48 image
     (tmp_path / "vg" / "region_descriptions.json").write_text(json.dumps(descriptions))
     issues = Counter()
-    report = convert_records(visual_genome_records(tmp_path / "vg", issues=issues), tmp_path / "shards", "vg", reader_issues=issues)
+    report = convert_records(
+        visual_genome_records(tmp_path / "vg", issues=issues), tmp_path / "shards", "vg", reader_issues=issues
+    )
     samples = read_back(tmp_path / "shards")
     assert [s.key for s in samples] == ["vg-1", "vg-2", "vg-3"]
     assert samples[0].provenance["image_ids"] == ["vg:1", "coco:1001"]
@@ -151,15 +164,19 @@ def test_visual_genome_regions_with_ids_for_leakage_and_boxes_checked(tmp_path):
 def test_amc_json_groups_an_image_s_entries_and_keeps_every_caption(tmp_path):
     write_image(tmp_path / "images" / "a.jpg")
     write_image(tmp_path / "images" / "b.jpg")
-    entries = [{"image": "a.jpg", "caption": "a cat", "bbox": [[1, 2, 30, 40]]},
-               {"image": "a.jpg", "caption": ["a dog", "the dog"], "bbox": [[[5, 5, 20, 20]], [[30, 5, 50, 20]]]},
-               {"image": "b.jpg", "bbox": [[1, 1, 5, 5]]},  # no caption: malformed
-               {"image": "b.jpg", "caption": "a box", "bbox": [[1, 1, 5, 5]]}]
+    entries = [
+        {"image": "a.jpg", "caption": "a cat", "bbox": [[1, 2, 30, 40]]},
+        {"image": "a.jpg", "caption": ["a dog", "the dog"], "bbox": [[[5, 5, 20, 20]], [[30, 5, 50, 20]]]},
+        {"image": "b.jpg", "bbox": [[1, 1, 5, 5]]},  # no caption: malformed
+        {"image": "b.jpg", "caption": "a box", "bbox": [[1, 1, 5, 5]]},
+    ]
     (tmp_path / "amc.json").write_text(json.dumps(entries))
     issues = Counter()
     records = list(amc_json_records(tmp_path / "amc.json", tmp_path / "images", issues=issues))
-    assert [(r.image_path.name, [g.phrase for g in r.regions]) for r in records] == [("a.jpg", ["a cat", "a dog", "the dog"]),
-                                                                                    ("b.jpg", ["a box"])]
+    assert [(r.image_path.name, [g.phrase for g in r.regions]) for r in records] == [
+        ("a.jpg", ["a cat", "a dog", "the dog"]),
+        ("b.jpg", ["a box"]),
+    ]
     assert records[0].regions[1].boxes == [[5.0, 5.0, 20.0, 20.0], [30.0, 5.0, 50.0, 20.0]]
     assert issues["malformed_annotation"] == 1
 
@@ -193,13 +210,17 @@ def test_a_conversion_stopped_by_a_truncated_file_is_refused_until_a_rerun_finis
     intact = regions_file.read_bytes()
     regions_file.write_bytes(intact[: int(len(intact) * 0.75)])  # a download cut short: images 6 and 7 are lost
     command = "python convert.py dataset=visual_genome"
-    with pytest.raises(ValueError, match=r"region_descriptions.json is not a valid JSON list .*truncated.*rerun the same command"):
+    with pytest.raises(
+        ValueError, match=r"region_descriptions.json is not a valid JSON list .*truncated.*rerun the same command"
+    ):
         convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "out", "vg", samples_per_shard=2, command=command)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["complete"] is False and manifest["command"] == command and len(manifest["shards"]) == 2
 
-    with pytest.raises(IncompleteShardSet,
-                       match=rf"out is an unfinished shard set \(2 shards so far; .*manifest\.json says.*{command}.*allow_partial"):
+    with pytest.raises(
+        IncompleteShardSet,
+        match=rf"out is an unfinished shard set \(2 shards so far; .*manifest\.json says.*{command}.*allow_partial",
+    ):
         resolve_shards(str(tmp_path / "out"))
     assert len(resolve_shards(str(tmp_path / "out"), allow_partial=True)) == 2
     with pytest.raises(IncompleteShardSet):
@@ -228,9 +249,20 @@ def test_convert_py_killed_mid_run_is_refused_then_resumes_to_the_same_bytes(tmp
     write_visual_genome(tmp_path / "raw" / "visual_genome", count=400, regions_per_image=2, size=(320, 240))
 
     def convert(output: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(root / "convert.py"), "dataset=visual_genome", f"paths.data_dir={tmp_path}",
-                                 f"output_dir={tmp_path / output}", "samples_per_shard=10", f"hydra.run.dir={tmp_path}/h-{output}"],
-                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(root / "convert.py"),
+                "dataset=visual_genome",
+                f"paths.data_dir={tmp_path}",
+                f"output_dir={tmp_path / output}",
+                "samples_per_shard=10",
+                f"hydra.run.dir={tmp_path}/h-{output}",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     assert convert("whole").wait(timeout=300) == 0
     killed = convert("killed")

@@ -27,9 +27,15 @@ def test_counts_distributions_and_rejections_match_what_was_written(tmp_path):
     written = ShapesGenerator("clean", 64).generate([GenerationRequest(f"s-{i}", i) for i in range(10)])
     rejections = [{"no_phrases": 2}, {"no_phrases": 1, "low_clip_score": 3}, {}]
     stage_seconds = [{"text_to_image": 2.0}, {"text_to_image": 3.0, "detect": 1.0}, {}]
-    edit_manifest(tmp_path, lambda i, entry: entry.update(
-        requests=entry["samples"] + sum(rejections[i].values()), rejections=rejections[i],
-        stage_seconds=stage_seconds[i], stage_items=dict.fromkeys(stage_seconds[i], 10)))
+    edit_manifest(
+        tmp_path,
+        lambda i, entry: entry.update(
+            requests=entry["samples"] + sum(rejections[i].values()),
+            rejections=rejections[i],
+            stage_seconds=stage_seconds[i],
+            stage_items=dict.fromkeys(stage_seconds[i], 10),
+        ),
+    )
 
     summary = dataset_report(tmp_path)
     assert summary["samples"] == summary["records"] == 10 and summary["shards"] == 3
@@ -53,7 +59,9 @@ def test_counts_distributions_and_rejections_match_what_was_written(tmp_path):
     assert "no phrases | 3" in text and "](rejections.png)" in text
 
     # without the pipeline's telemetry: no rejection or throughput plots, not even stale ones from the last report
-    edit_manifest(tmp_path, lambda i, entry: [entry.pop(key) for key in ("requests", "rejections", "stage_seconds", "stage_items")])
+    edit_manifest(
+        tmp_path, lambda i, entry: [entry.pop(key) for key in ("requests", "rejections", "stage_seconds", "stage_items")]
+    )
     summary = dataset_report(tmp_path)
     assert summary["requests"] is None and summary["acceptance_rate"] is None
     assert summary["rejections"] == {} and summary["stages"] == {}
@@ -81,15 +89,28 @@ def test_malformed_records_are_counted_not_fatal_and_a_missing_shard_is_named(tm
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     rewrite_record(tmp_path / "g-000000.tar", "g-1", b"{'caption': 'not JSON'")
     # valid JSON whose second box is broken: none of its numbers may reach the distributions
-    rewrite_record(tmp_path / "g-000000.tar", "g-2", json.dumps({"caption": "c", "width": 32, "height": 32, "regions": [
-        {"phrase": "a long phrase here", "boxes": [[0, 0, 32, 32]], "score": 0.1},
-        {"phrase": "x", "boxes": [[1, 2, 3]], "score": None}]}).encode())
+    rewrite_record(
+        tmp_path / "g-000000.tar",
+        "g-2",
+        json.dumps(
+            {
+                "caption": "c",
+                "width": 32,
+                "height": 32,
+                "regions": [
+                    {"phrase": "a long phrase here", "boxes": [[0, 0, 32, 32]], "score": 0.1},
+                    {"phrase": "x", "boxes": [[1, 2, 3]], "score": None},
+                ],
+            }
+        ).encode(),
+    )
 
     summary = dataset_report(tmp_path)
     assert summary["unreadable_records"] == 2 and summary["records"] == summary["samples"] == 3
     assert summary["regions"] == 1 and summary["sources"] == {"synground": 1}
     assert summary["distributions"]["detector_score"] == pytest.approx(
-        {"count": 1, "mean": 0.7, "p10": 0.7, "median": 0.7, "p90": 0.7, "min": 0.7, "max": 0.7})
+        {"count": 1, "mean": 0.7, "p10": 0.7, "median": 0.7, "p90": 0.7, "min": 0.7, "max": 0.7}
+    )
     assert summary["distributions"]["clip_score"]["mean"] == 0.31
     assert summary["distributions"]["phrase_length"]["max"] == 2
     for plot in ("detector_score", "clip_score"):

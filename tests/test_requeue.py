@@ -14,14 +14,27 @@ import torch
 
 from test_experiments import run
 
-SHORT = ["experiment=shapes", "data.batches_per_epoch=6", "data.batch_size=8", "trainer.max_epochs=2",
-         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "data.test.shapes_clean.num_samples=20",
-         "data.test.shapes_textured.num_samples=20", "data.val.shapes_textured.num_samples=20"]
+SHORT = [
+    "experiment=shapes",
+    "data.batches_per_epoch=6",
+    "data.batch_size=8",
+    "trainer.max_epochs=2",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "data.test.shapes_clean.num_samples=20",
+    "data.test.shapes_textured.num_samples=20",
+    "data.val.shapes_textured.num_samples=20",
+]
 
 
 def signal_at(hook: str, epoch: int, batch: int, rank: int = 0) -> list[str]:
-    return ["+callbacks.signal._target_=tests.signal_at.SignalAt", f"+callbacks.signal.hook={hook}",
-            f"+callbacks.signal.epoch={epoch}", f"+callbacks.signal.batch={batch}", f"+callbacks.signal.rank={rank}"]
+    return [
+        "+callbacks.signal._target_=tests.signal_at.SignalAt",
+        f"+callbacks.signal.hook={hook}",
+        f"+callbacks.signal.epoch={epoch}",
+        f"+callbacks.signal.batch={batch}",
+        f"+callbacks.signal.rank={rank}",
+    ]
 
 
 def assert_same_metrics(got: dict, expected: dict) -> None:
@@ -57,15 +70,20 @@ def uninterrupted(tmp_path_factory) -> dict:
     return json.loads((tmp_path / "run" / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("where, stop, step", [
-    # mid-epoch: the signal comes at the end of step 3 and training stops there, after 3 of the epoch's 6 batches
-    # (dealt to 2 data workers: the resumed loader starts with the other worker's batch)
-    ("mid_epoch", signal_at("train_batch_end", epoch=0, batch=2), 3),
-    # an epoch's last batch and its validation come first: it stops at the start of the next epoch
-    ("last_batch", signal_at("train_batch_end", epoch=0, batch=5), 6),
-    ("validation", signal_at("validation_batch_end", epoch=0, batch=0), 6),
-])
-def test_a_run_stopped_by_the_requeue_signal_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path, uninterrupted, where, stop, step):
+@pytest.mark.parametrize(
+    "where, stop, step",
+    [
+        # mid-epoch: the signal comes at the end of step 3 and training stops there, after 3 of the epoch's 6 batches
+        # (dealt to 2 data workers: the resumed loader starts with the other worker's batch)
+        ("mid_epoch", signal_at("train_batch_end", epoch=0, batch=2), 3),
+        # an epoch's last batch and its validation come first: it stops at the start of the next epoch
+        ("last_batch", signal_at("train_batch_end", epoch=0, batch=5), 6),
+        ("validation", signal_at("validation_batch_end", epoch=0, batch=0), 6),
+    ],
+)
+def test_a_run_stopped_by_the_requeue_signal_resumes_to_the_metrics_of_an_uninterrupted_run(
+    tmp_path, uninterrupted, where, stop, step
+):
     resumed = interrupt_and_resume(tmp_path, where, [*SHORT, "data.num_workers=2"], stop, stopped_at_step=step)
     assert_same_metrics(resumed, uninterrupted)
 

@@ -12,7 +12,10 @@ def scenes(style, n=40, size=96):
 def test_same_seed_same_scene_and_different_seeds_differ():
     a, b = ShapesGenerator("textured").scene("a", 7), ShapesGenerator("textured").scene("a", 7)
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.regions == b.regions
-    assert a.caption != ShapesGenerator("textured").scene("a", 8).caption or a.regions != ShapesGenerator("textured").scene("a", 8).regions
+    assert (
+        a.caption != ShapesGenerator("textured").scene("a", 8).caption
+        or a.regions != ShapesGenerator("textured").scene("a", 8).regions
+    )
 
 
 def test_scenes_have_two_to_five_shapes_with_unique_phrases_inside_the_image():
@@ -47,4 +50,10 @@ def test_the_two_styles_are_different_domains():
 def test_it_is_a_triplet_generator_with_provenance():
     generator = ShapesGenerator()
     assert isinstance(generator, TripletGenerator)
-    assert generator.scene("k", 3).provenance == {"generator": "shapes", "version": 1, "seed": 3, "style": "clean", "image_size": 128}
+    assert generator.scene("k", 3).provenance == {
+        "generator": "shapes",
+        "version": 1,
+        "seed": 3,
+        "style": "clean",
+        "image_size": 128,
+    }

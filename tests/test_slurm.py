@@ -18,8 +18,13 @@ from test_experiments import ROOT
 from test_requeue import SHORT, assert_same_metrics
 
 # CPU jobs of one task on one core each: both runs of a sweep fit the 2-core node at once
-CPU_JOBS = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.tasks_per_node=1",
-            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15"]
+CPU_JOBS = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=null",
+    "hydra.launcher.tasks_per_node=1",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.timeout_min=15",
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +56,27 @@ def test_a_sweep_runs_one_job_per_run_and_a_job_signalled_before_its_time_limit_
     sweep = tmp_path / "sweep"
     # two runs of one configuration: run 1 gets the time-limit signal, run 0 shows where it should end
     launcher = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), "-m", *CPU_JOBS, *SHORT, "data.batches_per_epoch=12", "data.batch_size=4",
-         "data.num_workers=0", "trainer.log_every_n_steps=1", "+logger.csv.flush_logs_every_n_steps=1", "seed=42,42",
-         f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            *CPU_JOBS,
+            *SHORT,
+            "data.batches_per_epoch=12",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "trainer.log_every_n_steps=1",
+            "+logger.csv.flush_logs_every_n_steps=1",
+            "seed=42,42",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=slurm,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         job = wait_for(lambda: next((p.name for p in (sweep / ".submitit").glob("*_1")), None), 120, "run 1's job")
         wait_for(lambda: steps_logged(sweep / "1") >= 3, 300, "run 1 to train 3 steps")
@@ -70,27 +92,59 @@ def test_a_sweep_runs_one_job_per_run_and_a_job_signalled_before_its_time_limit_
     assert f"resuming from {sweep}/1/checkpoints/requeue.ckpt" in log
     stopped_at = int(re.search(r"SIGUSR2 received: saved \S+ at step (\d+)", log).group(1))
     assert 3 <= stopped_at < 24  # it stopped during training, not after it
+
     def job_details():  # the job may still be completing when its result is written
         details = subprocess.run(["scontrol", "show", "job", job], env=slurm, capture_output=True, text=True).stdout
         return details if re.search(r"\bJobState=COMPLETED\b", details) else None
 
     assert re.search(r"\bRestarts=1\b", wait_for(job_details, 60, f"job {job} to complete"))
-    assert_same_metrics(json.loads((sweep / "1" / "metrics.json").read_text()),
-                        json.loads((sweep / "0" / "metrics.json").read_text()))
+    assert_same_metrics(
+        json.loads((sweep / "1" / "metrics.json").read_text()), json.loads((sweep / "0" / "metrics.json").read_text())
+    )
 
 
 def test_a_generation_job_runs_its_tasks_as_ranks_and_a_signalled_job_requeues_to_the_same_shards(slurm, tmp_path):
-    settings = ["generation=shapes", "generation.num_samples=240", "generation.samples_per_shard=6",
-                "generation.generator.image_size=64", "report=false"]
-    local = subprocess.run([sys.executable, str(ROOT / "generate.py"), *settings, f"output_dir={tmp_path}/local",
-                            f"hydra.run.dir={tmp_path}/local_run"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    settings = [
+        "generation=shapes",
+        "generation.num_samples=240",
+        "generation.samples_per_shard=6",
+        "generation.generator.image_size=64",
+        "report=false",
+    ]
+    local = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "generate.py"),
+            *settings,
+            f"output_dir={tmp_path}/local",
+            f"hydra.run.dir={tmp_path}/local_run",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert local.returncode == 0, local.stderr[-3000:]
 
     sweep = tmp_path / "sweep"
     launcher = subprocess.Popen(
-        [sys.executable, str(ROOT / "generate.py"), "-m", *CPU_JOBS, "hydra.launcher.tasks_per_node=2", *settings,
-         f"output_dir={tmp_path}/slurm", f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            str(ROOT / "generate.py"),
+            "-m",
+            *CPU_JOBS,
+            "hydra.launcher.tasks_per_node=2",
+            *settings,
+            f"output_dir={tmp_path}/slurm",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=slurm,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         job = wait_for(lambda: next((p.name for p in (sweep / ".submitit").glob("[0-9]*")), None), 120, "the job")
         wait_for(lambda: len(list((tmp_path / "slurm" / "manifest.d").glob("*.json"))) >= 4, 300, "4 shards written")

@@ -10,8 +10,17 @@ from safetensors.torch import load_file
 
 from synground.generation.tiny import PUNCTUATION, WORDS, write_tiny_components
 
-KEYS = {"stable_diffusion", "gligen", "llm", "llava", "owlv2", "grounding_dino", "open_clip_config", "open_clip_checkpoint",
-        "open_clip_model"}
+KEYS = {
+    "stable_diffusion",
+    "gligen",
+    "llm",
+    "llava",
+    "owlv2",
+    "grounding_dino",
+    "open_clip_config",
+    "open_clip_checkpoint",
+    "open_clip_model",
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +43,7 @@ def test_stable_diffusion_draws_a_batch(tiny):
 
     pipeline = StableDiffusionPipeline.from_pretrained(tiny["stable_diffusion"])
     pipeline.set_progress_bar_config(disable=True)
-    output = pipeline(["a red dog on the grass", "a tree"], num_inference_steps=2,
-                      generator=torch.Generator().manual_seed(0))
+    output = pipeline(["a red dog on the grass", "a tree"], num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert [image.size for image in output.images] == [(64, 64), (64, 64)]
 
 
@@ -44,9 +52,14 @@ def test_gligen_draws_a_batch_with_one_layout(tiny):
 
     pipeline = StableDiffusionGLIGENPipeline.from_pretrained(tiny["gligen"])
     pipeline.set_progress_bar_config(disable=True)
-    output = pipeline(prompt=["a dog near a tree", "a dog near a tree"], gligen_phrases=["a dog", "a tree"],
-                      gligen_boxes=[[0.1, 0.2, 0.5, 0.9], [0.6, 0.0, 1.0, 1.0]], gligen_scheduled_sampling_beta=0.3,
-                      num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    output = pipeline(
+        prompt=["a dog near a tree", "a dog near a tree"],
+        gligen_phrases=["a dog", "a tree"],
+        gligen_boxes=[[0.1, 0.2, 0.5, 0.9], [0.6, 0.0, 1.0, 1.0]],
+        gligen_scheduled_sampling_beta=0.3,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert [image.size for image in output.images] == [(64, 64), (64, 64)]
 
 
@@ -56,11 +69,12 @@ def test_llm_writes_words_of_its_vocabulary(tiny):
     tokenizer = AutoTokenizer.from_pretrained(tiny["llm"])
     model = AutoModelForCausalLM.from_pretrained(tiny["llm"])
     tokenizer.padding_side = "left"
-    inputs = tokenizer(["USER: a photo of a dog in the park. ASSISTANT:", "USER: a tree ASSISTANT:"], return_tensors="pt",
-                       padding=True)
+    inputs = tokenizer(
+        ["USER: a photo of a dog in the park. ASSISTANT:", "USER: a tree ASSISTANT:"], return_tensors="pt", padding=True
+    )
     assert tokenizer.unk_token_id not in inputs.input_ids[0].tolist()
     output = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(output[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(output[:, inputs.input_ids.shape[1] :], skip_special_tokens=True)
     assert len(texts) == 2
     vocabulary = set(WORDS + PUNCTUATION + ["USER", "ASSISTANT"])
     assert all(text.split() and set(text.split()) <= vocabulary for text in texts)
@@ -76,7 +90,7 @@ def test_llava_describes_a_batch_of_images(tiny):
     inputs = processor(images=images(2), text=prompts, return_tensors="pt", padding=True)
     output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert output.shape == (2, inputs.input_ids.shape[1] + 8)
-    texts = processor.batch_decode(output[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+    texts = processor.batch_decode(output[:, inputs.input_ids.shape[1] :], skip_special_tokens=True)
     assert all(isinstance(text, str) for text in texts)
 
 
@@ -89,8 +103,9 @@ def test_owlv2_boxes_for_a_batch(tiny):
     inputs = processor(text=text_labels, images=images(2), return_tensors="pt")
     with torch.no_grad():
         outputs = model(**inputs)
-    results = processor.post_process_grounded_object_detection(outputs, threshold=0.0, target_sizes=[(64, 64), (64, 64)],
-                                                               text_labels=text_labels)
+    results = processor.post_process_grounded_object_detection(
+        outputs, threshold=0.0, target_sizes=[(64, 64), (64, 64)], text_labels=text_labels
+    )
     assert len(results) == 2
     for result, labels in zip(results, text_labels):
         assert result["boxes"].shape == (len(result["scores"]), 4) and len(result["scores"]) > 0
@@ -104,12 +119,22 @@ def test_grounding_dino_boxes_for_a_batch(tiny):
     processor = AutoProcessor.from_pretrained(tiny["grounding_dino"])
     model = AutoModelForZeroShotObjectDetection.from_pretrained(tiny["grounding_dino"])
     inputs = processor(images=images(2), text=["a red dog. a tree.", "a car."], return_tensors="pt", padding=True)
-    assert processor.tokenizer.convert_ids_to_tokens(inputs.input_ids[0]) == ["[CLS]", "a", "red", "dog", ".", "a", "tree",
-                                                                                ".", "[SEP]"]
+    assert processor.tokenizer.convert_ids_to_tokens(inputs.input_ids[0]) == [
+        "[CLS]",
+        "a",
+        "red",
+        "dog",
+        ".",
+        "a",
+        "tree",
+        ".",
+        "[SEP]",
+    ]
     with torch.no_grad():
         outputs = model(**inputs)
-    results = processor.post_process_grounded_object_detection(outputs, inputs.input_ids, threshold=0.0, text_threshold=0.0,
-                                                               target_sizes=[(64, 64), (64, 64)])
+    results = processor.post_process_grounded_object_detection(
+        outputs, inputs.input_ids, threshold=0.0, text_threshold=0.0, target_sizes=[(64, 64), (64, 64)]
+    )
     assert len(results) == 2
     for result in results:
         assert result["boxes"].shape == (model.config.num_queries, 4)
@@ -120,8 +145,7 @@ def test_open_clip_embeds_images_and_texts(tiny):
     import open_clip
 
     open_clip.add_model_config(tiny["open_clip_config"])
-    model, _, preprocess = open_clip.create_model_and_transforms(tiny["open_clip_model"],
-                                                                 pretrained=tiny["open_clip_checkpoint"])
+    model, _, preprocess = open_clip.create_model_and_transforms(tiny["open_clip_model"], pretrained=tiny["open_clip_checkpoint"])
     tokenizer = open_clip.get_tokenizer(tiny["open_clip_model"])
     with torch.no_grad():
         image_features = model.encode_image(torch.stack([preprocess(image) for image in images(2)]))
@@ -133,8 +157,10 @@ def test_open_clip_embeds_images_and_texts(tiny):
 
 def test_the_same_seed_writes_the_same_weights(tiny, tmp_path):
     again = write_tiny_components(tmp_path, seed=0)
-    for first, second in [(Path(tiny["llava"]) / "model.safetensors", Path(again["llava"]) / "model.safetensors"),
-                          (tiny["open_clip_checkpoint"], again["open_clip_checkpoint"])]:
+    for first, second in [
+        (Path(tiny["llava"]) / "model.safetensors", Path(again["llava"]) / "model.safetensors"),
+        (tiny["open_clip_checkpoint"], again["open_clip_checkpoint"]),
+    ]:
         first, second = load_file(first), load_file(second)
         assert first.keys() == second.keys()
         assert all(torch.equal(first[name], second[name]) for name in first)

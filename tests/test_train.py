@@ -14,8 +14,17 @@ def run(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_two_training_steps_then_test_write_metrics_json(tmp_path):
-    result = run("train.py", "experiment=shapes", "data.batches_per_epoch=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
-                 "trainer.limit_test_batches=1", "data.num_workers=0", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    result = run(
+        "train.py",
+        "experiment=shapes",
+        "data.batches_per_epoch=2",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "data.num_workers=0",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for split in ("shapes_clean", "shapes_textured"):
@@ -35,14 +44,33 @@ def test_an_unknown_config_key_fails_before_any_work(tmp_path):
 
 def test_generated_shards_train_and_evaluate_through_the_shards_config(tmp_path):
     for style, count in (("clean", 24), ("textured", 12)):
-        result = run("generate.py", "generation=shapes", f"generation.generator.style={style}", "generation.generator.image_size=64",
-                     f"generation.num_samples={count}", "generation.samples_per_shard=10", f"output_dir={tmp_path}/{style}",
-                     f"hydra.run.dir={tmp_path}/gen-{style}", cwd=tmp_path)
+        result = run(
+            "generate.py",
+            "generation=shapes",
+            f"generation.generator.style={style}",
+            "generation.generator.image_size=64",
+            f"generation.num_samples={count}",
+            "generation.samples_per_shard=10",
+            f"output_dir={tmp_path}/{style}",
+            f"hydra.run.dir={tmp_path}/gen-{style}",
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     assert len(json.loads((tmp_path / "clean" / "manifest.json").read_text())["shards"]) == 3
-    result = run("train.py", "data=shards", f"data.train.synthetic=[{tmp_path}/clean]", f"+data.test.held_out={tmp_path}/textured",
-                 "data.image_size=64", "data.num_workers=0", "data.batches_per_epoch=2", "data.batch_size=4", "trainer.max_epochs=1",
-                 "model.net.image_size=64", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    result = run(
+        "train.py",
+        "data=shards",
+        f"data.train.synthetic=[{tmp_path}/clean]",
+        f"+data.test.held_out={tmp_path}/textured",
+        "data.image_size=64",
+        "data.num_workers=0",
+        "data.batches_per_epoch=2",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "model.net.image_size=64",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 <= metrics["test/pointing_game/held_out"] <= 1.0
@@ -52,9 +80,22 @@ def test_generated_shards_train_and_evaluate_through_the_shards_config(tmp_path)
 
 
 def test_eval_of_the_trained_checkpoint_reproduces_the_training_run_test_numbers(tmp_path):
-    shared = ["experiment=shapes", "model=albef_tiny", "trainer.limit_test_batches=2", "data.num_workers=0", "data.eval_batch_size=16"]
-    result = run("train.py", *shared, "data.batches_per_epoch=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
-                 f"hydra.run.dir={tmp_path}/train", cwd=tmp_path)
+    shared = [
+        "experiment=shapes",
+        "model=albef_tiny",
+        "trainer.limit_test_batches=2",
+        "data.num_workers=0",
+        "data.eval_batch_size=16",
+    ]
+    result = run(
+        "train.py",
+        *shared,
+        "data.batches_per_epoch=2",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        f"hydra.run.dir={tmp_path}/train",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
     checkpoint = next((tmp_path / "train" / "checkpoints").glob("epoch*.ckpt"))
@@ -68,12 +109,25 @@ def test_eval_of_the_trained_checkpoint_reproduces_the_training_run_test_numbers
 
 
 def test_eval_on_shards_scores_every_phrase_and_bad_arguments_fail_clearly(tmp_path):
-    result = run("generate.py", "generation=shapes", "generation.generator.image_size=64", "generation.num_samples=6",
-                 f"output_dir={tmp_path}/shards", f"hydra.run.dir={tmp_path}/gen", cwd=tmp_path)
+    result = run(
+        "generate.py",
+        "generation=shapes",
+        "generation.generator.image_size=64",
+        "generation.num_samples=6",
+        f"output_dir={tmp_path}/shards",
+        f"hydra.run.dir={tmp_path}/gen",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with tarfile.open(next((tmp_path / "shards").glob("*.tar"))) as tar:
         phrases = sum(len(json.load(tar.extractfile(member))["regions"]) for member in tar if member.name.endswith(".json"))
-    data = ["data=shards", f"+data.test.held_out={tmp_path}/shards", "data.image_size=64", "data.num_workers=0", "model.net.image_size=64"]
+    data = [
+        "data=shards",
+        f"+data.test.held_out={tmp_path}/shards",
+        "data.image_size=64",
+        "data.num_workers=0",
+        "model.net.image_size=64",
+    ]
     result = run("eval.py", *data, f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -93,11 +147,20 @@ def test_convert_then_evaluate_flickr30k_by_config_name(tmp_path):
     from raw_datasets import write_flickr30k
 
     write_flickr30k(tmp_path / "raw" / "flickr30k_entities", ["5", "6", "7"], size=(96, 64))
-    result = run("convert.py", "dataset=flickr30k", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path}/convert", cwd=tmp_path)
+    result = run(
+        "convert.py", "dataset=flickr30k", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path}/convert", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 images with 9 phrases in 1 shards" in result.stdout
-    result = run("eval.py", "data=flickr30k", f"paths.data_dir={tmp_path}", "data.num_workers=0", "data.image_size=64",
-                 f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
+    result = run(
+        "eval.py",
+        "data=flickr30k",
+        f"paths.data_dir={tmp_path}",
+        "data.num_workers=0",
+        "data.image_size=64",
+        f"hydra.run.dir={tmp_path}/eval",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["test/items/flickr30k_test"] == 9

@@ -29,12 +29,18 @@ def test_flip_mirrors_the_image_and_boxes_and_swaps_the_text():
 
 
 def test_boxes_partly_outside_are_clipped_degenerate_ones_dropped_and_counted():
-    sample = GroundingSample("k", Image.new("RGB", (100, 80)), "", [
-        Region("partly outside", [[-10.0, 10.0, 50.0, 200.0]]),
-        Region("empty", [[30.0, 30.0, 30.0, 60.0]]),
-        Region("no boxes", []),
-        Region("one good one bad", [[10.0, 10.0, 20.0, 20.0], [200.0, 10.0, 300.0, 20.0]]),
-    ], "test")
+    sample = GroundingSample(
+        "k",
+        Image.new("RGB", (100, 80)),
+        "",
+        [
+            Region("partly outside", [[-10.0, 10.0, 50.0, 200.0]]),
+            Region("empty", [[30.0, 30.0, 30.0, 60.0]]),
+            Region("no boxes", []),
+            Region("one good one bad", [[10.0, 10.0, 20.0, 20.0], [200.0, 10.0, 300.0, 20.0]]),
+        ],
+        "test",
+    )
     issues = Counter()
     regions = clean_regions(sample, issues)
     assert [r.phrase for r in regions] == ["partly outside", "one good one bad"]

@@ -127,8 +127,12 @@ def parse_lock(text: str) -> tuple[dict[str, Pin], list[str]]:
             problems.append(f"line {number}: {spec!r} is not an exact pin (name==version)")
             continue
         if not hashes:
-            problems.append(f"line {number}: {name}=={specifiers[0].version} has no --hash (pip install --require-hashes refuses it)")
-        problems += [f"line {number}: {name}: {value!r} is not a hash pip knows" for value in hashes if not HASH_VALUE.fullmatch(value)]
+            problems.append(
+                f"line {number}: {name}=={specifiers[0].version} has no --hash (pip install --require-hashes refuses it)"
+            )
+        problems += [
+            f"line {number}: {name}: {value!r} is not a hash pip knows" for value in hashes if not HASH_VALUE.fullmatch(value)
+        ]
         if name in pins:
             problems.append(f"line {number}: {name} is pinned twice (first on line {pins[name].line})")
             continue
@@ -145,8 +149,10 @@ def check(pyproject_path: Path, lock_path: Path) -> list[str]:
     problems = [f"{lock_path.name} {problem}" for problem in problems]
     project = canonicalize_name(pyproject["project"]["name"])
     if project in pins:
-        problems.append(f"{lock_path.name} line {pins[project].line}: pins {project} itself (the Makefile installs it "
-                        "from the work tree with --no-deps)")
+        problems.append(
+            f"{lock_path.name} line {pins[project].line}: pins {project} itself (the Makefile installs it "
+            "from the work tree with --no-deps)"
+        )
     for where, requirement in project_requirements(pyproject):
         name = canonicalize_name(requirement.name)
         pin = pins.get(name)

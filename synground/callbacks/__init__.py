@@ -5,4 +5,14 @@ from synground.callbacks.random_state import RandomState
 from synground.callbacks.requeue import Preempted, Requeue
 from synground.callbacks.step_timer import StepTimer
 
-__all__ = ["DataIssueCounts", "GradCamGallery", "PointingGame", "PointingGameCallback", "Preempted", "RandomState", "Requeue", "StepTimer", "pointing_game_hits"]
+__all__ = [
+    "DataIssueCounts",
+    "GradCamGallery",
+    "PointingGame",
+    "PointingGameCallback",
+    "Preempted",
+    "RandomState",
+    "Requeue",
+    "StepTimer",
+    "pointing_game_hits",
+]

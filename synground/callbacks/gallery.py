@@ -39,9 +39,16 @@ class GradCamGallery(L.Callback):
         hits = pointing_game_hits(outputs["maps"][:take], batch["original_boxes"][:take], batch["original_sizes"][:take])
         rows = image_rows(batch)
         for index in range(take):
-            items.append({"image": batch["images"][rows[index]].detach().float().cpu(), "map": outputs["maps"][index].float().cpu(),
-                          "text": batch["texts"][index], "boxes": batch["original_boxes"][index].cpu(),
-                          "size": tuple(batch["original_sizes"][index].tolist()), "hit": bool(hits[index])})
+            items.append(
+                {
+                    "image": batch["images"][rows[index]].detach().float().cpu(),
+                    "map": outputs["maps"][index].float().cpu(),
+                    "text": batch["texts"][index],
+                    "boxes": batch["original_boxes"][index].cpu(),
+                    "size": tuple(batch["original_sizes"][index].tolist()),
+                    "hit": bool(hits[index]),
+                }
+            )
 
     def _end(self, trainer: L.Trainer, stage: str) -> None:
         if trainer.global_rank != 0 or not self.collected:
@@ -60,8 +67,12 @@ class GradCamGallery(L.Callback):
                 save_grid(path, panels, items, self.columns, f"{stage} {split}, epoch {trainer.current_epoch}")
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
-                    logger.experiment.log({f"gallery/{stage}/{split}": [wandb_image(p, item) for p, item in zip(panels, items)],
-                                           "trainer/global_step": trainer.global_step})
+                    logger.experiment.log(
+                        {
+                            f"gallery/{stage}/{split}": [wandb_image(p, item) for p, item in zip(panels, items)],
+                            "trainer/global_step": trainer.global_step,
+                        }
+                    )
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._start()
@@ -100,8 +111,11 @@ def render_panel(item: dict[str, Any], mean, std) -> dict[str, Any]:
     original = F.interpolate(item["map"][None, None], size=(height, width), mode="bicubic", align_corners=False)
     y, x = divmod(int(original.flatten().argmax()), width)
     scale = torch.tensor([side / width, side / height] * 2)
-    return {"overlay": (overlay * 255).round().astype(np.uint8), "boxes": (item["boxes"] * scale).tolist(),
-            "point": ((x + 0.5) * side / width, (y + 0.5) * side / height)}
+    return {
+        "overlay": (overlay * 255).round().astype(np.uint8),
+        "boxes": (item["boxes"] * scale).tolist(),
+        "point": ((x + 0.5) * side / width, (y + 0.5) * side / height),
+    }
 
 
 def save_grid(path: Path, panels: list[dict[str, Any]], items: list[dict[str, Any]], columns: int, title: str) -> None:
@@ -124,10 +138,17 @@ def wandb_image(panel: dict[str, Any], item: dict[str, Any]):
     import wandb
 
     side = panel["overlay"].shape[0]
-    boxes = [{"position": {"minX": x0 / side, "minY": y0 / side, "maxX": x1 / side, "maxY": y1 / side}, "class_id": 0}
-             for x0, y0, x1, y1 in panel["boxes"]]
+    boxes = [
+        {"position": {"minX": x0 / side, "minY": y0 / side, "maxX": x1 / side, "maxY": y1 / side}, "class_id": 0}
+        for x0, y0, x1, y1 in panel["boxes"]
+    ]
     px, py = panel["point"]
     point = [{"position": {"middle": [px / side, py / side], "width": 0.04, "height": 0.04}, "class_id": 1}]
-    return wandb.Image(panel["overlay"], caption=f"{'hit' if item['hit'] else 'miss'}: {item['text']}",
-                       boxes={"ground_truth": {"box_data": boxes, "class_labels": {0: "box"}},
-                              "prediction": {"box_data": point, "class_labels": {1: "point"}}})
+    return wandb.Image(
+        panel["overlay"],
+        caption=f"{'hit' if item['hit'] else 'miss'}: {item['text']}",
+        boxes={
+            "ground_truth": {"box_data": boxes, "class_labels": {0: "box"}},
+            "prediction": {"box_data": point, "class_labels": {1: "point"}},
+        },
+    )

@@ -80,8 +80,11 @@ class PointingGameCallback(L.Callback):
         if values:
             values[f"{stage}/pointing_game/mean"] = torch.stack(list(values.values())).mean()
             pl_module.log_dict(values, prog_bar=stage == "val")
-            pl_module.log_dict({f"{stage}/items/{name}": metric.total.float() for name, metric in self.metrics[stage].items()},
-                               sync_dist=True, reduce_fx="sum")  # this rank's count (compute() restores local states)
+            pl_module.log_dict(
+                {f"{stage}/items/{name}": metric.total.float() for name, metric in self.metrics[stage].items()},
+                sync_dist=True,
+                reduce_fx="sum",
+            )  # this rank's count (compute() restores local states)
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._start(trainer, pl_module, "val")

@@ -20,9 +20,12 @@ class RandomState(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         kind, keys, position, has_gauss, cached = np.random.get_state()
-        return {"python": random.getstate(), "numpy": [kind, keys.tolist(), position, has_gauss, cached],
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        return {
+            "python": random.getstate(),
+            "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         random.setstate(_as_tuples(state["python"]))

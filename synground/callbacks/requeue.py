@@ -14,9 +14,10 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
@@ -36,13 +37,22 @@ class Preempted(SystemExit):
         """Ask Slurm to run this job again (call it on rank 0 only); outside Slurm, say how to resume."""
         job = slurm_job_id()
         if job is None:
-            log.warning("stopped on %s: resume with the same command and hydra.run.dir=%s, or ckpt_path=%s",
-                        self.received.name, self.checkpoint.parent.parent, self.checkpoint)
+            log.warning(
+                "stopped on %s: resume with the same command and hydra.run.dir=%s, or ckpt_path=%s",
+                self.received.name,
+                self.checkpoint.parent.parent,
+                self.checkpoint,
+            )
             return
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         if result.returncode != 0:
-            log.error("stopped on %s, but `scontrol requeue %s` failed: %s; resubmit the same job to resume from %s",
-                      self.received.name, job, result.stderr.strip(), self.checkpoint)
+            log.error(
+                "stopped on %s, but `scontrol requeue %s` failed: %s; resubmit the same job to resume from %s",
+                self.received.name,
+                job,
+                result.stderr.strip(),
+                self.checkpoint,
+            )
         else:
             log.warning("stopped on %s: Slurm job %s requeued; it resumes from %s", self.received.name, job, self.checkpoint)
 
@@ -99,10 +109,15 @@ class Requeue(Checkpoint):
             signal.signal(signum, handler)
         self.previous_handlers = {}
         if self.received is not None and not trainer.interrupted:
-            log.warning("%s came after the last point at which training could stop; the %s stage went on to its end",
-                        self.received.name, stage)
+            log.warning(
+                "%s came after the last point at which training could stop; the %s stage went on to its end",
+                self.received.name,
+                stage,
+            )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         stepped, self.last_step = trainer.global_step != self.last_step, trainer.global_step
         if stepped and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._stop_if_signalled(trainer)

@@ -21,8 +21,12 @@ class StepTimer(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self.start = self.now(pl_module.device)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        pl_module.log("train/seconds_per_step", self.now(pl_module.device) - self.start, on_step=True, on_epoch=False, batch_size=1)
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        pl_module.log(
+            "train/seconds_per_step", self.now(pl_module.device) - self.start, on_step=True, on_epoch=False, batch_size=1
+        )
 
     @staticmethod
     def now(device: torch.device) -> float:

@@ -21,9 +21,15 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "conversion_report.json"
 
 
-def convert_records(records: Iterable[Record], output_dir: str | Path, name: str, samples_per_shard: int = 1000,
-                    reader_issues: Counter[str] | None = None, config: dict[str, Any] | None = None,
-                    command: str | None = None) -> dict[str, Any]:
+def convert_records(
+    records: Iterable[Record],
+    output_dir: str | Path,
+    name: str,
+    samples_per_shard: int = 1000,
+    reader_issues: Counter[str] | None = None,
+    config: dict[str, Any] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Write records as `<output_dir>/<name>-<shard>.tar` shards of `samples_per_shard` records each, with a manifest;
     `output_dir` is a local directory or an `s3://`, `gs://` prefix (see `ShardStore`).
 
@@ -37,15 +43,19 @@ def convert_records(records: Iterable[Record], output_dir: str | Path, name: str
     stream = iter(records)
     first = next(stream, None)  # before anything is written: an empty split leaves no empty shard set behind
     if first is None:
-        raise ValueError(f"nothing to convert, the split is empty: the reader gave no records for {name} "
-                         "(check the split name and the split file)")
+        raise ValueError(
+            f"nothing to convert, the split is empty: the reader gave no records for {name} "
+            "(check the split name and the split file)"
+        )
     stream = chain([first], stream)
     store = ShardStore(output_dir)
     settings = {"name": name, "samples_per_shard": samples_per_shard, "source": config or {}}
     manifest = Manifest(store, config=settings)
     if manifest.shards and manifest.config != settings:  # shard i's records depend on every one of them
-        raise ValueError(f"{store} holds a conversion with other settings ({manifest.path}): "
-                         "use a new output_dir or the same settings to resume")
+        raise ValueError(
+            f"{store} holds a conversion with other settings ({manifest.path}): "
+            "use a new output_dir or the same settings to resume"
+        )
     manifest.config = settings  # a manifest without shards may still hold an older run's settings
     manifest.command = command or manifest.command
     finished = manifest.finished
@@ -84,7 +94,11 @@ def conversion_report(manifest: Manifest, reader_issues: Counter[str]) -> dict[s
     issues = Counter(reader_issues)
     for entry in manifest.shards:
         issues.update(entry.get("issues", {}))
-    return {"shards": len(manifest.shards), "records": sum(e.get("records", e["samples"]) for e in manifest.shards),
-            "samples": sum(e["samples"] for e in manifest.shards), "regions": sum(e.get("regions", 0) for e in manifest.shards),
-            "skipped": dict(sorted(issues.items())),
-            "manifest": str(manifest.path)}
+    return {
+        "shards": len(manifest.shards),
+        "records": sum(e.get("records", e["samples"]) for e in manifest.shards),
+        "samples": sum(e["samples"] for e in manifest.shards),
+        "regions": sum(e.get("regions", 0) for e in manifest.shards),
+        "skipped": dict(sorted(issues.items())),
+        "manifest": str(manifest.path),
+    }

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -52,14 +53,24 @@ def _local_worker() -> tuple[int, int]:
 
 def _worker_slot(worker: int | None = None) -> tuple[int, int]:
     """(index, count) of this data-loading worker (or of its `worker` part) across all ranks."""
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if (
-        torch.distributed.is_available() and torch.distributed.is_initialized()) else (0, 1)
+    rank, world = (
+        (torch.distributed.get_rank(), torch.distributed.get_world_size())
+        if (torch.distributed.is_available() and torch.distributed.is_initialized())
+        else (0, 1)
+    )
     local, workers = _local_worker()
     return rank * workers + (local if worker is None else worker), world * workers
 
 
-def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: Counter[str], slot: int = 0,
-                     slots: int = 1, partition_seed: str = "", allow_partial: bool = False) -> Iterator[GroundingSample]:
+def _endless_samples(
+    source: str | GeneratorSource,
+    rng: random.Random,
+    issues: Counter[str],
+    slot: int = 0,
+    slots: int = 1,
+    partition_seed: str = "",
+    allow_partial: bool = False,
+) -> Iterator[GroundingSample]:
     """Training stream: shards in a random order per pass, or generator requests with fresh seeds.
 
     With at least as many shards as slots (ranks x workers), the shards are dealt to the slots (a new deal each
@@ -89,8 +100,9 @@ def _endless_samples(source: str | GeneratorSource, rng: random.Random, issues: 
             yield from source.generator.generate(requests)
 
 
-def _split_samples(source: str | GeneratorSource, slot: int, slots: int, issues: Counter[str],
-                   allow_partial: bool = False) -> Iterator[GroundingSample]:
+def _split_samples(
+    source: str | GeneratorSource, slot: int, slots: int, issues: Counter[str], allow_partial: bool = False
+) -> Iterator[GroundingSample]:
     """Evaluation stream: every sample exactly once across all workers and ranks, in a fixed order."""
     if isinstance(source, str):
         shards = resolve_shards(source, allow_partial)
@@ -107,8 +119,10 @@ def _split_samples(source: str | GeneratorSource, slot: int, slots: int, issues:
             raise ValueError(f"evaluation source {source.name!r} needs num_samples (an endless split never ends)")
         indices = list(range(slot, source.num_samples, slots))
         for start in range(0, len(indices), source.requests_per_call):
-            requests = [GenerationRequest(key=f"{source.name}-{i:08d}", seed=source.seed + i)
-                        for i in indices[start : start + source.requests_per_call]]
+            requests = [
+                GenerationRequest(key=f"{source.name}-{i:08d}", seed=source.seed + i)
+                for i in indices[start : start + source.requests_per_call]
+            ]
             yield from source.generator.generate(requests)
 
 
@@ -124,16 +138,28 @@ class MixedTrainStream(IterableDataset):
     random draw and shard position exactly where the uninterrupted epoch had them; it costs data loading only.
     """
 
-    def __init__(self, synthetic: Sequence[str | GeneratorSource], real: Sequence[str | GeneratorSource],
-                 synthetic_ratio: float, transform: GroundingTransform, batch_size: int, batches_per_epoch: int, seed: int,
-                 exclude_keys: frozenset[str] = frozenset(), allow_partial: bool = False):
+    def __init__(
+        self,
+        synthetic: Sequence[str | GeneratorSource],
+        real: Sequence[str | GeneratorSource],
+        synthetic_ratio: float,
+        transform: GroundingTransform,
+        batch_size: int,
+        batches_per_epoch: int,
+        seed: int,
+        exclude_keys: frozenset[str] = frozenset(),
+        allow_partial: bool = False,
+    ):
         if not synthetic and not real:
             raise ValueError("no training source: give data.train.synthetic and/or data.train.real")
         self.synthetic, self.real = list(synthetic), list(real)
         self.synthetic_ratio = synthetic_ratio if synthetic and real else float(bool(synthetic))
         if self.synthetic_ratio != synthetic_ratio:
-            log.warning("only %s training data given: synthetic_ratio %.2f is ignored",
-                        "synthetic" if synthetic else "real", synthetic_ratio)
+            log.warning(
+                "only %s training data given: synthetic_ratio %.2f is ignored",
+                "synthetic" if synthetic else "real",
+                synthetic_ratio,
+            )
         self.transform = transform
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
@@ -153,11 +179,23 @@ class MixedTrainStream(IterableDataset):
         rng = random.Random(f"{self.seed}:{self.epoch}:{slot}")
         issues: Counter[str] = Counter()
         streams = {
-            name: self._interleave([_endless_samples(s, random.Random(f"{self.seed}:{self.epoch}:{slot}:{name}:{i}"), issues,
-                                                     slot, slots, partition_seed=f"{self.seed}:{self.epoch}:{name}:{i}",
-                                                     allow_partial=self.allow_partial)
-                                    for i, s in enumerate(sources)], rng)
-            for name, sources in (("synthetic", self.synthetic), ("real", self.real)) if sources
+            name: self._interleave(
+                [
+                    _endless_samples(
+                        s,
+                        random.Random(f"{self.seed}:{self.epoch}:{slot}:{name}:{i}"),
+                        issues,
+                        slot,
+                        slots,
+                        partition_seed=f"{self.seed}:{self.epoch}:{name}:{i}",
+                        allow_partial=self.allow_partial,
+                    )
+                    for i, s in enumerate(sources)
+                ],
+                rng,
+            )
+            for name, sources in (("synthetic", self.synthetic), ("real", self.real))
+            if sources
         }
         my_batches = len(range(worker, self.batches_per_epoch, workers))
         skipped = len(range(worker, self.skip, workers))
@@ -276,13 +314,27 @@ class GroundingDataModule(L.LightningDataModule):
                             synthetic_ratio=0.5, image_size=384)
     """
 
-    def __init__(self, train: Mapping[str, Source | Sequence[Source]] | None = None,
-                 val: Mapping[str, Source] | None = None, test: Mapping[str, Source] | None = None,
-                 synthetic_ratio: float = 0.5, image_size: int = 384, mask_size: int | None = None,
-                 batch_size: int = 32, eval_batch_size: int | None = None, batches_per_epoch: int = 1000,
-                 num_workers: int = 2, flip_prob: float = 0.5, seed: int = 0, pin_memory: bool = False,
-                 eval_image_size: Mapping[str, int] | None = None, exclude_keys: str | None = None,
-                 allow_partial: bool = False, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+    def __init__(
+        self,
+        train: Mapping[str, Source | Sequence[Source]] | None = None,
+        val: Mapping[str, Source] | None = None,
+        test: Mapping[str, Source] | None = None,
+        synthetic_ratio: float = 0.5,
+        image_size: int = 384,
+        mask_size: int | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        batches_per_epoch: int = 1000,
+        num_workers: int = 2,
+        flip_prob: float = 0.5,
+        seed: int = 0,
+        pin_memory: bool = False,
+        eval_image_size: Mapping[str, int] | None = None,
+        exclude_keys: str | None = None,
+        allow_partial: bool = False,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+    ):
         super().__init__()
         if not 0.0 <= synthetic_ratio <= 1.0:
             raise ValueError(f"data.synthetic_ratio must lie in [0, 1], got {synthetic_ratio}")
@@ -312,8 +364,10 @@ class GroundingDataModule(L.LightningDataModule):
         if unknown:
             raise ValueError(f"data.eval_image_size names splits that are not in data.val or data.test: {sorted(unknown)}")
         # per split, e.g. RefCOCO+ at 384 px while training and Flickr30k run at 256 px
-        self.eval_transforms = {name: GroundingTransform(eval_image_size.get(name, image_size), mask_size, flip_prob=0.0)
-                                for name in [*self.val_sources, *self.test_sources]}
+        self.eval_transforms = {
+            name: GroundingTransform(eval_image_size.get(name, image_size), mask_size, flip_prob=0.0)
+            for name in [*self.val_sources, *self.test_sources]
+        }
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """uint8 images and masks -> normalised float images and float masks, once the (4x smaller) uint8 batch is
@@ -327,8 +381,11 @@ class GroundingDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Check that the shard paths this stage reads exist: fail now, naming the path, not inside a worker."""
-        sources = {"fit": [*self.train_sources["synthetic"], *self.train_sources["real"], *self.val_sources.values()],
-                   "validate": list(self.val_sources.values()), "test": list(self.test_sources.values())}.get(stage, [])
+        sources = {
+            "fit": [*self.train_sources["synthetic"], *self.train_sources["real"], *self.val_sources.values()],
+            "validate": list(self.val_sources.values()),
+            "test": list(self.test_sources.values()),
+        }.get(stage, [])
         for source in sources:
             if isinstance(source, str):
                 resolve_shards(source, self.allow_partial)
@@ -342,18 +399,36 @@ class GroundingDataModule(L.LightningDataModule):
         return list(self.test_sources)
 
     def train_dataloader(self) -> DataLoader:
-        dataset = MixedTrainStream(self.train_sources["synthetic"], self.train_sources["real"], self.synthetic_ratio,
-                                   self.train_transform, self.batch_size, self.batches_per_epoch, self.seed, self.exclude_keys,
-                                   self.allow_partial)
+        dataset = MixedTrainStream(
+            self.train_sources["synthetic"],
+            self.train_sources["real"],
+            self.synthetic_ratio,
+            self.train_transform,
+            self.batch_size,
+            self.batches_per_epoch,
+            self.seed,
+            self.exclude_keys,
+            self.allow_partial,
+        )
         # Lightning's own sampler epoch and batch count: right also when a run resumes from a checkpoint
         if self.trainer is not None:
             loop = self.trainer.fit_loop
-            epoch, trained = (lambda: loop.epoch_progress.current.processed), (lambda: loop.epoch_loop.batch_progress.current.processed)
+            epoch, trained = (
+                (lambda: loop.epoch_progress.current.processed),
+                (lambda: loop.epoch_loop.batch_progress.current.processed),
+            )
         else:
             epoch, trained = _counter(), (lambda: 0)
-        return _TrainLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, epoch=epoch,
-                            trained=trained, seed=self.seed,
-                            multiprocessing_context=self._worker_start([*self.train_sources["synthetic"], *self.train_sources["real"]]))
+        return _TrainLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            epoch=epoch,
+            trained=trained,
+            seed=self.seed,
+            multiprocessing_context=self._worker_start([*self.train_sources["synthetic"], *self.train_sources["real"]]),
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._eval_loader(name, source) for name, source in self.val_sources.items()]
@@ -362,12 +437,17 @@ class GroundingDataModule(L.LightningDataModule):
         return [self._eval_loader(name, source) for name, source in self.test_sources.items()]
 
     def _eval_loader(self, name: str, source: str | GeneratorSource) -> DataLoader:
-        return DataLoader(EvalSplit(name, source, self.eval_transforms[name], self.allow_partial), batch_size=self.eval_batch_size,
-                          num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory,
-                          multiprocessing_context=self._worker_start([source]))
+        return DataLoader(
+            EvalSplit(name, source, self.eval_transforms[name], self.allow_partial),
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            multiprocessing_context=self._worker_start([source]),
+        )
 
     def _worker_start(self, sources: Sequence[str | GeneratorSource]) -> str | None:
-        """"spawn" when a worker will run a generator on the GPU: a forked child cannot use CUDA. Such generators load
+        """ "spawn" when a worker will run a generator on the GPU: a forked child cannot use CUDA. Such generators load
         their models lazily, so each spawned worker loads its own copy on first use."""
         on_gpu = any(getattr(s.generator, "uses_cuda", False) for s in sources if isinstance(s, GeneratorSource))
         return "spawn" if on_gpu and self.num_workers > 0 else None

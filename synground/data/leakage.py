@@ -104,12 +104,17 @@ def leakage_report(train: dict[str, str], evaluation: dict[str, str], max_distan
 
 
 def format_report(report: dict) -> str:
-    lines = ["| training set | samples | evaluation split | shared image id | near duplicate | leaked |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| training set | samples | evaluation split | shared image id | near duplicate | leaked |",
+        "|---|---|---|---|---|---|",
+    ]
     for train_name, result in report.items():
         for split, counts in result.items():
             if split != "samples":
-                lines.append(f"| {train_name} | {result['samples']} | {split} | {counts.get('shared_image_id', 0)} | "
-                             f"{counts.get('near_duplicate', 0)} | {counts.get('leaked', 0)} |")
+                lines.append(
+                    f"| {train_name} | {result['samples']} | {split} | {counts.get('shared_image_id', 0)} | "
+                    f"{counts.get('near_duplicate', 0)} | {counts.get('leaked', 0)} |"
+                )
     return "\n".join(lines)
 
 

@@ -122,8 +122,10 @@ class ShardStore:
         self.location = str(location).rstrip("/") or "/"
         self.remote = is_remote(self.location)
         if self.location.startswith(("pipe:", "http://", "https://")):
-            raise ValueError(f"cannot write a shard set to {self.location}: pipe: commands and http(s):// URLs are read "
-                             "only; write to a local directory, s3://bucket/prefix or gs://bucket/prefix")
+            raise ValueError(
+                f"cannot write a shard set to {self.location}: pipe: commands and http(s):// URLs are read "
+                "only; write to a local directory, s3://bucket/prefix or gs://bucket/prefix"
+            )
         if self.remote:
             import fsspec
 
@@ -242,8 +244,13 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
-        record = {"complete": self.complete, "command": self.command, "totals": self.totals, "shards": self.shards,
-                  "config": self.config}
+        record = {
+            "complete": self.complete,
+            "command": self.command,
+            "totals": self.totals,
+            "shards": self.shards,
+            "config": self.config,
+        }
         self.store.write_bytes(MANIFEST_NAME, json.dumps(record, indent=1).encode())
 
 
@@ -302,8 +309,13 @@ def resolve_shards(spec: str | os.PathLike, allow_partial: bool = False) -> list
     if manifest is not None:
         manifest_path = Path(manifest)
         if not manifest_path.exists():
-            raise FileNotFoundError(f"no {MANIFEST_NAME} in {manifest_path.parent}: write shards with generate.py or name the .tar files")
-        files = [str(manifest_path.parent / name) for name in _manifest_shards(read_manifest(manifest_path), str(manifest_path), allow_partial)]
+            raise FileNotFoundError(
+                f"no {MANIFEST_NAME} in {manifest_path.parent}: write shards with generate.py or name the .tar files"
+            )
+        files = [
+            str(manifest_path.parent / name)
+            for name in _manifest_shards(read_manifest(manifest_path), str(manifest_path), allow_partial)
+        ]
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise FileNotFoundError(f"manifest {manifest_path} lists shards that do not exist: {missing[:3]}")
@@ -320,8 +332,11 @@ def _remote_shards(spec: str, allow_partial: bool) -> list[str]:
     manifest_url = manifest_of(spec)
     if manifest_url is None:  # named .tar objects, brace patterns, globs
         fs, _ = fsspec.core.url_to_fs(spec)
-        urls = [url for pattern in braceexpand(spec) for url in ([pattern] if "*" not in pattern else
-                                                                [fs.unstrip_protocol(p) for p in sorted(fs.glob(pattern))])]
+        urls = [
+            url
+            for pattern in braceexpand(spec)
+            for url in ([pattern] if "*" not in pattern else [fs.unstrip_protocol(p) for p in sorted(fs.glob(pattern))])
+        ]
         if not urls:
             raise FileNotFoundError(f"shard pattern {spec!r} matches no object")
         return urls
@@ -329,8 +344,9 @@ def _remote_shards(spec: str, allow_partial: bool) -> list[str]:
     try:
         record = read_manifest(manifest_url)
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"no {MANIFEST_NAME} at {base}: write shards there with generate.py or convert.py, or name "
-                                "the .tar objects") from error
+        raise FileNotFoundError(
+            f"no {MANIFEST_NAME} at {base}: write shards there with generate.py or convert.py, or name the .tar objects"
+        ) from error
     return [f"{base}/{name}" for name in _manifest_shards(record, manifest_url, allow_partial)]
 
 
@@ -343,7 +359,8 @@ def _manifest_shards(record: dict[str, Any], manifest: str, allow_partial: bool)
         raise IncompleteShardSet(
             f"{location} is an unfinished shard set ({len(shards)} shards so far; {manifest} says the run that writes "
             f"it did not finish). Finish it by running again: {command} (it resumes where it stopped); or read the "
-            "shards finished so far with allow_partial=True (data.allow_partial=true)")
+            "shards finished so far with allow_partial=True (data.allow_partial=true)"
+        )
     if record.get("complete") is None and manifest not in _WARNED_LEGACY:
         _WARNED_LEGACY.add(manifest)
         log.warning("%s was written before manifests recorded whether their run finished: taken as complete", manifest)

@@ -91,8 +91,15 @@ class GroundingTransform:
         image = image if image.mode == "RGB" else image.convert("RGB")
         return torch.from_numpy(np.array(image.resize((self.image_size, self.image_size), Image.BICUBIC)))
 
-    def region_item(self, pixels: torch.Tensor, original_size: tuple[int, int], region: Region, key: str,
-                    rng: random.Random | None = None, with_mask: bool = True) -> dict[str, Any]:
+    def region_item(
+        self,
+        pixels: torch.Tensor,
+        original_size: tuple[int, int],
+        region: Region,
+        key: str,
+        rng: random.Random | None = None,
+        with_mask: bool = True,
+    ) -> dict[str, Any]:
         """One item from the image's `pixels`, its original (width, height) and one region; the box mask (what the
         AMC loss trains towards) only `with_mask`: evaluation scores the original boxes and never reads it."""
         width, height = original_size
@@ -116,7 +123,9 @@ class GroundingTransform:
         return item
 
 
-def normalize_images(images: torch.Tensor, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+def normalize_images(
+    images: torch.Tensor, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD
+) -> torch.Tensor:
     """[B, 3, H, W] uint8 -> float, scaled to [0, 1] and normalised per channel (CLIP's statistics by default)."""
     mean_ = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
     std_ = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255

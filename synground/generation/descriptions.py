@@ -68,8 +68,10 @@ class SeedImages:
                 else:
                     self._index = [entry for shard in resolve_shards(self.path) for entry in _shard_members(shard)]
             except (FileNotFoundError, ValueError) as error:
-                raise FileNotFoundError(f"seed images {self.path!r}: {error}. Convert a dataset first (python convert.py "
-                                        "dataset=visual_genome) or point seed_images.path at a folder of images") from error
+                raise FileNotFoundError(
+                    f"seed images {self.path!r}: {error}. Convert a dataset first (python convert.py "
+                    "dataset=visual_genome) or point seed_images.path at a folder of images"
+                ) from error
             if not self._index:
                 raise FileNotFoundError(f"seed images {self.path!r}: no image found (give a shard set or a folder of images)")
         return self._index
@@ -82,8 +84,9 @@ class SeedImages:
         seeds = []
         for request in requests:
             try:
-                seeds.append(self.get(request) if request.image is None
-                             else GroundingSample(request.key, request.image, "", [], "seed"))
+                seeds.append(
+                    self.get(request) if request.image is None else GroundingSample(request.key, request.image, "", [], "seed")
+                )
             except (OSError, ValueError, SyntaxError) as error:
                 log.warning("request %s: seed image skipped: %s", request.key, error)
                 clock.events["unreadable_seed_image"] += 1
@@ -132,9 +135,17 @@ class Image2Text(LazyModels):
 
     needs_seed_images = True
 
-    def __init__(self, seed_images: SeedImages, model_id: str = "llava-hf/llava-1.5-7b-hf", revision: str | None = None,
-                 prompt: str = "USER: <image>\nDescribe this image in detail. ASSISTANT:", max_new_tokens: int = 160,
-                 device: str = "auto", dtype: str = "float16", batch_size: int = 8):
+    def __init__(
+        self,
+        seed_images: SeedImages,
+        model_id: str = "llava-hf/llava-1.5-7b-hf",
+        revision: str | None = None,
+        prompt: str = "USER: <image>\nDescribe this image in detail. ASSISTANT:",
+        max_new_tokens: int = 160,
+        device: str = "auto",
+        dtype: str = "float16",
+        batch_size: int = 8,
+    ):
         self.seed_images, self.model_id, self.revision = seed_images, model_id, revision
         self.prompt, self.max_new_tokens = prompt, max_new_tokens
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
@@ -153,10 +164,19 @@ class Image2Text(LazyModels):
         seeds = self.seed_images.fetch(requests, clock)
         found = iter(run_batched(self._caption, [s.image for s in seeds if s is not None], self.batch_size, clock, "describe"))
         captions = [next(found) if seed is not None else None for seed in seeds]
-        provenance = model_provenance(self.model_id, self.revision, self._loaded and self._loaded[1],
-                                      prompt_version=prompt_version(self.prompt), max_new_tokens=self.max_new_tokens)
-        return [Description(caption.strip(), {"source": "image2text", **provenance, **_seed_provenance(seed)})
-                if caption and caption.strip() else None for caption, seed in zip(captions, seeds)]
+        provenance = model_provenance(
+            self.model_id,
+            self.revision,
+            self._loaded and self._loaded[1],
+            prompt_version=prompt_version(self.prompt),
+            max_new_tokens=self.max_new_tokens,
+        )
+        return [
+            Description(caption.strip(), {"source": "image2text", **provenance, **_seed_provenance(seed)})
+            if caption and caption.strip()
+            else None
+            for caption, seed in zip(captions, seeds)
+        ]
 
     @torch.inference_mode()
     def _caption(self, images: Sequence[Image.Image]) -> list[str]:
@@ -165,7 +185,7 @@ class Image2Text(LazyModels):
         inputs = processor(images=list(images), text=[self.prompt] * len(images), return_tensors="pt", padding=True)
         inputs = move_to(dict(inputs), model.device, model.dtype)
         output = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        return processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 class RegionConcat:
@@ -179,9 +199,15 @@ class RegionConcat:
     def describe(self, requests: Sequence[GenerationRequest], clock: StageClock) -> list[Description | None]:
         with clock.stage("describe", len(requests)):
             seeds = self.seed_images.fetch(requests, clock)
-        return [Description(". ".join(_region_phrases(seed, self.max_regions)) + ".",
-                            {"source": "region_concat", "max_regions": self.max_regions, **_seed_provenance(seed)})
-                if seed is not None and seed.regions else None for seed in seeds]
+        return [
+            Description(
+                ". ".join(_region_phrases(seed, self.max_regions)) + ".",
+                {"source": "region_concat", "max_regions": self.max_regions, **_seed_provenance(seed)},
+            )
+            if seed is not None and seed.regions
+            else None
+            for seed in seeds
+        ]
 
 
 def _region_phrases(seed: GroundingSample, limit: int) -> list[str]:
@@ -194,9 +220,16 @@ class RegionSummary:
 
     needs_seed_images = True
 
-    def __init__(self, seed_images: SeedImages, llm: LanguageModel, max_regions: int = 20,
-                 prompt: str = ("USER: These phrases describe regions of one photo:\n{regions}\nWrite one detailed "
-                                "description of the photo. ASSISTANT:")):
+    def __init__(
+        self,
+        seed_images: SeedImages,
+        llm: LanguageModel,
+        max_regions: int = 20,
+        prompt: str = (
+            "USER: These phrases describe regions of one photo:\n{regions}\nWrite one detailed "
+            "description of the photo. ASSISTANT:"
+        ),
+    ):
         self.seed_images, self.llm, self.max_regions, self.prompt = seed_images, llm, max_regions, prompt
 
     @property
@@ -209,8 +242,10 @@ class RegionSummary:
         found = iter(self.llm.complete_all(prompts, [r.seed for r, seed in zip(requests, seeds) if seed], clock, "describe"))
         texts = [next(found) if seed else None for seed in seeds]
         provenance = {"source": "region_summary", "llm": self.llm.provenance, "prompt_version": prompt_version(self.prompt)}
-        return [Description(text.strip(), {**provenance, **_seed_provenance(seed)}) if text and text.strip() else None
-                for text, seed in zip(texts, seeds)]
+        return [
+            Description(text.strip(), {**provenance, **_seed_provenance(seed)}) if text and text.strip() else None
+            for text, seed in zip(texts, seeds)
+        ]
 
 
 class Concept2Text:
@@ -218,16 +253,23 @@ class Concept2Text:
 
     needs_seed_images = False
 
-    def __init__(self, llm: LanguageModel, concepts: Sequence[str] | str, concepts_per_description: tuple[int, int] = (2, 4),
-                 prompt: str = ("USER: Write a detailed description of a realistic photo that shows: {concepts}. "
-                                "ASSISTANT:"), do_sample: bool = True):
+    def __init__(
+        self,
+        llm: LanguageModel,
+        concepts: Sequence[str] | str,
+        concepts_per_description: tuple[int, int] = (2, 4),
+        prompt: str = ("USER: Write a detailed description of a realistic photo that shows: {concepts}. ASSISTANT:"),
+        do_sample: bool = True,
+    ):
         # sampled by default: greedy decoding would give one description per concept combination
         self.llm, self.prompt, self.do_sample = llm, prompt, do_sample
         self.concepts = _read_concepts(concepts)
         low, high = concepts_per_description
         if not 1 <= low <= high <= len(self.concepts):
-            raise ValueError(f"concepts_per_description {concepts_per_description} must satisfy 1 <= low <= high <= "
-                             f"{len(self.concepts)} (the number of concepts)")
+            raise ValueError(
+                f"concepts_per_description {concepts_per_description} must satisfy 1 <= low <= high <= "
+                f"{len(self.concepts)} (the number of concepts)"
+            )
         self.concepts_per_description = (low, high)
 
     @property
@@ -244,10 +286,16 @@ class Concept2Text:
         chosen = [self.concepts_for(request) for request in requests]
         prompts = [self.prompt.format(concepts=", ".join(concepts)) for concepts in chosen]
         texts = self.llm.complete_all(prompts, [request.seed for request in requests], clock, "describe", self.do_sample)
-        provenance = {"source": "concept2text", "llm": self.llm.provenance, "prompt_version": prompt_version(self.prompt),
-                      "do_sample": self.do_sample}
-        return [Description(text.strip(), {**provenance, "concepts": concepts}) if text and text.strip() else None
-                for text, concepts in zip(texts, chosen)]
+        provenance = {
+            "source": "concept2text",
+            "llm": self.llm.provenance,
+            "prompt_version": prompt_version(self.prompt),
+            "do_sample": self.do_sample,
+        }
+        return [
+            Description(text.strip(), {**provenance, "concepts": concepts}) if text and text.strip() else None
+            for text, concepts in zip(texts, chosen)
+        ]
 
 
 def _read_concepts(concepts: Sequence[str] | str) -> list[str]:

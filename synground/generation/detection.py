@@ -33,10 +33,20 @@ KINDS = ("grounding_dino", "owlv2")
 
 
 class OpenVocabularyDetector(LazyModels):
-    def __init__(self, model_id: str = "IDEA-Research/grounding-dino-base", revision: str | None = None,
-                 box_threshold: float = 0.35, text_threshold: float = 0.25, nms_iou: float = 0.5, max_box_area: float = 0.9,
-                 min_box_size: float = 8.0, max_boxes_per_phrase: int = 3, device: str = "auto", dtype: str = "float32",
-                 batch_size: int = 8):
+    def __init__(
+        self,
+        model_id: str = "IDEA-Research/grounding-dino-base",
+        revision: str | None = None,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        nms_iou: float = 0.5,
+        max_box_area: float = 0.9,
+        min_box_size: float = 8.0,
+        max_boxes_per_phrase: int = 3,
+        device: str = "auto",
+        dtype: str = "float32",
+        batch_size: int = 8,
+    ):
         self.model_id, self.revision = model_id, revision
         self.box_threshold, self.text_threshold, self.nms_iou = box_threshold, text_threshold, nms_iou
         self.max_box_area, self.min_box_size, self.max_boxes_per_phrase = max_box_area, min_box_size, max_boxes_per_phrase
@@ -58,11 +68,21 @@ class OpenVocabularyDetector(LazyModels):
     @property
     def provenance(self) -> dict[str, Any]:
         model = self._loaded[1] if self._loaded else None
-        return model_provenance(self.model_id, self.revision, model, box_threshold=self.box_threshold,
-                                text_threshold=self.text_threshold, nms_iou=self.nms_iou, max_box_area=self.max_box_area,
-                                min_box_size=self.min_box_size, max_boxes_per_phrase=self.max_boxes_per_phrase)
+        return model_provenance(
+            self.model_id,
+            self.revision,
+            model,
+            box_threshold=self.box_threshold,
+            text_threshold=self.text_threshold,
+            nms_iou=self.nms_iou,
+            max_box_area=self.max_box_area,
+            min_box_size=self.min_box_size,
+            max_boxes_per_phrase=self.max_boxes_per_phrase,
+        )
 
-    def detect(self, images: Sequence[torch.Tensor], phrases: Sequence[list[str]], clock: StageClock) -> list[list[Region] | None]:
+    def detect(
+        self, images: Sequence[torch.Tensor], phrases: Sequence[list[str]], clock: StageClock
+    ) -> list[list[Region] | None]:
         """Regions per image (uint8 [3, H, W]); phrases with no box are left out and counted."""
         found = run_batched(self._detect_batch, list(zip(images, phrases)), self.batch_size, clock, "detect")
         for regions, asked in zip(found, phrases):
@@ -79,8 +99,10 @@ class OpenVocabularyDetector(LazyModels):
             inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
             outputs = model(**move_to(dict(inputs), model.device, model.dtype))
             probabilities = outputs.logits.sigmoid().float()
-            scores = [_span_scores(token_scores, processor.tokenizer, text, phrases)
-                      for token_scores, text, (_, phrases) in zip(probabilities, texts, batch)]
+            scores = [
+                _span_scores(token_scores, processor.tokenizer, text, phrases)
+                for token_scores, text, (_, phrases) in zip(probabilities, texts, batch)
+            ]
             query_scores = list(probabilities.max(dim=-1).values)
             sizes = [(image.shape[2], image.shape[1]) for image in images]  # boxes are relative to each image
         else:
@@ -89,11 +111,20 @@ class OpenVocabularyDetector(LazyModels):
             scores = [logits[:, : len(phrases)].sigmoid().float() for logits, (_, phrases) in zip(outputs.logits, batch)]
             query_scores = [phrase_scores.max(dim=1).values for phrase_scores in scores]
             sizes = [(max(image.shape[1:]),) * 2 for image in images]  # OWLv2 pads to a square at the bottom right
-        return [self._regions(*arguments, phrases) for *arguments, (_, phrases)
-                in zip(query_scores, scores, outputs.pred_boxes.float(), sizes, images, batch)]
+        return [
+            self._regions(*arguments, phrases)
+            for *arguments, (_, phrases) in zip(query_scores, scores, outputs.pred_boxes.float(), sizes, images, batch)
+        ]
 
-    def _regions(self, query_scores: torch.Tensor, phrase_scores: torch.Tensor, boxes: torch.Tensor,
-                 size: tuple[int, int], image: torch.Tensor, phrases: list[str]) -> list[Region]:
+    def _regions(
+        self,
+        query_scores: torch.Tensor,
+        phrase_scores: torch.Tensor,
+        boxes: torch.Tensor,
+        size: tuple[int, int],
+        image: torch.Tensor,
+        phrases: list[str],
+    ) -> list[Region]:
         """query_scores [queries]; phrase_scores [queries, phrases]; boxes [queries, 4] relative cx, cy, w, h."""
         height, width = image.shape[1:]
         best, phrase_index = phrase_scores.max(dim=1)
@@ -102,16 +133,23 @@ class OpenVocabularyDetector(LazyModels):
         absolute[:, 1::2] = absolute[:, 1::2].clamp(0, height)
         sides = absolute[:, 2:] - absolute[:, :2]
         area = sides[:, 0] * sides[:, 1] / (width * height)
-        keep = ((query_scores >= self.box_threshold) & (best >= self.text_threshold)
-                & (sides.min(dim=1).values >= self.min_box_size) & (area <= self.max_box_area))
+        keep = (
+            (query_scores >= self.box_threshold)
+            & (best >= self.text_threshold)
+            & (sides.min(dim=1).values >= self.min_box_size)
+            & (area <= self.max_box_area)
+        )
         absolute, best, phrase_index = absolute[keep], best[keep], phrase_index[keep]
         kept = batched_nms(absolute, best, phrase_index, self.nms_iou)  # sorted by score
         regions = []
         for index, phrase in enumerate(phrases):
             mine = kept[phrase_index[kept] == index][: self.max_boxes_per_phrase]
             if len(mine):
-                regions.append(Region(phrase, [[round(v, 2) for v in box] for box in absolute[mine].tolist()],
-                                      round(best[mine[0]].item(), 4)))
+                regions.append(
+                    Region(
+                        phrase, [[round(v, 2) for v in box] for box in absolute[mine].tolist()], round(best[mine[0]].item(), 4)
+                    )
+                )
         return regions
 
 

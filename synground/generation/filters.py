@@ -23,8 +23,15 @@ class ClipScore(LazyModels):
     open_clip tag or a checkpoint file.
     """
 
-    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "laion2b_s34b_b79k", min_score: float = 0.2,
-                 model_config: str | None = None, device: str = "auto", batch_size: int = 32):
+    def __init__(
+        self,
+        model: str = "ViT-B-32",
+        pretrained: str | None = "laion2b_s34b_b79k",
+        min_score: float = 0.2,
+        model_config: str | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+    ):
         self.model_name, self.pretrained, self.min_score = model, pretrained, min_score
         self.model_config, self.device, self.batch_size = model_config, device, batch_size
         self._loaded: tuple[Any, Any, tuple[int, int], tuple[float, ...], tuple[float, ...]] | None = None
@@ -63,8 +70,14 @@ class ClipScore(LazyModels):
         model, tokenizer, size, mean, std = self.load()
         device = next(model.parameters()).device
         # resized and normalised on the device, from the uint8 tensors the generator already holds (no PIL round trip)
-        pixels = torch.stack([F.interpolate(image[None].to(device).float() / 255, size=size, mode="bicubic",
-                                            align_corners=False, antialias=True)[0] for image, _ in batch])
+        pixels = torch.stack(
+            [
+                F.interpolate(
+                    image[None].to(device).float() / 255, size=size, mode="bicubic", align_corners=False, antialias=True
+                )[0]
+                for image, _ in batch
+            ]
+        )
         pixels = (pixels - torch.tensor(mean, device=device)[:, None, None]) / torch.tensor(std, device=device)[:, None, None]
         image_features = F.normalize(model.encode_image(pixels).float(), dim=-1)
         text_features = F.normalize(model.encode_text(tokenizer([text for _, text in batch]).to(device)).float(), dim=-1)

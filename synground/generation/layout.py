@@ -19,9 +19,11 @@ from synground.generation.pipeline import to_pil
 from synground.generation.runtime import StageClock, load_stages, prompt_version, run_batched
 from synground.generation.text_to_image import StableDiffusion, checked_image
 
-LAYOUT_PROMPT = ("USER: Plan a photo of this description. List up to {max_objects} objects, one per line, as "
-                 "`phrase: x0 y0 x1 y1` with the box corners as fractions of the image width and height between 0 and 1."
-                 "\nDescription: {description} ASSISTANT:")
+LAYOUT_PROMPT = (
+    "USER: Plan a photo of this description. List up to {max_objects} objects, one per line, as "
+    "`phrase: x0 y0 x1 y1` with the box corners as fractions of the image width and height between 0 and 1."
+    "\nDescription: {description} ASSISTANT:"
+)
 NUMBER = r"(\d+(?:\.\d+)?)"
 LAYOUT_LINE = re.compile(rf"^\s*(?:[-*•]|\d+[.)])?\s*(.+?)\s*[:\-]\s*[\[(]?\s*{NUMBER}[,\s]+{NUMBER}[,\s]+{NUMBER}[,\s]+{NUMBER}")
 VERSION = 1
@@ -46,8 +48,9 @@ class Gligen(StableDiffusion):
 
     pipeline_class = "StableDiffusionGLIGENPipeline"
 
-    def __init__(self, model_id: str = "masterful/gligen-1-4-generation-text-box", scheduled_sampling_beta: float = 0.3,
-                 **settings: Any):
+    def __init__(
+        self, model_id: str = "masterful/gligen-1-4-generation-text-box", scheduled_sampling_beta: float = 0.3, **settings: Any
+    ):
         super().__init__(model_id, **settings)
         self.scheduled_sampling_beta = scheduled_sampling_beta
 
@@ -55,8 +58,9 @@ class Gligen(StableDiffusion):
     def provenance(self) -> dict[str, Any]:
         return {**super().provenance, "scheduled_sampling_beta": self.scheduled_sampling_beta}
 
-    def draw_layouts(self, texts: Sequence[str], layouts: Sequence[list[tuple[str, list[float]]]], seeds: Sequence[int],
-                     clock: StageClock) -> list[torch.Tensor | None]:
+    def draw_layouts(
+        self, texts: Sequence[str], layouts: Sequence[list[tuple[str, list[float]]]], seeds: Sequence[int], clock: StageClock
+    ) -> list[torch.Tensor | None]:
         prompts = [self.fit_prompt(text) for text in texts]
         clock.events["prompt_shortened"] += sum(prompt != text for prompt, text in zip(prompts, texts))
         images = run_batched(self._draw_layout, list(zip(prompts, seeds, layouts)), self.batch_size, clock, "text_to_image")
@@ -67,10 +71,14 @@ class Gligen(StableDiffusion):
         # diffusers' GLIGEN pipeline applies one layout to its whole batch: one call per layout
         images = []
         for prompt, seed, layout in batch:
-            output = self.load()(prompt=prompt, gligen_phrases=[phrase for phrase, _ in layout],
-                                 gligen_boxes=[box for _, box in layout],
-                                 gligen_scheduled_sampling_beta=self.scheduled_sampling_beta,
-                                 **self._call_arguments([(None, seed)]), output_type="pt")
+            output = self.load()(
+                prompt=prompt,
+                gligen_phrases=[phrase for phrase, _ in layout],
+                gligen_boxes=[box for _, box in layout],
+                gligen_scheduled_sampling_beta=self.scheduled_sampling_beta,
+                **self._call_arguments([(None, seed)]),
+                output_type="pt",
+            )
             images.append(output.images[0])
         return images
 
@@ -78,8 +86,16 @@ class Gligen(StableDiffusion):
 class LayoutGenerator:
     """A `TripletGenerator`: description -> LLM layout -> GLIGEN image (-> CLIP filter)."""
 
-    def __init__(self, descriptions: Any, llm: LanguageModel, text_to_image: Gligen, clip_filter: ClipScore | None = None,
-                 prompt: str = LAYOUT_PROMPT, max_objects: int = 5, source: str = "synground-layout"):
+    def __init__(
+        self,
+        descriptions: Any,
+        llm: LanguageModel,
+        text_to_image: Gligen,
+        clip_filter: ClipScore | None = None,
+        prompt: str = LAYOUT_PROMPT,
+        max_objects: int = 5,
+        source: str = "synground-layout",
+    ):
         self.descriptions, self.llm, self.text_to_image, self.clip_filter = descriptions, llm, text_to_image, clip_filter
         self.prompt, self.max_objects, self.source = prompt, max_objects, source
         self.clock = StageClock()
@@ -99,8 +115,9 @@ class LayoutGenerator:
         layouts = self._layouts([d.text for _, d in described], [r.seed for r, _ in described], clock)
         planned = [(r, d, layout) for (r, d), layout in zip(described, layouts) if layout]
         clock.reject("no_layout", len(described) - len(planned))
-        images = self.text_to_image.draw_layouts([d.text for _, d, _ in planned], [layout for *_, layout in planned],
-                                                 [r.seed for r, *_ in planned], clock)
+        images = self.text_to_image.draw_layouts(
+            [d.text for _, d, _ in planned], [layout for *_, layout in planned], [r.seed for r, *_ in planned], clock
+        )
         drawn = [(*item, image) for item, image in zip(planned, images) if image is not None]
         scores: list[float | None] = [None] * len(drawn)
         if self.clip_filter is not None:
@@ -112,17 +129,30 @@ class LayoutGenerator:
         prompts = [self.prompt.format(description=text, max_objects=self.max_objects) for text in texts]
         return self.llm.complete_parsed(prompts, seeds, lambda answer: parse_layout(answer, self.max_objects), clock, "layout")
 
-    def _sample(self, request: GenerationRequest, description: Any, layout: list[tuple[str, list[float]]],
-                image: torch.Tensor, clip_score: float | None) -> GroundingSample:
+    def _sample(
+        self,
+        request: GenerationRequest,
+        description: Any,
+        layout: list[tuple[str, list[float]]],
+        image: torch.Tensor,
+        clip_score: float | None,
+    ) -> GroundingSample:
         height, width = image.shape[1:]
         regions: dict[str, Region] = {}
         for phrase, (x0, y0, x1, y1) in layout:  # a phrase placed twice is one region with two boxes
             box = [round(x0 * width, 2), round(y0 * height, 2), round(x1 * width, 2), round(y1 * height, 2)]
             regions.setdefault(phrase, Region(phrase, [], None)).boxes.append(box)
         provenance = {
-            "generator": f"synground-layout-v{VERSION}", "seed": request.seed, "index": request.index,
-            "description": description.provenance, "text_to_image": self.text_to_image.provenance,
-            "layout": {"llm": self.llm.provenance, "prompt_version": prompt_version(self.prompt), "max_objects": self.max_objects},
+            "generator": f"synground-layout-v{VERSION}",
+            "seed": request.seed,
+            "index": request.index,
+            "description": description.provenance,
+            "text_to_image": self.text_to_image.provenance,
+            "layout": {
+                "llm": self.llm.provenance,
+                "prompt_version": prompt_version(self.prompt),
+                "max_objects": self.max_objects,
+            },
             "image_ids": description.provenance.get("image_ids", []),
         }
         if clip_score is not None:

@@ -23,9 +23,18 @@ from synground.generation.runtime import (
 class LanguageModel(LazyModels):
     """Greedy or seeded sampling completions of batches of prompts."""
 
-    def __init__(self, model_id: str = "lmsys/vicuna-7b-v1.5", revision: str | None = None, device: str = "auto",
-                 dtype: str = "float16", max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 0.7,
-                 top_p: float = 0.9, batch_size: int = 16):
+    def __init__(
+        self,
+        model_id: str = "lmsys/vicuna-7b-v1.5",
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: str = "float16",
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        batch_size: int = 16,
+    ):
         self.model_id, self.revision = model_id, revision
         self.device, self.dtype = device, dtype
         self.max_new_tokens, self.do_sample = max_new_tokens, do_sample
@@ -48,8 +57,9 @@ class LanguageModel(LazyModels):
     def provenance(self) -> dict[str, Any]:
         model = self._loaded[1] if self._loaded else None
         sampling = {"temperature": self.temperature, "top_p": self.top_p} if self.do_sample else {}
-        return model_provenance(self.model_id, self.revision, model, max_new_tokens=self.max_new_tokens,
-                                do_sample=self.do_sample, **sampling)
+        return model_provenance(
+            self.model_id, self.revision, model, max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, **sampling
+        )
 
     @torch.inference_mode()
     def complete(self, prompts: Sequence[str], seed: int, do_sample: bool | None = None) -> list[str]:
@@ -62,18 +72,24 @@ class LanguageModel(LazyModels):
         # seeded without touching the caller's random state (training draws from it when generating on the fly)
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            output = model.generate(**inputs, max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                    **settings)
-        return tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            output = model.generate(**inputs, max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **settings)
+        return tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
-    def complete_all(self, prompts: Sequence[str], seeds: Sequence[int], clock: StageClock, stage: str,
-                     do_sample: bool | None = None) -> list[str | None]:
+    def complete_all(
+        self, prompts: Sequence[str], seeds: Sequence[int], clock: StageClock, stage: str, do_sample: bool | None = None
+    ) -> list[str | None]:
         """`complete` in batches of `batch_size`, each seeded by its first request; None where memory ran out."""
-        return run_batched(lambda batch: self.complete([prompt for prompt, _ in batch], batch[0][1], do_sample),
-                           list(zip(prompts, seeds)), self.batch_size, clock, stage)
+        return run_batched(
+            lambda batch: self.complete([prompt for prompt, _ in batch], batch[0][1], do_sample),
+            list(zip(prompts, seeds)),
+            self.batch_size,
+            clock,
+            stage,
+        )
 
-    def complete_parsed(self, prompts: Sequence[str], seeds: Sequence[int], parse: Callable[[str], Any], clock: StageClock,
-                        stage: str) -> list[Any]:
+    def complete_parsed(
+        self, prompts: Sequence[str], seeds: Sequence[int], parse: Callable[[str], Any], clock: StageClock, stage: str
+    ) -> list[Any]:
         """`parse` of each completion. An answer that parses to nothing is asked once more, sampled with seed + 1
         (counted as `<stage>_retried`); if that parses to nothing too, so be it."""
         answers = self.complete_all(prompts, seeds, clock, stage)

@@ -10,10 +10,14 @@ from synground.generation.llm import LanguageModel
 from synground.generation.runtime import StageClock, prompt_version
 
 PROMPTS = {
-    "short": ("USER: List the objects in this description as short noun phrases of at most four words, one per "
-              "line.\nDescription: {description} ASSISTANT:"),
-    "long": ("USER: List the objects in this description as referring expressions that tell each object apart "
-             "(its attributes and where it is), one per line.\nDescription: {description} ASSISTANT:"),
+    "short": (
+        "USER: List the objects in this description as short noun phrases of at most four words, one per "
+        "line.\nDescription: {description} ASSISTANT:"
+    ),
+    "long": (
+        "USER: List the objects in this description as referring expressions that tell each object apart "
+        "(its attributes and where it is), one per line.\nDescription: {description} ASSISTANT:"
+    ),
 }
 STYLES = ("short", "long", "both")  # the paper: short phrases make better triplets, mixing adds nothing
 BULLET = re.compile(r"^\s*(?:[-*•]+|\d+\s*[.):]|\(\d+\))\s*")
@@ -35,8 +39,14 @@ class PhraseExtractor:
     """`style` short, long or both (both prompts, phrases merged). An answer with no phrase is asked again once with
     sampling; if it still has none the description is skipped and counted as `no_phrases`."""
 
-    def __init__(self, llm: LanguageModel, style: str = "short", prompts: dict[str, str] | None = None,
-                 max_phrases: int = 8, max_words: dict[str, int] | None = None):
+    def __init__(
+        self,
+        llm: LanguageModel,
+        style: str = "short",
+        prompts: dict[str, str] | None = None,
+        max_phrases: int = 8,
+        max_words: dict[str, int] | None = None,
+    ):
         if style not in STYLES:
             raise ValueError(f"unknown phrase style {style!r}; choose one of {STYLES}")
         self.llm, self.style, self.max_phrases = llm, style, max_phrases
@@ -50,8 +60,12 @@ class PhraseExtractor:
     @property
     def provenance(self) -> dict[str, Any]:
         kinds = ("short", "long") if self.style == "both" else (self.style,)
-        return {"llm": self.llm.provenance, "style": self.style, "max_phrases": self.max_phrases,
-                "prompt_versions": {kind: prompt_version(self.prompts[kind]) for kind in kinds}}
+        return {
+            "llm": self.llm.provenance,
+            "style": self.style,
+            "max_phrases": self.max_phrases,
+            "prompt_versions": {kind: prompt_version(self.prompts[kind]) for kind in kinds},
+        }
 
     def extract(self, descriptions: Sequence[str], seeds: Sequence[int], clock: StageClock) -> list[list[str] | None]:
         kinds = ("short", "long") if self.style == "both" else (self.style,)
@@ -68,5 +82,6 @@ class PhraseExtractor:
 
     def _ask(self, kind: str, descriptions: Sequence[str], seeds: Sequence[int], clock: StageClock) -> list[list[str]]:
         prompts = [self.prompts[kind].format(description=text) for text in descriptions]
-        return self.llm.complete_parsed(prompts, seeds, lambda answer: parse_phrases(answer, self.max_words[kind]), clock,
-                                        "phrases")
+        return self.llm.complete_parsed(
+            prompts, seeds, lambda answer: parse_phrases(answer, self.max_words[kind]), clock, "phrases"
+        )

@@ -28,8 +28,15 @@ VERSION = 1  # bump when the composition changes, so provenance tells old sample
 class SynGroundGenerator:
     """A `TripletGenerator`; `descriptions` is any source with `describe(requests, clock)` (descriptions.py)."""
 
-    def __init__(self, descriptions: Any, text_to_image: StableDiffusion, phrases: PhraseExtractor,
-                 detector: OpenVocabularyDetector, clip_filter: ClipScore | None = None, source: str = "synground"):
+    def __init__(
+        self,
+        descriptions: Any,
+        text_to_image: StableDiffusion,
+        phrases: PhraseExtractor,
+        detector: OpenVocabularyDetector,
+        clip_filter: ClipScore | None = None,
+        source: str = "synground",
+    ):
         self.descriptions, self.text_to_image, self.phrases = descriptions, text_to_image, phrases
         self.detector, self.clip_filter, self.source = detector, clip_filter, source
         self.clock = StageClock()
@@ -70,15 +77,20 @@ class SynGroundGenerator:
         if draft.prompt != draft.description.text:
             text_to_image["prompt"] = draft.prompt
         provenance = {
-            "generator": f"synground-v{VERSION}", "seed": draft.request.seed, "index": draft.request.index,
-            "description": draft.description.provenance, "text_to_image": text_to_image,
-            "phrases": self.phrases.provenance, "detector": self.detector.provenance,
+            "generator": f"synground-v{VERSION}",
+            "seed": draft.request.seed,
+            "index": draft.request.index,
+            "description": draft.description.provenance,
+            "text_to_image": text_to_image,
+            "phrases": self.phrases.provenance,
+            "detector": self.detector.provenance,
             "image_ids": draft.description.provenance.get("image_ids", []),
         }
         if self.clip_filter is not None:
             provenance.update(clip=self.clip_filter.provenance, clip_score=round(draft.clip_score, 4))
-        return GroundingSample(draft.request.key, to_pil(draft.image), draft.description.text, draft.regions,
-                               self.source, provenance)
+        return GroundingSample(
+            draft.request.key, to_pil(draft.image), draft.description.text, draft.regions, self.source, provenance
+        )
 
 
 @dataclass

@@ -72,15 +72,25 @@ def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) 
     samples = sum(entry["samples"] for entry in shards)
     requests = sum(entry["requests"] for entry in shards) if shards and all("requests" in e for e in shards) else None
     summary = {
-        "shards": len(shards), "samples": samples, "requests": requests,
+        "shards": len(shards),
+        "samples": samples,
+        "requests": requests,
         "acceptance_rate": round(samples / requests, 4) if requests else None,
-        "regions": int(sum(values["regions_per_image"])), "boxes": int(sum(values["boxes_per_image"])),
-        "records": records, "unreadable_records": unreadable, "sources": dict(sources.most_common()),
+        "regions": int(sum(values["regions_per_image"])),
+        "boxes": int(sum(values["boxes_per_image"])),
+        "records": records,
+        "unreadable_records": unreadable,
+        "sources": dict(sources.most_common()),
         "distributions": {name: _describe(numbers) for name, numbers in values.items() if numbers},
         "rejections": dict(rejections.most_common()),
-        "stages": {stage: {"seconds": round(seconds[stage], 2), "items": items[stage],
-                           "items_per_second": round(items[stage] / seconds[stage], 3) if seconds[stage] else None}
-                   for stage in dict.fromkeys([*seconds, *items])},
+        "stages": {
+            stage: {
+                "seconds": round(seconds[stage], 2),
+                "items": items[stage],
+                "items_per_second": round(items[stage] / seconds[stage], 3) if seconds[stage] else None,
+            }
+            for stage in dict.fromkeys([*seconds, *items])
+        },
     }
 
     output = ShardStore(output_dir or (f"{shard_dir}/report" if is_remote(shard_dir) else Path(shard_dir) / "report"))
@@ -123,9 +133,15 @@ def _measure(record: dict[str, Any]) -> tuple[dict[str, list[float]], str]:
 def _describe(numbers: list[float]) -> dict[str, float]:
     ordered = sorted(numbers)
     p10, p90 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.1, 0.9))
-    return {"count": len(numbers), "mean": round(statistics.fmean(ordered), 4), "p10": round(p10, 4),
-            "median": round(statistics.median(ordered), 4), "p90": round(p90, 4),
-            "min": round(ordered[0], 4), "max": round(ordered[-1], 4)}
+    return {
+        "count": len(numbers),
+        "mean": round(statistics.fmean(ordered), 4),
+        "p10": round(p10, 4),
+        "median": round(statistics.median(ordered), 4),
+        "p90": round(p90, 4),
+        "min": round(ordered[0], 4),
+        "max": round(ordered[-1], 4),
+    }
 
 
 def _histogram(path: Path, numbers: list[float], title: str, xlabel: str) -> str:
@@ -154,14 +170,18 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"| {key.replace('_', ' ')} | {summary[key]} |")
     lines += [f"| source {source} | {count} |" for source, count in summary["sources"].items()]
     lines += ["", "| distribution | count | mean | p10 | median | p90 |", "|---|---|---|---|---|---|"]
-    lines += [f"| {name.replace('_', ' ')} | {d['count']} | {d['mean']} | {d['p10']} | {d['median']} | {d['p90']} |"
-              for name, d in summary["distributions"].items()]
+    lines += [
+        f"| {name.replace('_', ' ')} | {d['count']} | {d['mean']} | {d['p10']} | {d['median']} | {d['p90']} |"
+        for name, d in summary["distributions"].items()
+    ]
     if summary["rejections"]:
         lines += ["", "| rejected because | requests |", "|---|---|"]
         lines += [f"| {reason.replace('_', ' ')} | {count} |" for reason, count in summary["rejections"].items()]
     if summary["stages"]:
         lines += ["", "| stage | seconds | items | items/s |", "|---|---|---|---|"]
-        lines += [f"| {stage} | {s['seconds']} | {s['items']} | {s['items_per_second']} |" for stage, s in summary["stages"].items()]
+        lines += [
+            f"| {stage} | {s['seconds']} | {s['items']} | {s['items_per_second']} |" for stage, s in summary["stages"].items()
+        ]
     lines += [""] + [f"![{plot.removesuffix('.png')}]({plot})" for plot in plots]
     return "\n".join(lines) + "\n"
 

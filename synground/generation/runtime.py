@@ -44,8 +44,12 @@ class StageClock:
 
     def take(self) -> dict[str, dict[str, float]]:
         """The counts so far, as plain dicts, and a fresh start."""
-        taken = {"stage_seconds": dict(self.seconds), "stage_items": dict(self.items),
-                 "rejections": dict(self.rejections), "events": dict(self.events)}
+        taken = {
+            "stage_seconds": dict(self.seconds),
+            "stage_items": dict(self.items),
+            "rejections": dict(self.rejections),
+            "events": dict(self.events),
+        }
         self.__init__()
         return taken
 
@@ -69,8 +73,9 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def run_batched(function: Callable[[Sequence[Item]], list[Result]], items: Sequence[Item], batch_size: int,
-                clock: StageClock, stage: str) -> list[Result | None]:
+def run_batched(
+    function: Callable[[Sequence[Item]], list[Result]], items: Sequence[Item], batch_size: int, clock: StageClock, stage: str
+) -> list[Result | None]:
     """`function` over `items` in batches of `batch_size`, one result per item.
 
     A batch that runs out of memory is retried as two halves; a half that runs out again is skipped: its items
@@ -102,7 +107,9 @@ def run_batched(function: Callable[[Sequence[Item]], list[Result]], items: Seque
     return results
 
 
-def _timed(function: Callable[[Sequence[Item]], list[Result]], batch: Sequence[Item], clock: StageClock, stage: str) -> list[Result]:
+def _timed(
+    function: Callable[[Sequence[Item]], list[Result]], batch: Sequence[Item], clock: StageClock, stage: str
+) -> list[Result]:
     with clock.stage(stage, len(batch)):
         results = function(batch)
     if len(results) != len(batch):
@@ -136,9 +143,11 @@ def load_pretrained(loader: Callable[..., Any], model_id: str, revision: str | N
     try:
         return loader.from_pretrained(model_id, revision=revision, **kwargs)
     except OSError as error:
-        raise OSError(f"cannot load {model_id!r} (revision {revision or 'main'}) with {getattr(loader, '__name__', loader)}: "
-                      f"{error}\nDownload it first (`huggingface-cli download {model_id}`) or pass a local directory "
-                      f"that holds it; offline runs need HF_HUB_OFFLINE=1 and a filled cache.") from error
+        raise OSError(
+            f"cannot load {model_id!r} (revision {revision or 'main'}) with {getattr(loader, '__name__', loader)}: "
+            f"{error}\nDownload it first (`huggingface-cli download {model_id}`) or pass a local directory "
+            f"that holds it; offline runs need HF_HUB_OFFLINE=1 and a filled cache."
+        ) from error
 
 
 def model_provenance(model_id: str, revision: str | None, model: Any = None, **settings: Any) -> dict[str, Any]:

@@ -18,8 +18,12 @@ from PIL import Image, ImageDraw, ImageFilter
 from synground.data.schema import GenerationRequest, GroundingSample, Region
 
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-    "yellow": (235, 210, 40), "purple": (140, 60, 190), "orange": (245, 140, 30),
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (140, 60, 190),
+    "orange": (245, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
 SIZES = {"small": (0.07, 0.10), "large": (0.14, 0.19)}  # radius as a fraction of the image side
@@ -30,8 +34,14 @@ VERSION = 1  # bump when rendering changes, so provenance tells old scenes from 
 class ShapesGenerator:
     """A `TripletGenerator` that draws scenes of shapes; deterministic per request seed."""
 
-    def __init__(self, style: str = "clean", image_size: int = 128, min_shapes: int = 2, max_shapes: int = 5,
-                 colours: Sequence[str] = tuple(COLOURS)):
+    def __init__(
+        self,
+        style: str = "clean",
+        image_size: int = 128,
+        min_shapes: int = 2,
+        max_shapes: int = 5,
+        colours: Sequence[str] = tuple(COLOURS),
+    ):
         if style not in STYLES:
             raise ValueError(f"unknown shapes style {style!r}; choose one of {STYLES}")
         if not 1 <= min_shapes <= max_shapes:
@@ -59,8 +69,13 @@ class ShapesGenerator:
         phrases = _describe(shapes)
         regions = [Region(phrase, [list(shape["box"])], None) for phrase, shape in zip(phrases, shapes)]
         caption = "A picture of " + _join([_indefinite(p) for p in phrases]) + "."
-        provenance = {"generator": "shapes", "version": VERSION, "seed": int(seed), "style": self.style,
-                      "image_size": self.image_size}
+        provenance = {
+            "generator": "shapes",
+            "version": VERSION,
+            "seed": int(seed),
+            "style": self.style,
+            "image_size": self.image_size,
+        }
         return GroundingSample(key, image, caption, regions, f"shapes-{self.style}", provenance)
 
     def _layout(self, rng: np.random.Generator) -> list[dict]:
@@ -81,8 +96,17 @@ class ShapesGenerator:
             box = (cx - radius, cy - radius, cx + radius, cy + radius)
             if any(_overlap(box, s["box"], margin=2) for s in shapes):
                 continue
-            shapes.append({"size": size, "colour": colour, "shape": kind, "centre": (cx, cy), "radius": radius, "box": box,
-                           "say_side": bool(rng.random() < 0.5)})
+            shapes.append(
+                {
+                    "size": size,
+                    "colour": colour,
+                    "shape": kind,
+                    "centre": (cx, cy),
+                    "radius": radius,
+                    "box": box,
+                    "say_side": bool(rng.random() < 0.5),
+                }
+            )
         return shapes
 
     def _background(self, rng: np.random.Generator) -> Image.Image:

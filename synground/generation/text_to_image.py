@@ -22,8 +22,11 @@ from synground.generation.runtime import (
 log = logging.getLogger(__name__)
 
 SCHEDULERS = {  # name -> diffusers class; "default" keeps the checkpoint's own scheduler
-    "ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "dpm++": "DPMSolverMultistepScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler", "unipc": "UniPCMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
 }
 LONG_PROMPT_POLICIES = ("sentences", "truncate")
 
@@ -39,10 +42,21 @@ class StableDiffusion(LazyModels):
 
     pipeline_class = "StableDiffusionPipeline"
 
-    def __init__(self, model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5", revision: str | None = None,
-                 scheduler: str = "default", steps: int = 50, guidance: float = 7.5, height: int = 512, width: int = 512,
-                 negative_prompt: str | None = None, long_prompts: str = "sentences", device: str = "auto",
-                 dtype: str = "float16", batch_size: int = 8):
+    def __init__(
+        self,
+        model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        revision: str | None = None,
+        scheduler: str = "default",
+        steps: int = 50,
+        guidance: float = 7.5,
+        height: int = 512,
+        width: int = 512,
+        negative_prompt: str | None = None,
+        long_prompts: str = "sentences",
+        device: str = "auto",
+        dtype: str = "float16",
+        batch_size: int = 8,
+    ):
         if scheduler != "default" and scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; choose default or one of {sorted(SCHEDULERS)}")
         if long_prompts not in LONG_PROMPT_POLICIES:
@@ -69,9 +83,18 @@ class StableDiffusion(LazyModels):
     @property
     def provenance(self) -> dict[str, Any]:
         unet = self._loaded.unet if self._loaded is not None else None
-        return model_provenance(self.model_id, self.revision, unet, scheduler=self.scheduler, steps=self.steps,
-                                guidance=self.guidance, height=self.height, width=self.width,
-                                negative_prompt=self.negative_prompt, long_prompts=self.long_prompts)
+        return model_provenance(
+            self.model_id,
+            self.revision,
+            unet,
+            scheduler=self.scheduler,
+            steps=self.steps,
+            guidance=self.guidance,
+            height=self.height,
+            width=self.width,
+            negative_prompt=self.negative_prompt,
+            long_prompts=self.long_prompts,
+        )
 
     def fit_prompt(self, text: str) -> str:
         """The prompt the text encoder will read in full, by the long-prompt policy."""
@@ -112,9 +135,14 @@ class StableDiffusion(LazyModels):
 
     def _call_arguments(self, batch: Sequence[tuple[Any, int]]) -> dict[str, Any]:
         # CPU generators: the same seed draws the same starting noise on any GPU
-        return {"generator": [torch.Generator("cpu").manual_seed(seed) for _, seed in batch],
-                "num_inference_steps": self.steps, "guidance_scale": self.guidance, "height": self.height,
-                "width": self.width, "negative_prompt": [self.negative_prompt] * len(batch) if self.negative_prompt else None}
+        return {
+            "generator": [torch.Generator("cpu").manual_seed(seed) for _, seed in batch],
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance,
+            "height": self.height,
+            "width": self.width,
+            "negative_prompt": [self.negative_prompt] * len(batch) if self.negative_prompt else None,
+        }
 
 
 def checked_image(image: torch.Tensor | None, clock: StageClock) -> torch.Tensor | None:

@@ -49,8 +49,10 @@ class ShardPlan:
 
     def requests(self, index: int) -> list[GenerationRequest]:
         start = index * self.samples_per_shard
-        return [GenerationRequest(key=f"{self.name}-{i:09d}", seed=self.seed + i, index=i)
-                for i in range(start, min(start + self.samples_per_shard, self.num_samples))]
+        return [
+            GenerationRequest(key=f"{self.name}-{i:09d}", seed=self.seed + i, index=i)
+            for i in range(start, min(start + self.samples_per_shard, self.num_samples))
+        ]
 
 
 def finished_shards(manifest: Manifest) -> dict[str, dict[str, Any]]:
@@ -65,7 +67,9 @@ def finished_shards(manifest: Manifest) -> dict[str, dict[str, Any]]:
     return {name: entry for name, entry in entries.items() if name in present}
 
 
-def merge_manifest(store: ShardStore, config: dict[str, Any], command: str | None, num_shards: int, final: bool = False) -> Manifest:
+def merge_manifest(
+    store: ShardStore, config: dict[str, Any], command: str | None, num_shards: int, final: bool = False
+) -> Manifest:
     """manifest.json from every finished shard's entry; complete (with totals) once the run ends with every shard."""
     manifest = Manifest(store, config=config)
     manifest.shards = sorted(finished_shards(manifest).values(), key=lambda entry: entry["name"])
@@ -74,8 +78,14 @@ def merge_manifest(store: ShardStore, config: dict[str, Any], command: str | Non
         rejections: Counter[str] = Counter()
         for entry in manifest.shards:
             rejections.update(entry.get("rejections", {}))
-        manifest.finish({"shards": num_shards, "requests": sum(e.get("requests", 0) for e in manifest.shards),
-                         "samples": sum(e["samples"] for e in manifest.shards), "rejections": dict(sorted(rejections.items()))})
+        manifest.finish(
+            {
+                "shards": num_shards,
+                "requests": sum(e.get("requests", 0) for e in manifest.shards),
+                "samples": sum(e["samples"] for e in manifest.shards),
+                "rejections": dict(sorted(rejections.items())),
+            }
+        )
     else:
         manifest.save()
     return manifest
@@ -87,8 +97,10 @@ def check_settings(store: ShardStore, config: dict[str, Any]) -> None:
     previous = manifest.config
     if previous and previous != config:
         changed = sorted(_changed_keys(previous, config))
-        raise ValueError(f"{store} holds shards made with other settings ({manifest.path}); changed: {changed[:8]}. "
-                         "Use a new output_dir, or the same settings to resume.")
+        raise ValueError(
+            f"{store} holds shards made with other settings ({manifest.path}); changed: {changed[:8]}. "
+            "Use a new output_dir, or the same settings to resume."
+        )
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> Iterator[str]:
@@ -112,8 +124,14 @@ class PendingShards(IterableDataset):
 class GenerationTask(L.LightningModule):
     """Runs a generator over this rank's shards; each predict step returns one complete shard's samples."""
 
-    def __init__(self, generator: TripletGenerator, plan: ShardPlan, store: ShardStore, chunk_size: int = 64,
-                 near_duplicates: NearDuplicates | None = None):
+    def __init__(
+        self,
+        generator: TripletGenerator,
+        plan: ShardPlan,
+        store: ShardStore,
+        chunk_size: int = 64,
+        near_duplicates: NearDuplicates | None = None,
+    ):
         super().__init__()
         self.generator, self.plan, self.store = generator, plan, store
         self.chunk_size, self.near_duplicates = chunk_size, near_duplicates
@@ -124,14 +142,21 @@ class GenerationTask(L.LightningModule):
 
     def assign_shards(self) -> list[int]:
         # rank 0 decides what is left and tells the others, so no shard is skipped or made twice
-        finished = self.trainer.strategy.broadcast(sorted(finished_shards(Manifest(self.store))) if self.global_rank == 0 else None, src=0)
+        finished = self.trainer.strategy.broadcast(
+            sorted(finished_shards(Manifest(self.store))) if self.global_rank == 0 else None, src=0
+        )
         todo = [i for i in range(self.plan.num_shards) if self.plan.shard_name(i) not in finished]
         if self.global_rank == 0 and len(todo) < self.plan.num_shards:
             log.info("%d of %d shards already finished in %s", self.plan.num_shards - len(todo), self.plan.num_shards, self.store)
         self.my_shards = todo[self.global_rank :: self.trainer.world_size]
         self.requests_total = sum(len(self.plan.requests(i)) for i in self.my_shards)
-        self.progress = tqdm(total=self.requests_total, desc=f"generating {self.plan.name}", unit="sample",
-                             disable=self.global_rank != 0, dynamic_ncols=True)
+        self.progress = tqdm(
+            total=self.requests_total,
+            desc=f"generating {self.plan.name}",
+            unit="sample",
+            disable=self.global_rank != 0,
+            dynamic_ncols=True,
+        )
         return self.my_shards
 
     def on_predict_start(self) -> None:
@@ -158,8 +183,12 @@ class GenerationTask(L.LightningModule):
         if self.near_duplicates is not None:
             samples = self.near_duplicates(samples, clock)
             self._account(clock.take(), stats)
-        return {"index": int(shard_index), "samples": samples, "requests": len(requests),
-                **{kind: dict(counts) for kind, counts in stats.items()}}
+        return {
+            "index": int(shard_index),
+            "samples": samples,
+            "requests": len(requests),
+            **{kind: dict(counts) for kind, counts in stats.items()},
+        }
 
     def _account(self, taken: dict[str, dict[str, float]], stats: dict[str, Counter]) -> None:
         for kind, counts in taken.items():
@@ -196,8 +225,15 @@ class ShardWriter(BasePredictionWriter):
             merge_manifest(self.store, self.config, self.command, self.num_shards)
         remaining = pl_module.requests_total - pl_module.requests_done
         eta = remaining * (time.perf_counter() - self.started) / max(pl_module.requests_done, 1)
-        log.info("rank %d wrote %s: %d of %d requests kept, rejections %s; ETA %s", trainer.global_rank, entry["name"],
-                 entry["samples"], entry["requests"], entry["rejections"] or "none", _duration(eta))
+        log.info(
+            "rank %d wrote %s: %d of %d requests kept, rejections %s; ETA %s",
+            trainer.global_rank,
+            entry["name"],
+            entry["samples"],
+            entry["requests"],
+            entry["rejections"] or "none",
+            _duration(eta),
+        )
 
     def on_predict_end(self, trainer, pl_module) -> None:
         trainer.strategy.barrier()
@@ -211,10 +247,19 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def generate_shards(generator: TripletGenerator, output_dir: str | Path, num_samples: int, samples_per_shard: int = 1000,
-                    seed: int = 0, name: str = "shapes", chunk_size: int = 64, config: dict[str, Any] | None = None,
-                    near_duplicates: NearDuplicates | None = None, trainer: dict[str, Any] | None = None,
-                    command: str | None = None) -> Manifest:
+def generate_shards(
+    generator: TripletGenerator,
+    output_dir: str | Path,
+    num_samples: int,
+    samples_per_shard: int = 1000,
+    seed: int = 0,
+    name: str = "shapes",
+    chunk_size: int = 64,
+    config: dict[str, Any] | None = None,
+    near_duplicates: NearDuplicates | None = None,
+    trainer: dict[str, Any] | None = None,
+    command: str | None = None,
+) -> Manifest:
     """Write `num_samples` samples into `<output_dir>/<name>-<shard>.tar` with a manifest; resumable (see module doc).
     `output_dir` is a local directory or an `s3://`, `gs://` prefix.
 
@@ -225,14 +270,29 @@ def generate_shards(generator: TripletGenerator, output_dir: str | Path, num_sam
     """
     store = ShardStore(output_dir)
     plan = ShardPlan(name, num_samples, samples_per_shard, seed)
-    settings = json.loads(json.dumps({"name": name, "seed": seed, "num_samples": num_samples,
-                                      "samples_per_shard": samples_per_shard, "generator": config or {}}))
+    settings = json.loads(
+        json.dumps(
+            {
+                "name": name,
+                "seed": seed,
+                "num_samples": num_samples,
+                "samples_per_shard": samples_per_shard,
+                "generator": config or {},
+            }
+        )
+    )
     check_settings(store, settings)
     for folder in ("", ENTRIES_DIR):  # from a killed run
         store.remove_partials(folder)
-    arguments = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
-                 "enable_model_summary": False, **(trainer or {}),
-                 "enable_progress_bar": False}  # Lightning's bar counts shards; ours counts samples, with stage rates
+    arguments = {
+        "accelerator": "auto",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        **(trainer or {}),
+        "enable_progress_bar": False,
+    }  # Lightning's bar counts shards; ours counts samples, with stage rates
     trainer = L.Trainer(**arguments, callbacks=[ShardWriter(store, settings, plan.num_shards, command)])
     # the writer needs no batch indices (a shard knows its own index); Lightning warns that it cannot infer them
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")

@@ -25,11 +25,24 @@ from synground.models.text import TextTokenizer, wordpiece_tokenizer
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_HELP = ("ALBEF's weights are not on the Hugging Face Hub: download ALBEF.pth (14M), ALBEF_4M.pth or refcoco.pth "
-                   "from the links in github.com/salesforce/ALBEF's README and pass the local path as checkpoint=...")
+CHECKPOINT_HELP = (
+    "ALBEF's weights are not on the Hugging Face Hub: download ALBEF.pth (14M), ALBEF_4M.pth or refcoco.pth "
+    "from the links in github.com/salesforce/ALBEF's README and pass the local path as checkpoint=..."
+)
 # in the released files but not used for grounding: momentum encoders, ITC queues, the MLM head, BERT's id buffer
-IGNORED_PREFIXES = ("visual_encoder_m.", "text_encoder_m.", "vision_proj_m.", "text_proj_m.", "image_queue", "text_queue",
-                    "idx_queue", "queue_ptr", "text_encoder.cls.", "text_encoder.pooler.", "text_encoder.embeddings.position_ids")
+IGNORED_PREFIXES = (
+    "visual_encoder_m.",
+    "text_encoder_m.",
+    "vision_proj_m.",
+    "text_proj_m.",
+    "image_queue",
+    "text_queue",
+    "idx_queue",
+    "queue_ptr",
+    "text_encoder.cls.",
+    "text_encoder.pooler.",
+    "text_encoder.embeddings.position_ids",
+)
 
 
 @dataclass
@@ -54,26 +67,37 @@ class AlbefConfig:
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor], name: str = "the state dict", **settings) -> AlbefConfig:
         """Every size a released state dict (our key style) determines; heads are width / 64, as in ViT and BERT."""
+
         def shape(key: str) -> torch.Size:
             if key not in state_dict:
                 raise CheckpointError(f"{name} is not an ALBEF state dict: it has no {key}")
             return state_dict[key].shape
 
         def count(prefix: str) -> int:
-            return len({key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)})
+            return len({key[len(prefix) :].split(".")[0] for key in state_dict if key.startswith(prefix)})
 
         vision_width = shape("visual_encoder.cls_token")[-1]
         vocab_size, text_width = shape("text_encoder.embeddings.word_embeddings.weight")
         text_layers = count("text_encoder.encoder.layer.")
-        fusion_layer = next((i for i in range(text_layers) if f"text_encoder.encoder.layer.{i}.crossattention.self.query.weight" in state_dict),
-                            text_layers)
-        sizes = dict(patch_size=shape("visual_encoder.patch_embed.proj.weight")[-1], vision_width=vision_width,
-                     vision_layers=count("visual_encoder.blocks."), vision_heads=vision_width // 64,
-                     vision_mlp_width=shape("visual_encoder.blocks.0.mlp.fc1.weight")[0], text_width=text_width,
-                     text_layers=text_layers, text_heads=text_width // 64, fusion_layer=fusion_layer,
-                     text_intermediate_width=shape("text_encoder.encoder.layer.0.intermediate.dense.weight")[0],
-                     vocab_size=vocab_size, max_positions=shape("text_encoder.embeddings.position_embeddings.weight")[0],
-                     embed_dim=shape("vision_proj.weight")[0])
+        fusion_layer = next(
+            (i for i in range(text_layers) if f"text_encoder.encoder.layer.{i}.crossattention.self.query.weight" in state_dict),
+            text_layers,
+        )
+        sizes = dict(
+            patch_size=shape("visual_encoder.patch_embed.proj.weight")[-1],
+            vision_width=vision_width,
+            vision_layers=count("visual_encoder.blocks."),
+            vision_heads=vision_width // 64,
+            vision_mlp_width=shape("visual_encoder.blocks.0.mlp.fc1.weight")[0],
+            text_width=text_width,
+            text_layers=text_layers,
+            text_heads=text_width // 64,
+            fusion_layer=fusion_layer,
+            text_intermediate_width=shape("text_encoder.encoder.layer.0.intermediate.dense.weight")[0],
+            vocab_size=vocab_size,
+            max_positions=shape("text_encoder.embeddings.position_embeddings.weight")[0],
+            embed_dim=shape("vision_proj.weight")[0],
+        )
         return cls(**{**sizes, **settings})
 
 
@@ -101,7 +125,9 @@ class MultiHeadAttention(nn.Module):
         self.heads, self.dropout = heads, dropout
         self.eager = False
 
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, hidden: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         q, k, v = (split_heads(x, self.heads) for x in (self.query(hidden), self.key(context), self.value(context)))
         dropout = self.dropout if self.training else 0.0
         if not self.eager:
@@ -258,7 +284,9 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(config.patch_size, width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, width))
-        self.blocks = nn.ModuleList(Block(width, config.vision_heads, config.vision_mlp_width) for _ in range(config.vision_layers))
+        self.blocks = nn.ModuleList(
+            Block(width, config.vision_heads, config.vision_mlp_width) for _ in range(config.vision_layers)
+        )
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -287,14 +315,18 @@ def our_key_style(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def bert_tokenizer(source: str) -> BertTokenizer:
     """bert-base-uncased's WordPiece vocabulary from a hub id, a local tokenizer directory or a vocab.txt file."""
-    how_to_get = (f"download it once with network access (hf download {source} vocab.txt) and pass the directory or "
-                  "the vocab.txt file as text_encoder=...")
+    how_to_get = (
+        f"download it once with network access (hf download {source} vocab.txt) and pass the directory or "
+        "the vocab.txt file as text_encoder=..."
+    )
     if Path(source).is_file():  # transformers 5 ignores BertTokenizer(vocab_file=...): read the words ourselves
         tokens = Path(source).read_text(encoding="utf-8").splitlines()
         tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(tokens)}, do_lower_case=True)
         if len(tokenizer) != len(tokens) or len(set(tokens)) != len(tokens):
-            raise OSError(f"{source} gives a vocabulary of {len(tokenizer)} tokens from {len(tokens)} lines: expected one "
-                          "distinct token per line, as in bert-base-uncased's vocab.txt")
+            raise OSError(
+                f"{source} gives a vocabulary of {len(tokenizer)} tokens from {len(tokens)} lines: expected one "
+                "distinct token per line, as in bert-base-uncased's vocab.txt"
+            )
         return tokenizer
     try:
         tokenizer = BertTokenizer.from_pretrained(source)
@@ -311,11 +343,15 @@ class AlbefGroundingModel(GroundingModel):
     Texts are tokenized the ALBEF way, "[CLS] text" with no [SEP], at most `max_text_length` tokens.
     """
 
-    def __init__(self, config: AlbefConfig, tokenizer: PreTrainedTokenizerBase, gradcam_layer: int = 8, max_text_length: int = 30):
+    def __init__(
+        self, config: AlbefConfig, tokenizer: PreTrainedTokenizerBase, gradcam_layer: int = 8, max_text_length: int = 30
+    ):
         super().__init__()
         if not config.fusion_layer <= gradcam_layer < config.text_layers:
-            raise ValueError(f"gradcam_layer {gradcam_layer} has no cross-attention: use one of layers "
-                             f"{config.fusion_layer}..{config.text_layers - 1}")
+            raise ValueError(
+                f"gradcam_layer {gradcam_layer} has no cross-attention: use one of layers "
+                f"{config.fusion_layer}..{config.text_layers - 1}"
+            )
         self.config = config
         self.visual_encoder = VisionTransformer(config)
         self.text_encoder = FusionBert(config)
@@ -350,8 +386,15 @@ class AlbefGroundingModel(GroundingModel):
         return self.temp.clamp(0.001, 0.5)  # ALBEF's bounds on the learnt temperature
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str, text_encoder: str = "bert-base-uncased", image_size: int = 256,
-                        gradcam_layer: int = 8, max_text_length: int = 30, dropout: float | None = None) -> AlbefGroundingModel:
+    def from_checkpoint(
+        cls,
+        checkpoint: str,
+        text_encoder: str = "bert-base-uncased",
+        image_size: int = 256,
+        gradcam_layer: int = 8,
+        max_text_length: int = 30,
+        dropout: float | None = None,
+    ) -> AlbefGroundingModel:
         """An ALBEF-family model (ViT-B/16 + BERT-base for the released files) from a checkpoint: a local file, an
         http(s) URL or hf://owner/repo/file. Widths, depths, the fusion layer and the vocabulary size are read from it.
         `dropout` replaces BERT's 0.1 (e.g. 0 to fine-tune without it)."""
@@ -359,30 +402,60 @@ class AlbefGroundingModel(GroundingModel):
         tokenizer = bert_tokenizer(text_encoder)
         words = state_dict.get("text_encoder.embeddings.word_embeddings.weight")
         if words is not None and len(words) != len(tokenizer):
-            raise CheckpointError(f"the vocabulary {text_encoder!r} has {len(tokenizer)} tokens but {checkpoint}'s word embeddings "
-                                  f"have {len(words)} rows: ALBEF uses bert-base-uncased's vocabulary")
-        config = AlbefConfig.from_state_dict(state_dict, name=checkpoint, image_size=image_size, **({} if dropout is None else {"dropout": dropout}))
+            raise CheckpointError(
+                f"the vocabulary {text_encoder!r} has {len(tokenizer)} tokens but {checkpoint}'s word embeddings "
+                f"have {len(words)} rows: ALBEF uses bert-base-uncased's vocabulary"
+            )
+        config = AlbefConfig.from_state_dict(
+            state_dict, name=checkpoint, image_size=image_size, **({} if dropout is None else {"dropout": dropout})
+        )
         with torch.device("meta"):  # no time spent initialising weights that the file replaces
             model = cls(config, tokenizer, gradcam_layer, max_text_length)
         model.load_albef_state_dict(state_dict, name=checkpoint)
         return model
 
     @classmethod
-    def tiny(cls, vocabulary: list[str] | None = None, image_size: int = 128, patch_size: int = 16, vision_width: int = 64,
-             vision_layers: int = 3, text_width: int = 64, text_layers: int = 4, fusion_layer: int = 1, heads: int = 4,
-             gradcam_layer: int = 2, max_text_length: int = 16, embed_dim: int = 64, dropout: float = 0.1,
-             initializer_range: float = 0.1) -> AlbefGroundingModel:
+    def tiny(
+        cls,
+        vocabulary: list[str] | None = None,
+        image_size: int = 128,
+        patch_size: int = 16,
+        vision_width: int = 64,
+        vision_layers: int = 3,
+        text_width: int = 64,
+        text_layers: int = 4,
+        fusion_layer: int = 1,
+        heads: int = 4,
+        gradcam_layer: int = 2,
+        max_text_length: int = 16,
+        embed_dim: int = 64,
+        dropout: float = 0.1,
+        initializer_range: float = 0.1,
+    ) -> AlbefGroundingModel:
         """A randomly initialised ALBEF of the same architecture, small enough to train on a CPU.
 
         As in the released model, the Grad-CAM layer is a fusion layer with fusion layers above it (8 of 12 there,
         2 of 4 here), so the eager attention above it, which the AMC loss differentiates through, is exercised.
         """
         tokenizer = wordpiece_tokenizer(vocabulary or [])
-        config = AlbefConfig(image_size=image_size, patch_size=patch_size, vision_width=vision_width, vision_layers=vision_layers,
-                             vision_heads=heads, vision_mlp_width=4 * vision_width, text_width=text_width, text_layers=text_layers,
-                             text_heads=heads, text_intermediate_width=4 * text_width, fusion_layer=fusion_layer,
-                             vocab_size=len(tokenizer), max_positions=max(64, max_text_length), embed_dim=embed_dim,
-                             dropout=dropout, initializer_range=initializer_range)
+        config = AlbefConfig(
+            image_size=image_size,
+            patch_size=patch_size,
+            vision_width=vision_width,
+            vision_layers=vision_layers,
+            vision_heads=heads,
+            vision_mlp_width=4 * vision_width,
+            text_width=text_width,
+            text_layers=text_layers,
+            text_heads=heads,
+            text_intermediate_width=4 * text_width,
+            fusion_layer=fusion_layer,
+            vocab_size=len(tokenizer),
+            max_positions=max(64, max_text_length),
+            embed_dim=embed_dim,
+            dropout=dropout,
+            initializer_range=initializer_range,
+        )
         return cls(config, tokenizer, gradcam_layer, max_text_length)
 
     def load_albef_state_dict(self, state_dict: dict[str, torch.Tensor], name: str) -> None:
@@ -391,11 +464,17 @@ class AlbefGroundingModel(GroundingModel):
         ignored = [key for key in state_dict if key.startswith(IGNORED_PREFIXES)]
         state_dict = {key: value for key, value in state_dict.items() if not key.startswith(IGNORED_PREFIXES)}
         if "visual_encoder.pos_embed" in state_dict:
-            state_dict["visual_encoder.pos_embed"] = resize_position_embedding(state_dict["visual_encoder.pos_embed"], self.visual_encoder.grid)
+            state_dict["visual_encoder.pos_embed"] = resize_position_embedding(
+                state_dict["visual_encoder.pos_embed"], self.visual_encoder.grid
+            )
         unexpected = check_state_dict(self, state_dict, name)
         self.load_state_dict({key: value for key, value in state_dict.items() if key not in unexpected}, assign=True)
-        log.info("loaded %s: %d weights, %d training-only entries ignored (momentum encoders, queues, MLM head)",
-                 name, len(state_dict) - len(unexpected), len(ignored))
+        log.info(
+            "loaded %s: %d weights, %d training-only entries ignored (momentum encoders, queues, MLM head)",
+            name,
+            len(state_dict) - len(unexpected),
+            len(ignored),
+        )
         if unexpected:
             log.warning("%s has %d weights this model does not use: %s", name, len(unexpected), ", ".join(unexpected[:8]))
 

@@ -38,8 +38,15 @@ class BlipGroundingModel(GroundingModel):
     `first_token="enc"` replaces [CLS] by [ENC] as BLIP's own retrieval training does; transformers keeps [CLS].
     """
 
-    def __init__(self, model: BlipForImageTextRetrieval, tokenizer: PreTrainedTokenizerBase, gradcam_layer: int = 6,
-                 max_text_length: int = 35, first_token: str = "cls", temperature: float = 0.07):
+    def __init__(
+        self,
+        model: BlipForImageTextRetrieval,
+        tokenizer: PreTrainedTokenizerBase,
+        gradcam_layer: int = 6,
+        max_text_length: int = 35,
+        first_token: str = "cls",
+        temperature: float = 0.07,
+    ):
         super().__init__()
         layers = model.config.text_config.num_hidden_layers
         if not 0 <= gradcam_layer < layers:
@@ -62,7 +69,9 @@ class BlipGroundingModel(GroundingModel):
         return self.model.text_encoder.encoder.layer[self.gradcam_layer].crossattention.self
 
     @classmethod
-    def from_pretrained(cls, model_id: str = "Salesforce/blip-itm-base-coco", dropout: float | None = None, **kwargs) -> BlipGroundingModel:
+    def from_pretrained(
+        cls, model_id: str = "Salesforce/blip-itm-base-coco", dropout: float | None = None, **kwargs
+    ) -> BlipGroundingModel:
         """Weights and tokenizer from a hub id or a local directory (safetensors when the repository has them).
 
         `dropout` replaces the text encoder's hidden and attention dropout and the vision attention dropout (0 turns
@@ -76,25 +85,43 @@ class BlipGroundingModel(GroundingModel):
             model, info = BlipForImageTextRetrieval.from_pretrained(model_id, config=config, output_loading_info=True)
             tokenizer = AutoTokenizer.from_pretrained(model_id)
         except OSError as error:
-            raise OSError(f"cannot load BLIP weights {model_id!r}: download them once with network access "
-                          f"(hf download {model_id}) or pass a local directory as model_id") from error
+            raise OSError(
+                f"cannot load BLIP weights {model_id!r}: download them once with network access "
+                f"(hf download {model_id}) or pass a local directory as model_id"
+            ) from error
         except RuntimeError as error:  # transformers' report of weights of another shape
             raise CheckpointError(f"{model_id} does not fit BlipForImageTextRetrieval: {error}") from error
         if info["missing_keys"]:
             missing = sorted(info["missing_keys"])
-            raise CheckpointError(f"{model_id} is not a BLIP image-text matching checkpoint: it lacks {len(missing)} weights, "
-                                  f"e.g. {', '.join(missing[:8])} (use a Salesforce/blip-itm-* model)")
+            raise CheckpointError(
+                f"{model_id} is not a BLIP image-text matching checkpoint: it lacks {len(missing)} weights, "
+                f"e.g. {', '.join(missing[:8])} (use a Salesforce/blip-itm-* model)"
+            )
         rows = model.config.text_config.vocab_size
         if not len(tokenizer.all_special_tokens) < len(tokenizer) <= rows:  # transformers may build an empty one offline
-            raise CheckpointError(f"the tokenizer of {model_id} has {len(tokenizer)} tokens for {rows} word embeddings: "
-                                  "it did not load whole (BLIP's has bert-base-uncased's 30,522 plus [DEC] and [ENC])")
+            raise CheckpointError(
+                f"the tokenizer of {model_id} has {len(tokenizer)} tokens for {rows} word embeddings: "
+                "it did not load whole (BLIP's has bert-base-uncased's 30,522 plus [DEC] and [ENC])"
+            )
         return cls(model, tokenizer, **kwargs)
 
     @classmethod
-    def tiny(cls, vocabulary: list[str] | None = None, image_size: int = 128, patch_size: int = 16,
-             vision_width: int = 64, vision_layers: int = 3, text_width: int = 64, text_layers: int = 3,
-             heads: int = 4, gradcam_layer: int = 1, max_text_length: int = 16, dropout: float = 0.0, initializer_range: float = 0.1,
-             **kwargs) -> BlipGroundingModel:
+    def tiny(
+        cls,
+        vocabulary: list[str] | None = None,
+        image_size: int = 128,
+        patch_size: int = 16,
+        vision_width: int = 64,
+        vision_layers: int = 3,
+        text_width: int = 64,
+        text_layers: int = 3,
+        heads: int = 4,
+        gradcam_layer: int = 1,
+        max_text_length: int = 16,
+        dropout: float = 0.0,
+        initializer_range: float = 0.1,
+        **kwargs,
+    ) -> BlipGroundingModel:
         """A randomly initialised BLIP of the same architecture, small enough to train on a CPU.
 
         As in the released model (layer 6 of 12), the Grad-CAM layer has layers above it, which the AMC loss
@@ -104,19 +131,41 @@ class BlipGroundingModel(GroundingModel):
         uniform and image-text matching stays at chance for hundreds of steps; 0.1 lets it learn from the start.
         """
         tokenizer = wordpiece_tokenizer(vocabulary or [])
-        special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.cls_token_id,
-                   "eos_token_id": tokenizer.sep_token_id, "sep_token_id": tokenizer.sep_token_id}
+        special = {
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.cls_token_id,
+            "eos_token_id": tokenizer.sep_token_id,
+            "sep_token_id": tokenizer.sep_token_id,
+        }
         config = BlipConfig(
-            text_config=dict(vocab_size=len(tokenizer), hidden_size=text_width, encoder_hidden_size=vision_width,
-                             intermediate_size=4 * text_width, num_hidden_layers=text_layers, num_attention_heads=heads,
-                             max_position_embeddings=max(64, max_text_length), initializer_range=initializer_range,
-                             hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **special),
-            vision_config=dict(hidden_size=vision_width, intermediate_size=4 * vision_width, num_hidden_layers=vision_layers,
-                               num_attention_heads=heads, image_size=image_size, patch_size=patch_size, attention_dropout=dropout,
-                               initializer_range=initializer_range),
+            text_config=dict(
+                vocab_size=len(tokenizer),
+                hidden_size=text_width,
+                encoder_hidden_size=vision_width,
+                intermediate_size=4 * text_width,
+                num_hidden_layers=text_layers,
+                num_attention_heads=heads,
+                max_position_embeddings=max(64, max_text_length),
+                initializer_range=initializer_range,
+                hidden_dropout_prob=dropout,
+                attention_probs_dropout_prob=dropout,
+                **special,
+            ),
+            vision_config=dict(
+                hidden_size=vision_width,
+                intermediate_size=4 * vision_width,
+                num_hidden_layers=vision_layers,
+                num_attention_heads=heads,
+                image_size=image_size,
+                patch_size=patch_size,
+                attention_dropout=dropout,
+                initializer_range=initializer_range,
+            ),
             image_text_hidden_size=min(64, text_width),
         )
-        return cls(BlipForImageTextRetrieval(config), tokenizer, gradcam_layer=gradcam_layer, max_text_length=max_text_length, **kwargs)
+        return cls(
+            BlipForImageTextRetrieval(config), tokenizer, gradcam_layer=gradcam_layer, max_text_length=max_text_length, **kwargs
+        )
 
     def contrastive_parameters(self) -> list[nn.Parameter]:
         return [*self.model.vision_proj.parameters(), *self.model.text_proj.parameters()]
@@ -131,8 +180,12 @@ class BlipGroundingModel(GroundingModel):
 
     def itm_logits(self, image_embeds: torch.Tensor, texts: Tokens) -> torch.Tensor:
         image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
-        fused = self.model.text_encoder(input_ids=texts["input_ids"], attention_mask=texts["attention_mask"],
-                                        encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask)
+        fused = self.model.text_encoder(
+            input_ids=texts["input_ids"],
+            attention_mask=texts["attention_mask"],
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+        )
         return self.model.itm_head(fused.last_hidden_state[:, 0])
 
     def contrastive_features(self, image_embeds: torch.Tensor, texts: Tokens) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,8 +24,10 @@ def read_state_dict(source: str, how_to_get: str = "") -> dict[str, torch.Tensor
         try:
             state = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError) as error:  # no network, or a bad download
-            raise CheckpointError(f"cannot download {source}: {error}. Download it where there is network access and "
-                                  f"pass the local file instead.{hint}") from error
+            raise CheckpointError(
+                f"cannot download {source}: {error}. Download it where there is network access and "
+                f"pass the local file instead.{hint}"
+            ) from error
         return unwrap_state_dict(state, source)
     if source.startswith("hf://"):
         from huggingface_hub import hf_hub_download
@@ -47,9 +49,11 @@ def read_state_dict(source: str, how_to_get: str = "") -> dict[str, torch.Tensor
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path} holds Python objects besides tensors, which are not loaded from untrusted files. "
-                              "If you trust it, re-save only its weights: torch.save(torch.load(path, weights_only=False)"
-                              f"['model'], 'weights.pth'). Details: {error}") from error
+        raise CheckpointError(
+            f"{path} holds Python objects besides tensors, which are not loaded from untrusted files. "
+            "If you trust it, re-save only its weights: torch.save(torch.load(path, weights_only=False)"
+            f"['model'], 'weights.pth'). Details: {error}"
+        ) from error
     return unwrap_state_dict(state, str(path))
 
 
@@ -66,13 +70,19 @@ def unwrap_state_dict(state: dict, name: str) -> dict[str, torch.Tensor]:
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], name: str, shown: int = 8) -> list[str]:
     """Raise CheckpointError naming the first wrong shapes or missing weights; return the unexpected keys."""
     expected = model.state_dict()
-    mismatched = [f"{key}: file {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
-                  for key, value in state_dict.items() if key in expected and value.shape != expected[key].shape]
+    mismatched = [
+        f"{key}: file {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        for key, value in state_dict.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
     if mismatched:
-        raise CheckpointError(f"{name} does not fit this model ({len(mismatched)} weights of another shape; "
-                              f"another architecture or size?): " + "; ".join(mismatched[:shown]))
+        raise CheckpointError(
+            f"{name} does not fit this model ({len(mismatched)} weights of another shape; "
+            f"another architecture or size?): " + "; ".join(mismatched[:shown])
+        )
     missing = [key for key in expected if key not in state_dict]
     if missing:
-        raise CheckpointError(f"{name} lacks {len(missing)} of the model's {len(expected)} weights, e.g. "
-                              + ", ".join(missing[:shown]))
+        raise CheckpointError(
+            f"{name} lacks {len(missing)} of the model's {len(expected)} weights, e.g. " + ", ".join(missing[:shown])
+        )
     return [key for key in state_dict if key not in expected]

@@ -6,8 +6,14 @@ import torch
 import torch.nn.functional as F
 
 
-def amc_loss(maps: torch.Tensor, masks: torch.Tensor, mean_margin: float = 0.1, max_margin: float = 0.5,
-             mean_weight: float = 0.2, max_weight: float = 0.8) -> torch.Tensor:
+def amc_loss(
+    maps: torch.Tensor,
+    masks: torch.Tensor,
+    mean_margin: float = 0.1,
+    max_margin: float = 0.5,
+    mean_weight: float = 0.2,
+    max_weight: float = 0.8,
+) -> torch.Tensor:
     """Attention-mask consistency (Yang et al., CVPR 2023) on normalised maps G and box masks M, both [B, H, W].
 
     L_mean = relu(sum(G(1-M))/sum(1-M) - sum(GM)/sum(M) + 0.1), sums pooled over the batch;
@@ -23,7 +29,9 @@ def amc_loss(maps: torch.Tensor, masks: torch.Tensor, mean_margin: float = 0.1, 
     return mean_weight * loss_mean + max_weight * loss_max
 
 
-def sample_hard_negatives(similarity: torch.Tensor, same_text: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_hard_negatives(
+    similarity: torch.Tensor, same_text: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """For each row i, one column j != i drawn from softmax(similarity[i]), never one whose text equals i's.
 
     Rows with no valid column fall back to any other column (a batch of one text repeated has no true negative).
@@ -37,7 +45,9 @@ def sample_hard_negatives(similarity: torch.Tensor, same_text: torch.Tensor, gen
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
-def itc_loss(image_features: torch.Tensor, text_features: torch.Tensor, temperature: float, same_text: torch.Tensor) -> torch.Tensor:
+def itc_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, temperature: float, same_text: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE; identical texts in the batch all count as positives (soft targets)."""
     logits = image_features @ text_features.t() / temperature
     targets = same_text.float() / same_text.float().sum(dim=1, keepdim=True)

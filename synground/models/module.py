@@ -25,8 +25,18 @@ class GroundingModule(L.LightningModule):
     pointing game; they need `Trainer(inference_mode=False)` because the maps are gradients.
     """
 
-    def __init__(self, net: GroundingModel, amc_weight: float = 1.0, itc_weight: float = 0.0, hard_negatives: bool = True, lr: float = 1e-5,
-                 weight_decay: float = 0.02, warmup_steps: int = 2000, warmup_start_lr: float = 1e-6, min_lr: float = 1e-6):
+    def __init__(
+        self,
+        net: GroundingModel,
+        amc_weight: float = 1.0,
+        itc_weight: float = 0.0,
+        hard_negatives: bool = True,
+        lr: float = 1e-5,
+        weight_decay: float = 0.02,
+        warmup_steps: int = 2000,
+        warmup_start_lr: float = 1e-6,
+        min_lr: float = 1e-6,
+    ):
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)  # train.py logs the whole resolved config once
         self.net = net
@@ -49,7 +59,9 @@ class GroundingModule(L.LightningModule):
             with torch.set_grad_enabled(self.hparams.itc_weight > 0):
                 features = self.net.contrastive_features(image_embeds, encoded)
             if features is None:
-                raise ValueError(f"{type(self.net).__name__} has no contrastive features: set itc_weight=0 and hard_negatives=false")
+                raise ValueError(
+                    f"{type(self.net).__name__} has no contrastive features: set itc_weight=0 and hard_negatives=false"
+                )
             if self.hparams.itc_weight > 0:
                 losses["itc"] = itc_loss(*features, self.net.temperature, same_text)
             if self.hparams.hard_negatives:
@@ -96,11 +108,20 @@ class GroundingModule(L.LightningModule):
     def configure_optimizers(self):
         decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim < 2]  # biases and norms
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
         total = planned_steps(self.trainer)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
-            step, total, self.hparams.lr, self.hparams.warmup_steps, self.hparams.warmup_start_lr, self.hparams.min_lr) / self.hparams.lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: (
+                warmup_cosine(
+                    step, total, self.hparams.lr, self.hparams.warmup_steps, self.hparams.warmup_start_lr, self.hparams.min_lr
+                )
+                / self.hparams.lr
+            ),
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
@@ -120,8 +141,10 @@ def planned_steps(trainer: L.Trainer) -> int:
 
 def check_normalised(batch: dict[str, Any]) -> None:
     if batch["images"].dtype == torch.uint8:
-        raise TypeError("batch['images'] is uint8: GroundingDataModule normalises batches in on_after_batch_transfer, which "
-                        "Lightning calls; outside a Trainer call datamodule.on_after_batch_transfer(batch, 0) on each batch")
+        raise TypeError(
+            "batch['images'] is uint8: GroundingDataModule normalises batches in on_after_batch_transfer, which "
+            "Lightning calls; outside a Trainer call datamodule.on_after_batch_transfer(batch, 0) on each batch"
+        )
 
 
 def image_rows(batch: dict[str, Any]) -> torch.Tensor:

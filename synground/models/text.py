@@ -45,8 +45,12 @@ class TextTokenizer:
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             if len(ids) > room:
                 if not self.truncated:
-                    log.warning("text of %d tokens cut to the model's limit of %d (warned once; see .truncated for the count): %r",
-                                len(ids) + 1 + len(self.end_ids), self.max_length, text[:80])
+                    log.warning(
+                        "text of %d tokens cut to the model's limit of %d (warned once; see .truncated for the count): %r",
+                        len(ids) + 1 + len(self.end_ids),
+                        self.max_length,
+                        text[:80],
+                    )
                 self.truncated += 1
                 ids = ids[:room]
             rows.append([self.first_id, *ids, *self.end_ids])

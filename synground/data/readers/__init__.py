@@ -5,5 +5,13 @@ from synground.data.readers.record import Record, load_record, require
 from synground.data.readers.refcoco import load_refs, refcoco_records
 from synground.data.readers.visual_genome import amc_json_records, visual_genome_records
 
-__all__ = ["Record", "amc_json_records", "flickr30k_records", "load_record", "load_refs", "refcoco_records", "require",
-           "visual_genome_records"]
+__all__ = [
+    "Record",
+    "amc_json_records",
+    "flickr30k_records",
+    "load_record",
+    "load_refs",
+    "refcoco_records",
+    "require",
+    "visual_genome_records",
+]

@@ -55,8 +55,9 @@ def parse_boxes(xml_text: str, issues: Counter[str]) -> tuple[dict[str, list[lis
     return boxes, scene
 
 
-def flickr30k_records(root: str | Path, split: str = "test", image_dir: str | Path | None = None,
-                      issues: Counter[str] | None = None) -> Iterator[Record]:
+def flickr30k_records(
+    root: str | Path, split: str = "test", image_dir: str | Path | None = None, issues: Counter[str] | None = None
+) -> Iterator[Record]:
     """Records of one split, in the order of `<root>/<split>.txt`; images in `image_dir` (default root/flickr30k-images)."""
     root = Path(root)
     issues = Counter() if issues is None else issues
@@ -92,6 +93,11 @@ def flickr30k_records(root: str | Path, split: str = "test", image_dir: str | Pa
                     issues["phrase_scene"] += 1
                 else:
                     issues["phrase_without_box"] += 1
-        yield Record(key=f"flickr30k-{image_id}", image_path=images / f"{image_id}.jpg", caption=sentences[0] if sentences else "",
-                     regions=regions, source=f"flickr30k/{split}",
-                     provenance={"dataset": "flickr30k", "split": split, "image_ids": [f"flickr:{image_id}"], "sentences": sentences})
+        yield Record(
+            key=f"flickr30k-{image_id}",
+            image_path=images / f"{image_id}.jpg",
+            caption=sentences[0] if sentences else "",
+            regions=regions,
+            source=f"flickr30k/{split}",
+            provenance={"dataset": "flickr30k", "split": split, "image_ids": [f"flickr:{image_id}"], "sentences": sentences},
+        )

@@ -39,9 +39,16 @@ def load_refs(path: str | Path) -> list[dict[str, Any]]:
     return refs
 
 
-def refcoco_records(root: str | Path | None = None, split: str = "testA", dataset: str = "refcoco+", split_by: str = "unc",
-                    refs_file: str | Path | None = None, instances_file: str | Path | None = None,
-                    image_dir: str | Path | None = None, issues: Counter[str] | None = None) -> Iterator[Record]:
+def refcoco_records(
+    root: str | Path | None = None,
+    split: str = "testA",
+    dataset: str = "refcoco+",
+    split_by: str = "unc",
+    refs_file: str | Path | None = None,
+    instances_file: str | Path | None = None,
+    image_dir: str | Path | None = None,
+    issues: Counter[str] | None = None,
+) -> Iterator[Record]:
     """Records of one split ('val', 'testA', 'testB', ...) in image-id order.
 
     `root` is laid out as the refer API's data folder (github.com/lichengunc/refer): `<root>/<dataset>/refs(<split_by>).p`
@@ -84,5 +91,11 @@ def refcoco_records(root: str | Path | None = None, split: str = "testA", datase
             issues["malformed_annotation"] += 1
             log.warning("%s image %s is not in %s; skipped", dataset, image_id, instances_file)
             continue
-        yield Record(key=f"coco-{image_id}", image_path=image_dir / images[image_id]["file_name"], caption="", regions=regions,
-                     source=f"{dataset}/{split}", provenance={"dataset": dataset, "split": split, "image_ids": [f"coco:{image_id}"]})
+        yield Record(
+            key=f"coco-{image_id}",
+            image_path=image_dir / images[image_id]["file_name"],
+            caption="",
+            regions=regions,
+            source=f"{dataset}/{split}",
+            provenance={"dataset": dataset, "split": split, "image_ids": [f"coco:{image_id}"]},
+        )

@@ -26,12 +26,18 @@ def stream_json_list(path: Path, what: str) -> Iterator[dict[str, Any]]:
         try:
             yield from ijson.items(file, "item", use_float=True)
         except ijson.JSONError as error:
-            raise ValueError(f"{path} is not a valid JSON list ({' '.join(str(error).split())}): is it truncated? Fix or download it again, then "
-                             "rerun the same command: finished shards are kept and the rest is converted") from error
+            raise ValueError(
+                f"{path} is not a valid JSON list ({' '.join(str(error).split())}): is it truncated? Fix or download it again, then "
+                "rerun the same command: finished shards are kept and the rest is converted"
+            ) from error
 
 
-def visual_genome_records(root: str | Path, region_descriptions: str | Path | None = None, image_data: str | Path | None = None,
-                          issues: Counter[str] | None = None) -> Iterator[Record]:
+def visual_genome_records(
+    root: str | Path,
+    region_descriptions: str | Path | None = None,
+    image_data: str | Path | None = None,
+    issues: Counter[str] | None = None,
+) -> Iterator[Record]:
     """One record per image, in the order of region_descriptions.json; each region phrase with its one box."""
     root = Path(root)
     issues = Counter() if issues is None else issues
@@ -56,12 +62,19 @@ def visual_genome_records(root: str | Path, region_descriptions: str | Path | No
                 issues["malformed_annotation"] += 1
         relative, coco_id, flickr_id = images[image_id]
         ids = [f"vg:{image_id}"] + [f"{name}:{value}" for name, value in (("coco", coco_id), ("flickr", flickr_id)) if value]
-        yield Record(key=f"vg-{image_id}", image_path=root / relative, caption="", regions=regions, source="visual_genome",
-                     provenance={"dataset": "visual_genome", "image_ids": ids})
+        yield Record(
+            key=f"vg-{image_id}",
+            image_path=root / relative,
+            caption="",
+            regions=regions,
+            source="visual_genome",
+            provenance={"dataset": "visual_genome", "image_ids": ids},
+        )
 
 
-def amc_json_records(json_file: str | Path, image_root: str | Path, name: str = "amc",
-                     issues: Counter[str] | None = None) -> Iterator[Record]:
+def amc_json_records(
+    json_file: str | Path, image_root: str | Path, name: str = "amc", issues: Counter[str] | None = None
+) -> Iterator[Record]:
     """AMC's training list of {"image", "caption": str | [str], "bbox": [[x0, y0, x1, y1], ...]}.
 
     Every caption of an entry describes the same object, so each becomes a region with all the entry's boxes
@@ -91,7 +104,13 @@ def amc_json_records(json_file: str | Path, image_root: str | Path, name: str = 
             continue
         if current is not None:
             yield current
-        current = Record(key=f"{name}-{index:09d}", image_path=image_root / image, caption=captions[0], regions=regions,
-                         source=name, provenance={"dataset": name, "image": image, "image_ids": []})
+        current = Record(
+            key=f"{name}-{index:09d}",
+            image_path=image_root / image,
+            caption=captions[0],
+            regions=regions,
+            source=name,
+            provenance={"dataset": name, "image": image, "image_ids": []},
+        )
     if current is not None:
         yield current
