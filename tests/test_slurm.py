@@ -52,40 +52,46 @@ def steps_logged(run_dir: Path) -> int:
     return sum(1 for line in log.read_text().splitlines()[1:] if line.split(",")[0] == "0") if log.exists() else 0
 
 
-def test_a_sweep_runs_one_job_per_run_and_a_job_signalled_before_its_time_limit_resumes_exactly(slurm, tmp_path):
+def run_and_signal(script: str, overrides: list[str], tmp_path: Path, env: dict, job_folder: str, started, what: str):
+    """Runs `script -m` through the launcher; once `started()` holds, Slurm signals the job in `.submitit/<job_folder>`
+    with USR2, as it does signal_delay_s before the time limit (submitit asks for USR2), to every task of the job.
+    Returns (the job id, the launcher's output) once the launcher returns, after the requeued job ends."""
     sweep = tmp_path / "sweep"
-    # two runs of one configuration: run 1 gets the time-limit signal, run 0 shows where it should end
     launcher = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "-m",
-            *CPU_JOBS,
-            *SHORT,
-            "data.batches_per_epoch=12",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            "trainer.log_every_n_steps=1",
-            "+logger.csv.flush_logs_every_n_steps=1",
-            "seed=42,42",
-            f"hydra.sweep.dir={sweep}",
-        ],
+        [sys.executable, str(ROOT / script), "-m", *CPU_JOBS, *overrides, f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path,
-        env=slurm,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         stdin=subprocess.DEVNULL,
     )
     try:
-        job = wait_for(lambda: next((p.name for p in (sweep / ".submitit").glob("*_1")), None), 120, "run 1's job")
-        wait_for(lambda: steps_logged(sweep / "1") >= 3, 300, "run 1 to train 3 steps")
-        # what Slurm does signal_delay_s before the time limit (submitit asks for USR2), to every task of the job
-        subprocess.run(["scancel", "--signal=USR2", job], env=slurm, check=True)
+        job = wait_for(lambda: next((p.name for p in (sweep / ".submitit").glob(job_folder)), None), 120, "the job")
+        wait_for(started, 300, what)
+        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
         output, _ = launcher.communicate(timeout=900)
     finally:
         launcher.kill()
     assert launcher.returncode == 0, output[-3000:]
+    return job, output
+
+
+def test_a_sweep_runs_one_job_per_run_and_a_job_signalled_before_its_time_limit_resumes_exactly(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    # two runs of one configuration: run 1 gets the time-limit signal, run 0 shows where it should end
+    overrides = [
+        *SHORT,
+        "data.batches_per_epoch=12",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.log_every_n_steps=1",
+        "+logger.csv.flush_logs_every_n_steps=1",
+        "seed=42,42",
+    ]
+    job, _ = run_and_signal(
+        "train.py", overrides, tmp_path, slurm, "*_1", lambda: steps_logged(sweep / "1") >= 3, "run 1 to train 3 steps"
+    )
 
     log = (sweep / "1" / "train.log").read_text()  # Hydra appends: both the stopped and the resumed job wrote here
     assert re.search(rf"Slurm job {job} requeued", log), log[-3000:]
@@ -127,33 +133,17 @@ def test_a_generation_job_runs_its_tasks_as_ranks_and_a_signalled_job_requeues_t
     assert local.returncode == 0, local.stderr[-3000:]
 
     sweep = tmp_path / "sweep"
-    launcher = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "generate.py"),
-            "-m",
-            *CPU_JOBS,
-            "hydra.launcher.tasks_per_node=2",
-            *settings,
-            f"output_dir={tmp_path}/slurm",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=tmp_path,
-        env=slurm,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
+    # submitit's own handler takes the signal (generate.py installs none): it requeues the job, whose rerun skips the
+    # finished shards
+    job, _ = run_and_signal(
+        "generate.py",
+        ["hydra.launcher.tasks_per_node=2", *settings, f"output_dir={tmp_path}/slurm"],
+        tmp_path,
+        slurm,
+        "[0-9]*",
+        lambda: len(list((tmp_path / "slurm" / "manifest.d").glob("*.json"))) >= 4,
+        "4 shards written",
     )
-    try:
-        job = wait_for(lambda: next((p.name for p in (sweep / ".submitit").glob("[0-9]*")), None), 120, "the job")
-        wait_for(lambda: len(list((tmp_path / "slurm" / "manifest.d").glob("*.json"))) >= 4, 300, "4 shards written")
-        # submitit's own handler (generate.py installs none): it requeues the job, whose rerun skips finished shards
-        subprocess.run(["scancel", "--signal=USR2", job], env=slurm, check=True)
-        output, _ = launcher.communicate(timeout=900)
-    finally:
-        launcher.kill()
-    assert launcher.returncode == 0, output[-3000:]
 
     logs = "".join(path.read_text() for path in (sweep / ".submitit" / job).glob("*_log.*"))
     assert f"Requeued job {job}" in logs, logs[-3000:]
