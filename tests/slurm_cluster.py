@@ -61,9 +61,10 @@ def slurm_cluster(directory: Path, timeout: float = 60.0) -> Iterator[dict[str, 
                 "SelectType=select/cons_tres",
                 "SelectTypeParameters=CR_Core",
                 "ReturnToService=2",
-                # a requeued job may start again once its credentials expire (default 120 s)
                 "JobRequeue=1",
+                "KillWait=5",  # seconds from a requeue's SIGTERM (which submitit ignores) to SIGKILL; 30 by default
                 "MinJobAge=600",
+                # a requeued job may start again once its credentials expire (default 120 s)
                 "AuthInfo=cred_expire=10",
                 f"NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN",
                 f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",

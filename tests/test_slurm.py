@@ -134,12 +134,17 @@ def test_a_generation_job_runs_its_tasks_as_ranks_and_a_signalled_job_requeues_t
 
     sweep = tmp_path / "sweep"
     # submitit's own handler takes the signal (generate.py installs none): it requeues the job, whose rerun skips the
-    # finished shards
+    # finished shards. The whole set takes under a second, so in the first run each rank holds after 2 shards (one
+    # generate call per shard): without it the run could finish before Slurm kills it, and the rerun would do nothing.
+    held = [
+        "generation.generator._target_=held_generator.HeldInFirstRun",
+        "+generation.generator.hold_after=2",
+    ]
     job, _ = run_and_signal(
         "generate.py",
-        ["hydra.launcher.tasks_per_node=2", *settings, f"output_dir={tmp_path}/slurm"],
+        ["hydra.launcher.tasks_per_node=2", *settings, *held, f"output_dir={tmp_path}/slurm"],
         tmp_path,
-        slurm,
+        {**slurm, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), slurm.get("PYTHONPATH")]))},
         "[0-9]*",
         lambda: len(list((tmp_path / "slurm" / "manifest.d").glob("*.json"))) >= 4,
         "4 shards written",
