@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from synground.callbacks.pointing_game import pointing_game_hits
+from synground.callbacks.pointing_game import pointing_game_hits, predicted_points
 from synground.models.module import image_rows
 
 
@@ -107,9 +107,7 @@ def render_panel(item: dict[str, Any], mean, std) -> dict[str, Any]:
     coloured = torch.from_numpy(colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
     overlay = (0.55 * image + 0.45 * coloured).permute(1, 2, 0).numpy()
     height, width = item["size"]
-    # the predicted point as the pointing game finds it: first maximum of the bicubic upsampling to the original size
-    original = F.interpolate(item["map"][None, None], size=(height, width), mode="bicubic", align_corners=False)
-    y, x = divmod(int(original.flatten().argmax()), width)
+    x, y = predicted_points(item["map"][None], torch.tensor([[height, width]]))[0].tolist()
     scale = torch.tensor([side / width, side / height] * 2)
     return {
         "overlay": (overlay * 255).round().astype(np.uint8),

@@ -10,22 +10,29 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 
-def pointing_game_hits(maps: torch.Tensor, boxes: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
-    """[B] bool: does the first maximum of each map, upsampled bicubically to its original (H, W), lie strictly
-    inside any of that item's xyxy boxes (original pixel coordinates)?
+def predicted_points(maps: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """[B, 2] long (x, y): the pointing game's point of each map, the first maximum (row-major) of the map upsampled
+    bicubically to its image's original (H, W) in `sizes` [B, 2], in that image's pixel coordinates.
 
     Items of the same original size are upsampled together (COCO and Flickr30k repeat a few sizes often).
     """
-    hits = torch.zeros(len(boxes), dtype=torch.bool)
+    points = torch.zeros(len(maps), 2, dtype=torch.long)
     size_list = [tuple(size) for size in sizes.tolist()]
     for height, width in dict.fromkeys(size_list):
         group = [index for index, size in enumerate(size_list) if size == (height, width)]
         upsampled = F.interpolate(maps[group][:, None].float(), size=(height, width), mode="bicubic", align_corners=False)
         flat_index = upsampled.flatten(1).argmax(dim=1).cpu()  # torch returns the first maximum in row-major order
-        ys, xs = flat_index // width, flat_index % width
-        for index, x, y in zip(group, xs.tolist(), ys.tolist()):
-            b = boxes[index].to("cpu", torch.float64)
-            hits[index] = bool(((b[:, 0] < x) & (x < b[:, 2]) & (b[:, 1] < y) & (y < b[:, 3])).any())
+        points[group] = torch.stack([flat_index % width, flat_index // width], dim=1)
+    return points
+
+
+def pointing_game_hits(maps: torch.Tensor, boxes: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
+    """[B] bool: does each map's predicted point (`predicted_points`) lie strictly inside any of that item's xyxy
+    boxes (original pixel coordinates)?"""
+    hits = torch.zeros(len(boxes), dtype=torch.bool)
+    for index, (x, y) in enumerate(predicted_points(maps, sizes).tolist()):
+        b = boxes[index].to("cpu", torch.float64)
+        hits[index] = bool(((b[:, 0] < x) & (x < b[:, 2]) & (b[:, 1] < y) & (y < b[:, 3])).any())
     return hits
 
 

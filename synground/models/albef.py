@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -364,7 +365,7 @@ class AlbefGroundingModel(GroundingModel):
         self.gradcam_attention.eager = True
         for layer in self.text_encoder.encoder.layer[gradcam_layer + 1 :]:  # the AMC loss differentiates their backward
             layer.attention.self.eager = layer.crossattention.self.eager = True
-        self.image_size = config.image_size
+        self.image_size, self.max_text_length = config.image_size, max_text_length
         self.tokenizer = tokenizer
         self.text_tokenizer = TextTokenizer(tokenizer, max_text_length, first_token="[CLS]", end_with_sep=False)
 
@@ -477,6 +478,29 @@ class AlbefGroundingModel(GroundingModel):
         )
         if unexpected:
             log.warning("%s has %d weights this model does not use: %s", name, len(unexpected), ", ".join(unexpected[:8]))
+
+    def save_export(self, directory: Path) -> dict[str, Any]:
+        """The weights in the released key layout (refcoco.pth's: text_encoder.* is BertModel) twice: model.safetensors,
+        and albef.pth as {"model": state dict}, which the original ALBEF code reads (torch.load(...)["model"], then
+        load_state_dict(strict=False): the momentum encoders and queues are not included, they stay as that code
+        initialises them), plus the WordPiece vocabulary (vocab.txt); returns the settings `from_export` needs."""
+        from safetensors.torch import save_file
+
+        state = {key: value.detach().contiguous().cpu() for key, value in self.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        torch.save({"model": state}, directory / "albef.pth")
+        tokens = [token for token, _ in sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])]
+        (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+        return {"config": asdict(self.config), "gradcam_layer": self.gradcam_layer, "max_text_length": self.max_text_length}
+
+    @classmethod
+    def from_export(cls, directory: Path, settings: dict[str, Any]) -> AlbefGroundingModel:
+        state_dict = read_state_dict(str(directory / "model.safetensors"))
+        tokenizer = bert_tokenizer(str(directory / "vocab.txt"))
+        with torch.device("meta"):  # the file replaces every weight
+            model = cls(AlbefConfig(**settings["config"]), tokenizer, settings["gradcam_layer"], settings["max_text_length"])
+        model.load_albef_state_dict(state_dict, name=str(directory / "model.safetensors"))
+        return model
 
     def contrastive_parameters(self) -> list[nn.Parameter]:
         return [*self.vision_proj.parameters(), *self.text_proj.parameters(), self.temp]

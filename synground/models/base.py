@@ -60,6 +60,24 @@ class GroundingModel(nn.Module, ABC):
         (grad,) = torch.autograd.grad(logits[:, 1].sum(), captured.value, create_graph=create_graph)
         return GradCamOutput(maps=attention_gradcam(captured.value, grad, texts["attention_mask"]), itm_logits=logits)
 
+    def evaluation_gradcam(
+        self, images: torch.Tensor, texts: list[str], image_index: torch.Tensor | None = None
+    ) -> GradCamOutput:
+        """Evaluation maps (detached) for `texts` on `images` [U, 3, H, W]; row i pairs texts[i] with
+        images[image_index[i]] (each image is encoded once for all its phrases), or with images[i] without an index.
+
+        Only the Grad-CAM layer and the layers above it build a graph. Run it outside `torch.inference_mode`: the
+        map is a gradient.
+        """
+        with torch.no_grad():
+            image_embeds = self.encode_images(images)
+            if image_index is not None:
+                image_embeds = image_embeds[image_index]
+            encoded = self.encode_texts(self.tokenize(texts))
+        with torch.enable_grad():
+            cam = self.gradcam(image_embeds, encoded, create_graph=False)
+        return GradCamOutput(maps=cam.maps.detach(), itm_logits=cam.itm_logits.detach())
+
     def contrastive_features(self, image_embeds: torch.Tensor, texts: Tokens) -> tuple[torch.Tensor, torch.Tensor] | None:
         """L2-normalised image and text features for ITC and hard-negative mining; None if the model has none."""
         return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,7 +63,7 @@ class BlipGroundingModel(GroundingModel):
         self.model = model
         self.tokenizer = tokenizer
         self.text_tokenizer = TextTokenizer(tokenizer, max_text_length, first_token=f"[{first_token.upper()}]", end_with_sep=True)
-        self.gradcam_layer = gradcam_layer
+        self.gradcam_layer, self.first_token, self.max_text_length = gradcam_layer, first_token, max_text_length
         self.temperature = temperature
         self.image_size = vision.image_size
 
@@ -165,6 +168,29 @@ class BlipGroundingModel(GroundingModel):
         )
         return cls(
             BlipForImageTextRetrieval(config), tokenizer, gradcam_layer=gradcam_layer, max_text_length=max_text_length, **kwargs
+        )
+
+    def save_export(self, directory: Path) -> dict[str, Any]:
+        """Weights (model.safetensors), config and tokenizer in the transformers format, which
+        `BlipForImageTextRetrieval.from_pretrained(directory)` and `AutoTokenizer.from_pretrained(directory)` load;
+        returns the settings `from_export` needs besides them."""
+        self.model.save_pretrained(directory)  # the fused vision attention keeps BLIP's parameter names
+        self.tokenizer.save_pretrained(directory)
+        return {
+            "gradcam_layer": self.gradcam_layer,
+            "first_token": self.first_token,
+            "max_text_length": self.max_text_length,
+            "temperature": float(self.temperature),
+        }
+
+    @classmethod
+    def from_export(cls, directory: Path, settings: dict[str, Any]) -> BlipGroundingModel:
+        return cls.from_pretrained(
+            str(directory),
+            gradcam_layer=settings["gradcam_layer"],
+            first_token=settings["first_token"],
+            max_text_length=settings["max_text_length"],
+            temperature=settings["temperature"],
         )
 
     def contrastive_parameters(self) -> list[nn.Parameter]:

@@ -92,12 +92,8 @@ class GroundingModule(L.LightningModule):
 
     def evaluation_maps(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         check_normalised(batch)
-        with torch.no_grad():  # the map's gradient flows from the captured layer on: no graph is needed before it
-            image_embeds = self.net.encode_images(batch["images"])[image_rows(batch)]  # each image once for its phrases
-            texts = self.net.encode_texts(self.net.tokenize(batch["texts"]))
-        with torch.enable_grad():
-            cam = self.net.gradcam(image_embeds, texts, create_graph=False)
-        return {"maps": cam.maps.detach(), "itm_logits": cam.itm_logits.detach()}
+        cam = self.net.evaluation_gradcam(batch["images"], batch["texts"], image_rows(batch))
+        return {"maps": cam.maps, "itm_logits": cam.itm_logits}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         return self.evaluation_maps(batch)

@@ -1,0 +1,292 @@
+"""Grounding any image and phrase with a trained model: `Grounder(images, phrases)` gives each pair's Grad-CAM map,
+the pointing game's point, the ITM match score and, on request, a box read off the map.
+
+    from synground import Grounder
+    grounder = Grounder.load("logs/shapes/runs/<date>/checkpoints/last.ckpt")  # or an export directory
+    [result] = grounder("photo.jpg", "the red circle")
+    result.point, result.score, result.heatmap  # (x, y) in the photo's pixels, P(match), [H, W] in [0, 1]
+
+The maps are the evaluation maps of training (PROTOCOL.md section 2): the same preprocessing (square bicubic resize to
+the training size, the training normalisation), the same Grad-CAM layer, dropout off.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image, UnidentifiedImageError
+
+from synground.callbacks.pointing_game import predicted_points
+from synground.data.transforms import CLIP_MEAN, CLIP_STD, GroundingTransform, normalize_images
+from synground.models.base import GroundingModel
+from synground.models.checkpoints import CheckpointError, check_state_dict
+
+log = logging.getLogger(__name__)
+
+ImageInput = str | Path | Image.Image | np.ndarray
+BOX_RULE = (
+    "the bounding box of the 8-connected region around the predicted point where the normalised heat map is at least "
+    "box_threshold (computed on the map resized so its longer side is at most 256 px, then scaled to the image)"
+)
+
+
+@dataclass
+class Grounding:
+    """One (image, phrase) pair's result. Coordinates are pixels of the image as given (x right, y down)."""
+
+    phrase: str
+    image_size: tuple[int, int]  # (width, height)
+    cam: torch.Tensor  # [g, g] raw Grad-CAM on the model's patch grid (no ReLU, no normalisation)
+    point: tuple[int, int]  # (x, y): the first maximum of the map upsampled bicubically to the image (pointing game)
+    score: float  # the ITM head's match probability
+    box: tuple[float, float, float, float] | None = None  # xyxy, when asked for (`BOX_RULE`)
+    source: str | None = field(default=None, repr=False)  # the image's path, when it was given one
+
+    @cached_property
+    def heatmap(self) -> torch.Tensor:
+        """[H, W] float in [0, 1]: the map upsampled bicubically to the image, negatives cut, min-max normalised."""
+        width, height = self.image_size
+        return normalised_heatmap(self.cam[None], (height, width))[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ground.py writes per pair (JSON-ready; the map itself is left out)."""
+        return {
+            "image": self.source,
+            "phrase": self.phrase,
+            "image_size": list(self.image_size),
+            "point": list(self.point),
+            "score": round(self.score, 6),
+            "box": None if self.box is None else [round(value, 2) for value in self.box],
+        }
+
+
+def normalised_heatmap(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B, g, g] raw maps -> [B, H, W] in [0, 1]: bicubic upsampling (as the pointing game), ReLU, min-max per map."""
+    heat = F.interpolate(cams[:, None].float(), size=size, mode="bicubic", align_corners=False)[:, 0].clamp(min=0)
+    low = heat.flatten(1).min(1).values[:, None, None]
+    high = heat.flatten(1).max(1).values[:, None, None]
+    return (heat - low) / (high - low).clamp(min=1e-7)
+
+
+def box_from_heatmap(heatmap: torch.Tensor, point: tuple[int, int], threshold: float = 0.5, max_side: int = 256) -> tuple:
+    """`BOX_RULE`: xyxy in the pixels of `heatmap` [H, W] (normalised to [0, 1]); `point` is (x, y) in those pixels."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"box_threshold must be in (0, 1], got {threshold}")
+    height, width = heatmap.shape
+    scale = min(1.0, max_side / max(height, width))
+    small = (round(height * scale), round(width * scale))
+    region_of = F.interpolate(heatmap[None, None].float(), size=small, mode="bilinear", align_corners=False)[0, 0] >= threshold
+    x, y = min(int(point[0] * scale), small[1] - 1), min(int(point[1] * scale), small[0] - 1)
+    region = torch.zeros_like(region_of)
+    region[y, x] = True
+    region_of[y, x] = True  # the maximum's own pixel, even where resizing smoothed it below the threshold
+    while True:  # grow the region by its 8 neighbours inside the thresholded map until it stops changing
+        grown = F.max_pool2d(region[None, None].float(), 3, stride=1, padding=1)[0, 0].bool() & region_of
+        if torch.equal(grown, region):
+            break
+        region = grown
+    ys, xs = torch.nonzero(region, as_tuple=True)
+    return (
+        float(xs.min()) / scale,
+        float(ys.min()) / scale,
+        min((float(xs.max()) + 1) / scale, width),
+        min((float(ys.max()) + 1) / scale, height),
+    )
+
+
+def open_image(image: ImageInput, name: str) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image or an [H, W, 3] uint8 array; errors name the input."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"{name}: expected an [H, W, 3] uint8 array, got {image.dtype} of shape {image.shape}")
+        return Image.fromarray(image)
+    path = Path(image).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: no such image file: {path}")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{name}: {path} is not an image PIL can read ({error})") from error
+
+
+class Grounder:
+    """A grounding model ready for inference: eval mode (dropout off), on the GPU when there is one.
+
+    `grounder(images, phrases)` pairs them up: one image with several phrases, several images with one phrase, or
+    equally long lists (pair i is images[i] with phrases[i]). Work is done in batches of `batch_size` pairs, each
+    image encoded once for all its phrases in a batch.
+    """
+
+    def __init__(
+        self,
+        net: GroundingModel,
+        image_size: int | None = None,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+        device: str | torch.device | None = None,
+        batch_size: int = 16,
+        name: str = "model",
+    ):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net = net.eval().to(self.device)
+        self.image_size = image_size or net.image_size
+        self.transform = GroundingTransform(self.image_size, flip_prob=0.0)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.batch_size, self.name = batch_size, name
+
+    @classmethod
+    def load(cls, source: str | Path, **kwargs: Any) -> Grounder:
+        """From a training checkpoint (.ckpt) or an export directory (synground.export)."""
+        path = Path(source).expanduser()
+        if path.is_dir():
+            return cls.from_export(path, **kwargs)
+        if path.suffix == ".ckpt":
+            return cls.from_checkpoint(path, **kwargs)
+        raise FileNotFoundError(
+            f"{source}: expected a training checkpoint (.ckpt, e.g. logs/<task>/runs/<date>/checkpoints/last.ckpt) or "
+            "an export directory (from python -m synground.export)"
+        )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, config: str | Path | DictConfig | None = None, **kwargs: Any) -> Grounder:
+        """The model of a train.py checkpoint, built from the config it was trained with: by default the run's
+        `.hydra/config.yaml` beside the checkpoints folder. Full-size models are built from their pretrained weights
+        first (the hub id or file the config names), then take the checkpoint's; an export needs neither."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"no such checkpoint file: {path}")
+        cfg = run_config(path) if config is None else config
+        cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.load(cfg)
+        grounder = cls.from_config(cfg, name=kwargs.pop("name", _checkpoint_name(path)), **kwargs)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = {
+            key.removeprefix("net."): value for key, value in checkpoint.get("state_dict", {}).items() if key.startswith("net.")
+        }
+        if not state:
+            raise CheckpointError(f"{path} has no model weights (state_dict with net.* keys): is it a train.py checkpoint?")
+        unexpected = check_state_dict(grounder.net, state, str(path))
+        if unexpected:
+            raise CheckpointError(f"{path} has {len(unexpected)} weights the configured model lacks, e.g. {unexpected[:8]}")
+        grounder.net.load_state_dict(state)
+        log.info("%s: weights of %s (step %s)", grounder.name, path, checkpoint.get("global_step"))
+        return grounder
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, **kwargs: Any) -> Grounder:
+        """A model as a run config (train.yaml's `model` and `data` keys) builds it, with its own weights (pretrained
+        or random); the input size and normalisation come from `data`."""
+        if "model" not in cfg or "net" not in cfg.model:
+            raise ValueError("the config has no model.net: give a train.py run config (.hydra/config.yaml) or model=<name>")
+        data = cfg.get("data") or {}
+        net = hydra.utils.instantiate(cfg.model.net)
+        return cls(
+            net,
+            image_size=data.get("image_size"),
+            mean=data.get("mean") or CLIP_MEAN,
+            std=data.get("std") or CLIP_STD,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_export(cls, directory: str | Path, **kwargs: Any) -> Grounder:
+        """The model of an export directory (synground.export): BLIP in the transformers format or ALBEF's layout."""
+        from synground.export import load_export  # export imports this module
+
+        directory = Path(directory).expanduser()
+        net, settings = load_export(directory)
+        return cls(
+            net,
+            image_size=settings["image_size"],
+            mean=settings["mean"],
+            std=settings["std"],
+            **{"name": directory.name, **kwargs},
+        )
+
+    def __call__(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        phrases: str | Sequence[str],
+        boxes: bool = False,
+        box_threshold: float = 0.5,
+    ) -> list[Grounding]:
+        images = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
+        phrases = [phrases] if isinstance(phrases, str) else list(phrases)
+        for index, phrase in enumerate(phrases):
+            if not isinstance(phrase, str) or not phrase.strip():
+                raise ValueError(f"phrase {index} is empty: give the words to ground, e.g. 'the red circle'")
+        if not images or not phrases:
+            raise ValueError("give at least one image and one phrase")
+        if len(images) == 1:
+            images = images * len(phrases)
+        elif len(phrases) == 1:
+            phrases = phrases * len(images)
+        elif len(images) != len(phrases):
+            raise ValueError(
+                f"{len(images)} images and {len(phrases)} phrases: give one image, one phrase, or as many of each (pairs)"
+            )
+        results = []
+        for start in range(0, len(images), self.batch_size):
+            results += self._batch(images[start : start + self.batch_size], phrases[start : start + self.batch_size], start)
+        if boxes:
+            for result in results:
+                result.box = box_from_heatmap(result.heatmap, result.point, box_threshold)
+        return results
+
+    def _batch(self, images: list[ImageInput], phrases: list[str], offset: int) -> list[Grounding]:
+        rows: dict[Any, int] = {}  # an image given for several phrases (one path or one object) is opened and encoded once
+        opened, pixels, sources, image_rows = [], [], [], []
+        for index, image in enumerate(images):
+            key = str(image) if isinstance(image, (str, Path)) else id(image)
+            if key not in rows:
+                rows[key] = len(opened)
+                picture = open_image(image, f"image {offset + index}")
+                opened.append(picture)
+                pixels.append(self.transform.pixels(picture))
+                sources.append(str(image) if isinstance(image, (str, Path)) else None)
+            image_rows.append(rows[key])
+        image_index = torch.tensor(image_rows, device=self.device)
+        batch = normalize_images(torch.stack(pixels).permute(0, 3, 1, 2).to(self.device), self.mean, self.std)
+        cam = self.net.evaluation_gradcam(batch, phrases, image_index)
+        sizes = torch.tensor([[opened[row].height, opened[row].width] for row in image_index.tolist()])
+        points = predicted_points(cam.maps, sizes).tolist()
+        scores = cam.itm_logits.float().softmax(dim=1)[:, 1].tolist()
+        return [
+            Grounding(
+                phrase=phrase,
+                image_size=opened[row].size,
+                cam=cam.maps[i].float().cpu(),
+                point=tuple(points[i]),
+                score=scores[i],
+                source=sources[row],
+            )
+            for i, (phrase, row) in enumerate(zip(phrases, image_index.tolist()))
+        ]
+
+
+def run_config(checkpoint: Path) -> DictConfig:
+    """The config of the train.py run that wrote `checkpoint` (<run>/checkpoints/x.ckpt -> <run>/.hydra/config.yaml)."""
+    for run_dir in (checkpoint.parent.parent, checkpoint.parent):
+        if (run_dir / ".hydra" / "config.yaml").is_file():
+            return OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    raise FileNotFoundError(
+        f"no run config found for {checkpoint}: train.py keeps it in <run dir>/.hydra/config.yaml beside the checkpoints "
+        "folder; pass config=<that file> (or the run's experiment as model=... / data.image_size=...)"
+    )
+
+
+def _checkpoint_name(path: Path) -> str:
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return f"{run.name}/{path.name}"
