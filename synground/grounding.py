@@ -46,7 +46,7 @@ class Grounding:
 
     phrase: str
     image_size: tuple[int, int]  # (width, height)
-    cam: torch.Tensor  # [g, g] raw Grad-CAM on the model's patch grid (no ReLU, no normalisation)
+    cam: torch.Tensor = field(repr=False)  # [g, g] raw Grad-CAM on the model's patch grid (no ReLU, no normalisation)
     point: tuple[int, int]  # (x, y): the first maximum of the map upsampled bicubically to the image (pointing game)
     score: float  # the ITM head's match probability
     box: tuple[float, float, float, float] | None = None  # xyxy, when asked for (`BOX_RULE`)
@@ -285,6 +285,17 @@ def run_config(checkpoint: Path) -> DictConfig:
         f"no run config found for {checkpoint}: train.py keeps it in <run dir>/.hydra/config.yaml beside the checkpoints "
         "folder; pass config=<that file> (or the run's experiment as model=... / data.image_size=...)"
     )
+
+
+def demo_checkpoint(log_dir: str | Path = "logs") -> Path | None:
+    """The best checkpoint of the newest finished offline demo run (`make demo`, `python train.py experiment=shapes`):
+    <log_dir>/shapes/runs/<date>/checkpoints/epoch*.ckpt of a run that wrote metrics.json; None if there is none."""
+    runs = sorted((Path(log_dir) / "shapes" / "runs").glob("*/metrics.json"), reverse=True)
+    for metrics in runs:
+        best = sorted(metrics.parent.glob("checkpoints/epoch*.ckpt"))
+        if best:
+            return best[-1]
+    return None
 
 
 def _checkpoint_name(path: Path) -> str:
