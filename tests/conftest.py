@@ -37,3 +37,72 @@ def tiny_albef() -> AlbefGroundingModel:
 def tiny_model(request):
     """Each tiny grounding model in turn: tests using it hold for every GroundingModel."""
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+def _run(script: str, *overrides: str, cwd) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> dict:
+    """Two short train.py runs as a user makes them, shared by the Grounder, ground.py and export tests:
+    "blip", blip_tiny on generated shard sets (its run keeps their manifests), tested on a held-out shard set; and
+    "albef", albef_tiny (dropout 0.1, so evaluation must turn it off) on the shapes world. Each entry is
+    (run directory, checkpoint of the weights the run tested)."""
+    root = tmp_path_factory.mktemp("trained_runs")
+    for style, count in (("clean", 16), ("textured", 8)):
+        _run(
+            "generate.py",
+            "generation=shapes",
+            f"generation.generator.style={style}",
+            "generation.generator.image_size=64",
+            f"generation.num_samples={count}",
+            "generation.samples_per_shard=8",
+            f"output_dir={root}/{style}",
+            f"hydra.run.dir={root}/gen-{style}",
+            "report=false",
+            cwd=root,
+        )
+    small = [
+        "data.image_size=64",
+        "model.net.patch_size=8",
+        "data.num_workers=0",
+        "data.batches_per_epoch=2",
+        "data.batch_size=4",
+    ]
+    _run(
+        "train.py",
+        "data=shards",
+        f"data.train.synthetic=[{root}/clean]",
+        f"+data.test.held_out={root}/textured",
+        *small,
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={root}/blip",
+        cwd=root,
+    )
+    _run(
+        "train.py",
+        "experiment=shapes",
+        "model=albef_tiny",
+        *small,
+        "trainer.max_epochs=1",
+        "data.val.shapes_textured.num_samples=8",
+        "data.test.shapes_clean.num_samples=12",
+        "data.test.shapes_textured.num_samples=12",
+        f"hydra.run.dir={root}/albef",
+        cwd=root,
+    )
+    runs = {}
+    for name in ("blip", "albef"):
+        checkpoints = root / name / "checkpoints"
+        best = sorted(checkpoints.glob("epoch*.ckpt"))
+        runs[name] = (root / name, best[-1] if best else checkpoints / "last.ckpt")
+    return runs
