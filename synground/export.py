@@ -33,7 +33,7 @@ ARCHITECTURES: dict[str, type[GroundingModel]] = {"blip": BlipGroundingModel, "a
 
 def export_model(checkpoint: str | Path, output_dir: str | Path, overwrite: bool = False) -> Path:
     """Write the model of a train.py checkpoint into `output_dir`. The directory is written beside it under another
-    name and renamed at the end, so a failed export leaves nothing that looks complete."""
+    name and renamed at the end, so a failed export leaves neither a partial directory nor a changed old export."""
     checkpoint, output_dir = Path(checkpoint).expanduser(), Path(output_dir).expanduser()
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} exists: choose another directory or pass --overwrite")
@@ -46,22 +46,26 @@ def export_model(checkpoint: str | Path, output_dir: str | Path, overwrite: bool
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
 
-    settings = {
-        "format": FORMAT,
-        "architecture": architecture,
-        "image_size": grounder.image_size,
-        "mean": list(grounder.mean),
-        "std": list(grounder.std),
-        **grounder.net.save_export(partial),
-        "checkpoint": str(checkpoint),
-        "global_step": torch.load(checkpoint, map_location="cpu", weights_only=True).get("global_step"),
-    }
-    (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
-    if (run_dir / "metrics.json").is_file():
-        shutil.copy(run_dir / "metrics.json", partial / "metrics.json")
-    if (run_dir / "data_manifests").is_dir():
-        shutil.copytree(run_dir / "data_manifests", partial / "data_manifests")
-    (partial / "README.md").write_text(model_card(partial, settings, run_dir, export_command(checkpoint, output_dir)))
+    try:
+        settings = {
+            "format": FORMAT,
+            "architecture": architecture,
+            "image_size": grounder.image_size,
+            "mean": list(grounder.mean),
+            "std": list(grounder.std),
+            **grounder.net.save_export(partial),
+            "checkpoint": str(checkpoint),
+            "global_step": torch.load(checkpoint, map_location="cpu", weights_only=True).get("global_step"),
+        }
+        (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+        if (run_dir / "metrics.json").is_file():
+            shutil.copy(run_dir / "metrics.json", partial / "metrics.json")
+        if (run_dir / "data_manifests").is_dir():
+            shutil.copytree(run_dir / "data_manifests", partial / "data_manifests")
+        (partial / "README.md").write_text(model_card(partial, settings, run_dir, export_command(checkpoint, output_dir)))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if output_dir.exists():
         shutil.rmtree(output_dir)
     partial.rename(output_dir)
