@@ -10,7 +10,7 @@ LOCK := requirements.lock
 PIP_VERSION := 26.3
 UV_VERSION := 0.13.8
 
-.PHONY: demo test lint check-lock lock benchmark mixing-study dry-run
+.PHONY: demo app test lint check-lock lock benchmark mixing-study dry-run
 
 # the lock is checked against pyproject.toml first (offline, on the bare venv), so a stale lock fails with the
 # requirement it misses instead of installing; `pip check` then checks that the pinned packages fit one another
@@ -57,6 +57,12 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) train.py experiment=shapes
+
+# the web demo (app.py) on http://127.0.0.1:7860, serving the offline demo's model (trained first if there is none);
+# APP_ARGS="ckpt_path=[a.ckpt,exports/b]" compares other checkpoints
+APP_ARGS ?=
+app: $(STAMP)
+	$(PY) app.py $(APP_ARGS)
 
 # pytest exits 5 when it collects no test: that is a failure here too
 test: $(STAMP)

@@ -9,8 +9,9 @@ from PIL import Image, ImageDraw
 from synground.grounding import Grounding
 
 
-def render_overlay(image: Image.Image, result: Grounding, alpha: float = 0.45, caption: bool = True) -> Image.Image:
-    """`image` (as given to the Grounder) with `result`'s heat map blended in (jet: red is high), a white cross with a
+def render_overlay(image: Image.Image, result: Grounding, alpha: float = 0.7, caption: bool = True) -> Image.Image:
+    """`image` (as given to the Grounder) with `result`'s heat map blended in (jet: red is high; each pixel weighs the
+    map by alpha times its value, so low values leave the image as it is), a white cross with a
     black outline at the predicted point, the map's box in green when there is one, and the phrase with its match
     score below the picture."""
     image = image.convert("RGB")
@@ -18,8 +19,9 @@ def render_overlay(image: Image.Image, result: Grounding, alpha: float = 0.45, c
         raise ValueError(
             f"the image is {image.size} but the result is for an image of {tuple(result.image_size)} (width, height)"
         )
-    heat = colormaps["jet"](result.heatmap.numpy())[..., :3]
-    blended = (1 - alpha) * np.asarray(image, dtype=np.float32) / 255 + alpha * heat
+    heat = result.heatmap.numpy()[..., None]
+    weight = alpha * heat  # where the map is low the image shows as it is
+    blended = (1 - weight) * np.asarray(image, dtype=np.float32) / 255 + weight * colormaps["jet"](heat[..., 0])[..., :3]
     picture = Image.fromarray((blended * 255).round().astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     side = max(image.size)
