@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from synground.data.convert import convert_records
+from synground.generation.report import dataset_report
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="convert")
@@ -27,6 +28,9 @@ def main(cfg: DictConfig) -> None:
     print(f"{report['samples']} images with {report['regions']} phrases in {report['shards']} shards: {report['manifest']}")
     if report["skipped"]:
         print("skipped: " + ", ".join(f"{reason} {count}" for reason, count in report["skipped"].items()))
+    if cfg.report:
+        dataset_report(cfg.output_dir, samples=cfg.report_samples or None)
+        print(f"dataset report: {cfg.output_dir}/report/report.md")
 
 
 if __name__ == "__main__":

@@ -27,12 +27,13 @@ def main(cfg: DictConfig) -> None:
         near_duplicates=hydra.utils.instantiate(near_duplicates) if near_duplicates else None,
         trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
         command=shlex.join(["python", *sys.argv]),
+        keep_rejected=cfg.keep_rejected,
     )
     if rank_zero_only.rank != 0:  # every rank runs this script under DDP; one reports
         return
     print(f"{sum(s['samples'] for s in manifest.shards)} samples in {len(manifest.shards)} shards: {manifest.path}")
     if cfg.report:
-        dataset_report(cfg.output_dir)
+        dataset_report(cfg.output_dir, samples=cfg.report_samples or None)
         print(f"dataset report: {cfg.output_dir}/report/report.md")
 
 

@@ -24,10 +24,11 @@ from synground.generation.layout import Gligen, LayoutGenerator
 from synground.generation.llm import LanguageModel
 from synground.generation.phrases import PhraseExtractor
 from synground.generation.pipeline import SynGroundGenerator
-from synground.generation.runtime import StageClock
+from synground.generation.report import dataset_report
+from synground.generation.runtime import Rejected, StageClock
 from synground.generation.text_to_image import StableDiffusion, checked_image
 from synground.generation.tiny import WORDS, write_tiny_components
-from synground.generation.writing import generate_shards
+from synground.generation.writing import REJECTED_DIR, generate_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 REJECTION_REASONS = {
@@ -128,21 +129,34 @@ def test_triplets_reach_the_shards_with_boxes_phrases_and_provenance(tiny, tmp_p
 
 def test_a_detector_that_finds_nothing_leaves_empty_shards_and_counts_every_request(tiny, tmp_path):
     generator = synground(tiny, detector=detector(tiny, box_threshold=1.01))
-    manifest = generate_shards(generator, tmp_path / "out", num_samples=6, samples_per_shard=3, name="none", chunk_size=3)
+    manifest = generate_shards(
+        generator, tmp_path / "out", num_samples=6, samples_per_shard=3, name="none", chunk_size=3, keep_rejected=1
+    )
     assert [entry["samples"] for entry in manifest.shards] == [0, 0]
     rejected = Counter()
     for entry in manifest.shards:
         rejected.update(entry["rejections"])
     assert sum(rejected.values()) == 6 and rejected["no_detection"] >= 1
     assert not list((tmp_path / "out").glob("*.partial"))
+    # the one candidate kept shows what the detector missed: each phrase's best box and the score that fell short
+    (key,) = [key for entry in manifest.shards for key in entry["kept_rejected"].get("no_detection", [])]
+    record = json.loads((tmp_path / "out" / REJECTED_DIR / "no_detection" / f"{key}.json").read_text())
+    assert record["reason"] == "no_detection" and record["threshold"] == 1.01 and record["score"] < 1.01
+    assert record["regions"] and all(len(region["boxes"]) == 1 for region in record["regions"])
+    assert record["score"] == max(region["score"] for region in record["regions"]) and record["caption"]
 
 
 def test_nan_and_black_images_are_rejected_and_counted(tiny, monkeypatch):
-    clock = StageClock()
-    assert checked_image(torch.full((3, 8, 8), float("nan")), clock) is None
-    assert checked_image(torch.zeros(3, 8, 8), clock) is None
+    clock = StageClock(keep=1)
+    assert checked_image(torch.full((3, 8, 8), float("nan")), clock, Rejected("k-0", "a dog")) is None
+    assert checked_image(torch.zeros(3, 8, 8), clock, Rejected("k-1", "a cat")) is None
+    assert checked_image(torch.zeros(3, 8, 8), clock, Rejected("k-2", "a cow")) is None  # counted, beyond the bound
     assert checked_image(torch.rand(3, 8, 8), clock).dtype == torch.uint8
-    assert clock.rejections == {"nan_image": 1, "black_image": 1}
+    assert clock.rejections == {"nan_image": 1, "black_image": 2}
+    kept = clock.take()["kept"]
+    assert [(c.key, c.score, c.threshold, c.image) for c in kept["nan_image"]] == [("k-0", 1.0, None, None)]
+    (black,) = kept["black_image"]
+    assert (black.key, black.score, black.threshold) == ("k-1", 0.0, 2.0) and black.image.shape == (3, 8, 8)
 
     generator = synground(tiny)
     real_draw = generator.text_to_image._draw
@@ -154,6 +168,42 @@ def test_nan_and_black_images_are_rejected_and_counted(tiny, monkeypatch):
     samples = generator.generate([GenerationRequest(f"k-{i}", i, i) for i in range(4)])
     taken = generator.clock.take()
     assert taken["rejections"]["nan_image"] == 2 and all(s.provenance["seed"] % 2 == 0 for s in samples)
+
+
+def test_rejected_candidates_of_the_pipeline_are_kept_per_reason_and_drawn_in_the_report(tiny, tmp_path):
+    generator = synground(tiny, clip_filter=clip(tiny, min_score=-0.1))  # random embeddings: about half score below
+    manifest = generate_shards(
+        generator,
+        tmp_path,
+        num_samples=8,
+        samples_per_shard=4,
+        name="r",
+        chunk_size=4,
+        near_duplicates=NearDuplicates(max_distance=64),  # any two images: every later one in a shard is a duplicate
+        keep_rejected=2,
+    )
+    rejected, kept = Counter(), {}
+    for entry in manifest.shards:
+        rejected.update(entry["rejections"])
+        for reason, keys in entry["kept_rejected"].items():
+            kept.setdefault(reason, []).extend(keys)
+    assert rejected["low_clip_score"] >= 1 and rejected["near_duplicate"] >= 1
+    assert {reason: len(keys) for reason, keys in kept.items()} == {reason: min(2, n) for reason, n in rejected.items()}
+    for reason, keys in kept.items():
+        for key in keys:
+            record = json.loads((tmp_path / REJECTED_DIR / reason / f"{key}.json").read_text())
+            assert record["reason"] == reason and record["image"] and record["regions"]
+            if reason == "low_clip_score":
+                assert record["score"] < record["threshold"] == -0.1
+            if reason == "near_duplicate":
+                assert record["score"] <= record["threshold"] == 64
+
+    summary = dataset_report(tmp_path, samples=4)
+    assert summary["sheets"]["rejected"].keys() == kept.keys() and len(summary["sheets"]["samples"]) == summary["samples"]
+    for reason in kept:
+        with Image.open(tmp_path / "report" / f"rejected_{reason}.png") as sheet:
+            assert sheet.format == "PNG"
+        assert f"](rejected_{reason}.png)" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_long_descriptions_are_cut_at_a_sentence_boundary_and_counted(tiny):

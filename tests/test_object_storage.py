@@ -19,7 +19,9 @@ from s3_server import start_s3_server  # noqa: E402
 from synground.data import IncompleteShardSet, resolve_shards  # noqa: E402
 from synground.data.shards import iterate_shard  # noqa: E402
 from synground.generation import ShapesGenerator  # noqa: E402
+from synground.generation.report import dataset_report  # noqa: E402
 from synground.generation.writing import generate_shards  # noqa: E402
+from test_sample_sheets import OddRejecter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -245,7 +247,20 @@ def test_generate_py_writes_to_s3_and_a_killed_run_resumes_to_the_same_shards(s3
     assert resumed["complete"] is True and resumed["totals"] == whole["totals"] and shard_list(resumed) == shard_list(whole)
     report = json.loads(fs.cat("bucket-generate/shapes/report/report.json"))
     assert report["samples"] == whole["totals"]["samples"] and fs.exists("bucket-generate/shapes/report/regions_per_image.png")
+    assert len(report["sheets"]["samples"]) == 32 and fs.exists("bucket-generate/shapes/report/samples.png")
     assert read_keys(resolve_shards(remote)) == read_keys(resolve_shards(str(tmp_path / "whole")))
+
+
+def test_rejected_candidates_are_kept_on_s3_and_drawn_from_there(s3_env, tmp_path):
+    fs = make_bucket("bucket-rejected")
+    generate_shards(OddRejecter(), "s3://bucket-rejected/set", num_samples=12, samples_per_shard=4, name="o", keep_rejected=2)
+    fs.invalidate_cache()
+    assert sorted(p.rpartition("/")[2] for p in fs.ls("bucket-rejected/set/rejected/odd_index", detail=False)) == [
+        f"o-00000000{i}.{ext}" for i in (1, 3) for ext in ("jpg", "json")
+    ]
+    summary = dataset_report("s3://bucket-rejected/set", samples=2)
+    assert summary["sheets"]["rejected"] == {"odd_index": ["o-000000001", "o-000000003"]}
+    assert fs.exists("bucket-rejected/set/report/rejected_odd_index.png") and fs.exists("bucket-rejected/set/report/samples.png")
 
 
 def test_writing_to_a_read_only_location_is_refused_before_any_work():

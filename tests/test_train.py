@@ -152,6 +152,8 @@ def test_convert_then_evaluate_flickr30k_by_config_name(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 images with 9 phrases in 1 shards" in result.stdout
+    report = json.loads((tmp_path / "flickr30k-test" / "report" / "report.json").read_text())  # as generate.py writes
+    assert report["samples"] == 3 and len(report["sheets"]["samples"]) == 3
     result = run(
         "eval.py",
         "data=flickr30k",

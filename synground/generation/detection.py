@@ -5,7 +5,8 @@ to the one phrase that scores it highest: for Grounding DINO the best token of t
 prompt "phrase one. phrase two.", for OWLv2 the phrase's own query. A box is kept when its best token scores at
 least `box_threshold` and its phrase at least `text_threshold` (for OWLv2 both are the phrase score); then per phrase:
 non-maximum suppression, boxes covering more than `max_box_area` of the image or thinner than `min_box_size` pixels
-are dropped, at most `max_boxes_per_phrase` are kept. The region's score is its best box's.
+are dropped, at most `max_boxes_per_phrase` are kept. The region's score is its best box's. An image left without any
+box is rejected as `no_detection`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 from synground.data.schema import Region
 from synground.generation.runtime import (
     LazyModels,
+    Rejected,
     StageClock,
     load_pretrained,
     model_dtype,
@@ -81,17 +83,33 @@ class OpenVocabularyDetector(LazyModels):
         )
 
     def detect(
-        self, images: Sequence[torch.Tensor], phrases: Sequence[list[str]], clock: StageClock
+        self,
+        images: Sequence[torch.Tensor],
+        phrases: Sequence[list[str]],
+        clock: StageClock,
+        candidates: Sequence[Rejected] | None = None,
     ) -> list[list[Region] | None]:
-        """Regions per image (uint8 [3, H, W]); phrases with no box are left out and counted."""
+        """Regions per image (uint8 [3, H, W]); phrases with no box are left out and counted, an image with none is
+        counted as `no_detection`. Its candidate (`candidates`: what each image's request is) is kept by `clock` with
+        each phrase's best box whatever the thresholds, the best of their scores and, as the threshold, the score at
+        which a box passes both `box_threshold` and `text_threshold` (a box may also have failed the size limits)."""
         found = run_batched(self._detect_batch, list(zip(images, phrases)), self.batch_size, clock, "detect")
-        for regions, asked in zip(found, phrases):
-            if regions is not None:
-                clock.events["phrase_without_box"] += len(asked) - len(regions)
-        return found
+        results: list[list[Region] | None] = []
+        for detected, asked, candidate in zip(found, phrases, candidates or [None] * len(found)):
+            if detected is None:
+                results.append(None)
+                continue
+            regions, best_boxes = detected
+            clock.events["phrase_without_box"] += len(asked) - len(regions)
+            if not regions:
+                score = max((region.score for region in best_boxes), default=None)
+                threshold = max(self.box_threshold, self.text_threshold)
+                clock.reject("no_detection", candidate=candidate, regions=best_boxes, score=score, threshold=threshold)
+            results.append(regions)
+        return results
 
     @torch.inference_mode()
-    def _detect_batch(self, batch: Sequence[tuple[torch.Tensor, list[str]]]) -> list[list[Region]]:
+    def _detect_batch(self, batch: Sequence[tuple[torch.Tensor, list[str]]]) -> list[tuple[list[Region], list[Region]]]:
         processor, model, kind = self.load()
         images = [image for image, _ in batch]
         if kind == "grounding_dino":
@@ -124,8 +142,10 @@ class OpenVocabularyDetector(LazyModels):
         size: tuple[int, int],
         image: torch.Tensor,
         phrases: list[str],
-    ) -> list[Region]:
-        """query_scores [queries]; phrase_scores [queries, phrases]; boxes [queries, 4] relative cx, cy, w, h."""
+    ) -> tuple[list[Region], list[Region]]:
+        """The kept regions and, when there are none, each phrase's best box whatever the thresholds (what a rejected
+        candidate shows). query_scores [queries]; phrase_scores [queries, phrases]; boxes [queries, 4] relative cx, cy,
+        w, h."""
         height, width = image.shape[1:]
         best, phrase_index = phrase_scores.max(dim=1)
         absolute = box_convert(boxes, "cxcywh", "xyxy") * torch.tensor([size[0], size[1], size[0], size[1]], device=boxes.device)
@@ -139,6 +159,7 @@ class OpenVocabularyDetector(LazyModels):
             & (sides.min(dim=1).values >= self.min_box_size)
             & (area <= self.max_box_area)
         )
+        every_box = absolute
         absolute, best, phrase_index = absolute[keep], best[keep], phrase_index[keep]
         kept = batched_nms(absolute, best, phrase_index, self.nms_iou)  # sorted by score
         regions = []
@@ -150,7 +171,13 @@ class OpenVocabularyDetector(LazyModels):
                         phrase, [[round(v, 2) for v in box] for box in absolute[mine].tolist()], round(best[mine[0]].item(), 4)
                     )
                 )
-        return regions
+        if regions or not len(phrase_scores):
+            return regions, []
+        tops = phrase_scores.argmax(dim=0).tolist()  # per phrase, the query that scores it highest
+        return [], [
+            Region(phrase, [[round(v, 2) for v in every_box[top].tolist()]], round(phrase_scores[top, index].item(), 4))
+            for index, (phrase, top) in enumerate(zip(phrases, tops))
+        ]
 
 
 def _span_scores(token_scores: torch.Tensor, tokenizer: Any, text: str, phrases: list[str]) -> torch.Tensor:

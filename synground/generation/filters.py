@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from synground.data.leakage import difference_hash
 from synground.data.schema import GroundingSample
-from synground.generation.runtime import LazyModels, StageClock, resolve_device, run_batched
+from synground.generation.runtime import LazyModels, Rejected, StageClock, resolve_device, run_batched
 
 
 class ClipScore(LazyModels):
@@ -58,11 +58,20 @@ class ClipScore(LazyModels):
     def score(self, images: Sequence[torch.Tensor], texts: Sequence[str], clock: StageClock) -> list[float | None]:
         return run_batched(self._score_batch, list(zip(images, texts)), self.batch_size, clock, "clip_score")
 
-    def passing(self, images: Sequence[torch.Tensor], texts: Sequence[str], clock: StageClock) -> list[float | None]:
-        """Each score that reaches `min_score`; None for the rest, those below it counted as `low_clip_score`
-        (scores lost to memory are counted by `score`)."""
+    def passing(
+        self,
+        images: Sequence[torch.Tensor],
+        texts: Sequence[str],
+        clock: StageClock,
+        candidates: Sequence[Rejected] | None = None,
+    ) -> list[float | None]:
+        """Each score that reaches `min_score`; None for the rest, those below it counted as `low_clip_score` and
+        their `candidates` (what each image's request is) kept by `clock` with the score (scores lost to memory are
+        counted by `score`)."""
         scores = self.score(images, texts, clock)
-        clock.reject("low_clip_score", sum(score is not None and score < self.min_score for score in scores))
+        for score, candidate in zip(scores, candidates or [None] * len(scores)):
+            if score is not None and score < self.min_score:
+                clock.reject("low_clip_score", candidate=candidate, score=round(score, 4), threshold=self.min_score)
         return [score if score is not None and score >= self.min_score else None for score in scores]
 
     @torch.inference_mode()
@@ -85,7 +94,8 @@ class ClipScore(LazyModels):
 
 
 class NearDuplicates:
-    """Drops samples whose image is within `max_distance` bits (64-bit dHash) of an earlier one in the same list.
+    """Drops samples whose image is within `max_distance` bits (64-bit dHash) of an earlier one in the same list;
+    `clock` keeps a dropped one with its distance to the nearest earlier image as its score.
 
     Applied per shard: the result depends only on the shard's own samples, so a resumed run writes the same shards.
     """
@@ -97,8 +107,10 @@ class NearDuplicates:
         kept, hashes = [], []
         for sample in samples:
             value = difference_hash(sample.image)
-            if any(bin(value ^ other).count("1") <= self.max_distance for other in hashes):
-                clock.reject("near_duplicate")
+            distance = min((bin(value ^ other).count("1") for other in hashes), default=None)
+            if distance is not None and distance <= self.max_distance:
+                candidate = Rejected(sample.key, sample.caption, sample.image, sample.regions)
+                clock.reject("near_duplicate", candidate=candidate, score=float(distance), threshold=float(self.max_distance))
                 continue
             hashes.append(value)
             kept.append(sample)

@@ -15,8 +15,7 @@ import torch
 from synground.data.schema import GenerationRequest, GroundingSample, Region
 from synground.generation.filters import ClipScore
 from synground.generation.llm import LanguageModel
-from synground.generation.pipeline import to_pil
-from synground.generation.runtime import StageClock, load_stages, prompt_version, run_batched
+from synground.generation.runtime import Rejected, StageClock, load_stages, prompt_version, run_batched, to_pil
 from synground.generation.text_to_image import StableDiffusion, checked_image
 
 LAYOUT_PROMPT = (
@@ -59,12 +58,19 @@ class Gligen(StableDiffusion):
         return {**super().provenance, "scheduled_sampling_beta": self.scheduled_sampling_beta}
 
     def draw_layouts(
-        self, texts: Sequence[str], layouts: Sequence[list[tuple[str, list[float]]]], seeds: Sequence[int], clock: StageClock
+        self,
+        texts: Sequence[str],
+        layouts: Sequence[list[tuple[str, list[float]]]],
+        seeds: Sequence[int],
+        clock: StageClock,
+        candidates: Sequence[Rejected] | None = None,
     ) -> list[torch.Tensor | None]:
+        """A uint8 image [3, H, W] per layout; None for one lost to memory or numerics (`candidates`: what each
+        layout's request is, kept by `clock` when its image is rejected)."""
         prompts = [self.fit_prompt(text) for text in texts]
         clock.events["prompt_shortened"] += sum(prompt != text for prompt, text in zip(prompts, texts))
         images = run_batched(self._draw_layout, list(zip(prompts, seeds, layouts)), self.batch_size, clock, "text_to_image")
-        return [checked_image(image, clock) for image in images]
+        return [checked_image(image, clock, candidate) for image, candidate in zip(images, candidates or [None] * len(images))]
 
     @torch.inference_mode()
     def _draw_layout(self, batch: Sequence[tuple[str, int, list[tuple[str, list[float]]]]]) -> list[torch.Tensor]:
@@ -110,18 +116,39 @@ class LayoutGenerator:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GroundingSample]:
         clock = self.clock
-        described = [(r, d) for r, d in zip(requests, self.descriptions.describe(requests, clock)) if d is not None]
-        clock.reject("no_description", len(requests) - len(described))
+        described = []
+        for request, description in zip(requests, self.descriptions.describe(requests, clock)):
+            if description is None:
+                clock.reject("no_description", candidate=Rejected(request.key))
+            else:
+                described.append((request, description))
         layouts = self._layouts([d.text for _, d in described], [r.seed for r, _ in described], clock)
-        planned = [(r, d, layout) for (r, d), layout in zip(described, layouts) if layout]
-        clock.reject("no_layout", len(described) - len(planned))
+        planned = []
+        for (request, description), layout in zip(described, layouts):
+            if not layout:
+                clock.reject("no_layout", candidate=Rejected(request.key, description.text))
+            else:
+                planned.append((request, description, layout))
+        size = (self.text_to_image.width, self.text_to_image.height)  # of the images to be drawn
         images = self.text_to_image.draw_layouts(
-            [d.text for _, d, _ in planned], [layout for *_, layout in planned], [r.seed for r, *_ in planned], clock
+            [d.text for _, d, _ in planned],
+            [layout for *_, layout in planned],
+            [r.seed for r, *_ in planned],
+            clock,
+            [Rejected(r.key, d.text, regions=layout_regions(layout, *size)) for r, d, layout in planned],
         )
         drawn = [(*item, image) for item, image in zip(planned, images) if image is not None]
         scores: list[float | None] = [None] * len(drawn)
         if self.clip_filter is not None:
-            scores = self.clip_filter.passing([image for *_, image in drawn], [d.text for _, d, *_ in drawn], clock)
+            scores = self.clip_filter.passing(
+                [image for *_, image in drawn],
+                [d.text for _, d, *_ in drawn],
+                clock,
+                [
+                    Rejected(r.key, d.text, image, layout_regions(layout, image.shape[2], image.shape[1]))
+                    for r, d, layout, image in drawn
+                ],
+            )
             drawn, scores = [x for x, s in zip(drawn, scores) if s is not None], [s for s in scores if s is not None]
         return [self._sample(*item, score) for item, score in zip(drawn, scores)]
 
@@ -138,10 +165,6 @@ class LayoutGenerator:
         clip_score: float | None,
     ) -> GroundingSample:
         height, width = image.shape[1:]
-        regions: dict[str, Region] = {}
-        for phrase, (x0, y0, x1, y1) in layout:  # a phrase placed twice is one region with two boxes
-            box = [round(x0 * width, 2), round(y0 * height, 2), round(x1 * width, 2), round(y1 * height, 2)]
-            regions.setdefault(phrase, Region(phrase, [], None)).boxes.append(box)
         provenance = {
             "generator": f"synground-layout-v{VERSION}",
             "seed": request.seed,
@@ -157,4 +180,14 @@ class LayoutGenerator:
         }
         if clip_score is not None:
             provenance.update(clip=self.clip_filter.provenance, clip_score=round(clip_score, 4))
-        return GroundingSample(request.key, to_pil(image), description.text, list(regions.values()), self.source, provenance)
+        regions = layout_regions(layout, width, height)
+        return GroundingSample(request.key, to_pil(image), description.text, regions, self.source, provenance)
+
+
+def layout_regions(layout: list[tuple[str, list[float]]], width: int, height: int) -> list[Region]:
+    """A layout's boxes in pixels of a `width` x `height` image; a phrase placed twice is one region with two boxes."""
+    regions: dict[str, Region] = {}
+    for phrase, (x0, y0, x1, y1) in layout:
+        box = [round(x0 * width, 2), round(y0 * height, 2), round(x1 * width, 2), round(y1 * height, 2)]
+        regions.setdefault(phrase, Region(phrase, [], None)).boxes.append(box)
+    return list(regions.values())

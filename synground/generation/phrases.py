@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from synground.generation.llm import LanguageModel
-from synground.generation.runtime import StageClock, prompt_version
+from synground.generation.runtime import Rejected, StageClock, prompt_version
 
 PROMPTS = {
     "short": (
@@ -67,16 +67,20 @@ class PhraseExtractor:
             "prompt_versions": {kind: prompt_version(self.prompts[kind]) for kind in kinds},
         }
 
-    def extract(self, descriptions: Sequence[str], seeds: Sequence[int], clock: StageClock) -> list[list[str] | None]:
+    def extract(
+        self, descriptions: Sequence[str], seeds: Sequence[int], clock: StageClock, candidates: Sequence[Rejected] | None = None
+    ) -> list[list[str] | None]:
+        """The phrases of each description; None for one without (`candidates`: what each description's request is,
+        kept by `clock` when it has none)."""
         kinds = ("short", "long") if self.style == "both" else (self.style,)
         found: list[list[str]] = [[] for _ in descriptions]
         for kind in kinds:
             for phrases, new in zip(found, self._ask(kind, descriptions, seeds, clock)):
                 phrases += [phrase for phrase in new if phrase not in phrases]
         results: list[list[str] | None] = []
-        for phrases in found:
+        for phrases, candidate in zip(found, candidates or [None] * len(found)):
             if not phrases:
-                clock.reject("no_phrases")
+                clock.reject("no_phrases", candidate=candidate)
             results.append(phrases[: self.max_phrases] or None)
         return results
 

@@ -2,7 +2,9 @@
 
 Each stage is an object built by Hydra from pretrained ids and passed in; this file only composes them. Every
 stage runs once per batch of requests, images stay uint8 tensors in memory from the diffusion model to the
-shard writer, and each rejection is counted by reason in `clock` (read by the writer after each call).
+shard writer, and each rejection is counted by reason in `clock` (read by the writer after each call). Each stage
+that may reject is handed the drafts as they are (`Draft.candidate`), so the clock can keep a few rejected ones per
+reason as they were for the dataset report.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from PIL import Image
 
 from synground.data.schema import GenerationRequest, GroundingSample, Region
 from synground.generation.descriptions import Description
 from synground.generation.detection import OpenVocabularyDetector
 from synground.generation.filters import ClipScore
 from synground.generation.phrases import PhraseExtractor
-from synground.generation.runtime import StageClock, load_stages
+from synground.generation.runtime import Rejected, StageClock, load_stages, to_pil
 from synground.generation.text_to_image import StableDiffusion
 
 VERSION = 1  # bump when the composition changes, so provenance tells old samples from new
@@ -52,23 +53,32 @@ class SynGroundGenerator:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GroundingSample]:
         clock = self.clock
         descriptions = self.descriptions.describe(requests, clock)
-        clock.reject("no_description", sum(d is None for d in descriptions))
+        for request, description in zip(requests, descriptions):
+            if description is None:
+                clock.reject("no_description", candidate=Rejected(request.key))
         drafts = [Draft(request, description) for request, description in zip(requests, descriptions) if description is not None]
 
-        drawn = self.text_to_image.generate([d.description.text for d in drafts], [d.request.seed for d in drafts], clock)
+        drawn = self.text_to_image.generate(
+            [d.description.text for d in drafts], [d.request.seed for d in drafts], clock, [d.candidate() for d in drafts]
+        )
         for draft, image_and_prompt in zip(drafts, drawn):
             draft.image, draft.prompt = image_and_prompt or (None, "")
         drafts = [d for d in drafts if d.image is not None]
 
-        phrases = self.phrases.extract([d.description.text for d in drafts], [d.request.seed for d in drafts], clock)
+        phrases = self.phrases.extract(
+            [d.description.text for d in drafts], [d.request.seed for d in drafts], clock, [d.candidate() for d in drafts]
+        )
         drafts = [replace(d, phrases=found) for d, found in zip(drafts, phrases) if found]
 
-        regions = self.detector.detect([d.image for d in drafts], [d.phrases for d in drafts], clock)
-        clock.reject("no_detection", sum(found is not None and not found for found in regions))
+        regions = self.detector.detect(
+            [d.image for d in drafts], [d.phrases for d in drafts], clock, [d.candidate() for d in drafts]
+        )
         drafts = [replace(d, regions=found) for d, found in zip(drafts, regions) if found]
 
         if self.clip_filter is not None:
-            scores = self.clip_filter.passing([d.image for d in drafts], [d.description.text for d in drafts], clock)
+            scores = self.clip_filter.passing(
+                [d.image for d in drafts], [d.description.text for d in drafts], clock, [d.candidate() for d in drafts]
+            )
             drafts = [replace(d, clip_score=score) for d, score in zip(drafts, scores) if score is not None]
         return [self._sample(draft) for draft in drafts]
 
@@ -105,7 +115,7 @@ class Draft:
     regions: list[Region] = field(default_factory=list)
     clip_score: float | None = None
 
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """uint8 [3, H, W] -> PIL, the one conversion of an image on its way to the shard."""
-    return Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+    def candidate(self) -> Rejected:
+        """This draft as it is now, for a stage that may reject it."""
+        regions = self.regions or [Region(phrase, []) for phrase in self.phrases]
+        return Rejected(self.request.key, self.description.text, self.image, regions)

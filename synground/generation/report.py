@@ -1,7 +1,9 @@
-"""The report of a generated shard set, read from its manifest and the shards' JSON records (images are not decoded):
-counts, distributions as PNG histograms, rejections by reason and throughput per stage. `generate.py` writes it at the
-end of a run; `python -m synground.generation.report SHARD_DIR [--output DIR]` writes it for any shard set, local or on
-object storage.
+"""The report of a shard set, generated or converted, read from its manifest and the shards' JSON records (images are
+not decoded): counts, distributions as PNG histograms, rejections by reason and throughput per stage. With `samples`,
+sample sheets too (sheets.py): that many samples drawn at random (seeded) with their boxes and phrases, and per
+rejection reason as many of the candidates generation kept as they were (reading only the shards and files drawn).
+`generate.py` and `convert.py` write it at the end of a run; `python -m synground.generation.report SHARD_DIR
+[--output DIR] [--samples N [--seed S]]` writes it for any shard set, local or on object storage.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from synground.data.shards import MANIFEST_NAME, ShardStore, is_remote, manifest_of, open_shard, read_manifest
+from synground.generation.sheets import REJECTION_CHECKS, drawn_samples, rejected_panels, sample_panel, sheet
 
 HISTOGRAMS = {  # file stem -> (title, x label)
     "boxes_per_image": ("Boxes per image", "boxes"),
@@ -26,16 +29,23 @@ HISTOGRAMS = {  # file stem -> (title, x label)
     "detector_score": ("Detector score of each phrase", "score"),
     "clip_score": ("CLIP image-text score", "cosine similarity"),
 }
-PLOTS = [*HISTOGRAMS, "rejections", "stage_throughput"]
+PLOTS = [*HISTOGRAMS, "rejections", "stage_throughput", "samples"]
 
 
-def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) -> dict[str, Any]:
-    """Write report.json, report.md and PNG plots of the shard set into `output_dir` (default `<shard_dir>/report`).
+def dataset_report(
+    shard_dir: str | Path, output_dir: str | Path | None = None, samples: int | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Write report.json, report.md and PNG plots of the shard set into `output_dir` (default `<shard_dir>/report`);
+    with `samples`, also samples.png (that many samples drawn by `seed`) and rejected_<reason>.png (as many of the
+    rejected candidates kept while generating, per reason).
 
     Either may be a local directory or an object-store prefix (`s3://`, `gs://`; the shard set also `http(s)://`).
     """
+    if samples is not None and samples <= 0:
+        raise ValueError(f"samples must be a positive number of samples for the sample sheets, got {samples}")
     shard_dir = str(shard_dir).rstrip("/")
     manifest_path = manifest_of(shard_dir) or str(Path(shard_dir) / MANIFEST_NAME)  # a missing directory: named below
+    base = manifest_path[: -len(MANIFEST_NAME)]  # the set's directory or prefix, with its separator
     try:
         shards = read_manifest(manifest_path)["shards"]
     except FileNotFoundError as error:
@@ -44,7 +54,7 @@ def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) 
     sources: Counter[str] = Counter()
     records = unreadable = 0
     for entry in shards:
-        url = f"{manifest_path[: -len(MANIFEST_NAME)]}{entry['name']}"
+        url = f"{base}{entry['name']}"
         try:
             with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:  # read in order; the images' bytes are skipped, not decoded
@@ -64,18 +74,19 @@ def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) 
         except tarfile.TarError as error:
             raise ValueError(f"shard {url} is unreadable: {error}") from error
 
-    rejections, seconds, items = Counter(), Counter(), Counter()
+    rejections, kept, seconds, items = Counter(), Counter(), Counter(), Counter()
     for entry in shards:
         rejections.update(entry.get("rejections", {}))
+        kept.update({reason: len(keys) for reason, keys in entry.get("kept_rejected", {}).items()})
         seconds.update(entry.get("stage_seconds", {}))
         items.update(entry.get("stage_items", {}))
-    samples = sum(entry["samples"] for entry in shards)
+    total = sum(entry["samples"] for entry in shards)
     requests = sum(entry["requests"] for entry in shards) if shards and all("requests" in e for e in shards) else None
     summary = {
         "shards": len(shards),
-        "samples": samples,
+        "samples": total,
         "requests": requests,
-        "acceptance_rate": round(samples / requests, 4) if requests else None,
+        "acceptance_rate": round(total / requests, 4) if requests else None,
         "regions": int(sum(values["regions_per_image"])),
         "boxes": int(sum(values["boxes_per_image"])),
         "records": records,
@@ -83,6 +94,7 @@ def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) 
         "sources": dict(sources.most_common()),
         "distributions": {name: _describe(numbers) for name, numbers in values.items() if numbers},
         "rejections": dict(rejections.most_common()),
+        "kept_rejected": dict(sorted(kept.items())),
         "stages": {
             stage: {
                 "seconds": round(seconds[stage], 2),
@@ -104,12 +116,36 @@ def dataset_report(shard_dir: str | Path, output_dir: str | Path | None = None) 
         rates = {stage: s["items_per_second"] for stage, s in summary["stages"].items() if s["items_per_second"]}
         if rates:
             plots.append(_bars(directory / "stage_throughput.png", rates, "Throughput per stage", "items per second"))
+        if samples is not None:
+            summary["sheets"] = _sheets(directory, base, shards, samples, seed, plots)
         (directory / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
         (directory / "report.md").write_text(markdown(summary, plots))
-    for name in PLOTS:  # a plot left by an earlier report of other data would be read as this one's
-        if f"{name}.png" not in plots:
-            output.remove(f"{name}.png")
+    stale = [f"{name}.png" for name in PLOTS] + [name for name in output.names() if name.startswith("rejected_")]
+    for name in stale:  # a plot left by an earlier report of other data would be read as this one's
+        if name not in plots:
+            output.remove(name)
     return summary
+
+
+def _sheets(directory: Path, base: str, shards: list[dict[str, Any]], count: int, seed: int, plots: list[str]) -> dict[str, Any]:
+    """Draw samples.png and rejected_<reason>.png into `directory`, add them to `plots`; the keys each one shows."""
+    drawn = drawn_samples(base, shards, count, seed)
+    if drawn:
+        total = sum(entry["samples"] for entry in shards)
+        title = f"{len(drawn)} of {total} samples in {len(shards)} shards, drawn at random (seed {seed})"
+        sheet([sample_panel(sample) for sample in drawn], title).savefig(directory / "samples.png")
+        plots.append("samples.png")
+    rejected = rejected_panels(base, shards, count, seed)
+    for reason, panels in rejected.items():
+        check = REJECTION_CHECKS.get(reason)
+        title = f"Rejected as {reason}{f': {check}' if check else ''} ({len(panels)} kept candidates, seed {seed})"
+        sheet(panels, title).savefig(directory / f"rejected_{reason}.png")
+        plots.append(f"rejected_{reason}.png")
+    return {
+        "seed": seed,
+        "samples": [sample.key for sample in drawn],
+        "rejected": {reason: [panel.title for panel in panels] for reason, panels in rejected.items()},
+    }
 
 
 def _measure(record: dict[str, Any]) -> tuple[dict[str, list[float]], str]:
@@ -175,23 +211,64 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         for name, d in summary["distributions"].items()
     ]
     if summary["rejections"]:
-        lines += ["", "| rejected because | requests |", "|---|---|"]
-        lines += [f"| {reason.replace('_', ' ')} | {count} |" for reason, count in summary["rejections"].items()]
+        kept = summary["kept_rejected"]
+        lines += ["", "| rejected because | requests | kept under rejected/ |", "|---|---|---|"]
+        lines += [
+            f"| {reason.replace('_', ' ')} | {count} | {kept.get(reason, 0)} |" for reason, count in summary["rejections"].items()
+        ]
     if summary["stages"]:
         lines += ["", "| stage | seconds | items | items/s |", "|---|---|---|---|"]
         lines += [
             f"| {stage} | {s['seconds']} | {s['items']} | {s['items_per_second']} |" for stage, s in summary["stages"].items()
         ]
-    lines += [""] + [f"![{plot.removesuffix('.png')}]({plot})" for plot in plots]
+    sheets = [plot for plot in plots if plot == "samples.png" or plot.startswith("rejected_")]
+    lines += [""] + [f"![{plot.removesuffix('.png')}]({plot})" for plot in plots if plot not in sheets]
+    if "samples.png" in sheets:
+        drawn = summary["sheets"]
+        lines += [
+            "",
+            "## Samples",
+            "",
+            f"{len(drawn['samples'])} drawn at random (seed {drawn['seed']}).",
+            "",
+            "![samples](samples.png)",
+        ]
+    rejected = [plot for plot in sheets if plot.startswith("rejected_")]
+    if rejected:
+        lines += ["", "## Rejected candidates", "", "As they were when rejected, with the score that failed and its threshold."]
+    for plot in rejected:
+        reason = plot.removeprefix("rejected_").removesuffix(".png")
+        check = REJECTION_CHECKS.get(reason)
+        lines += ["", f"### {reason.replace('_', ' ')}", ""] + ([check, ""] if check else []) + [f"![{reason}]({plot})"]
     return "\n".join(lines) + "\n"
 
 
+def _positive(text: str) -> int:
+    number = int(text)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of samples, got {number}")
+    return number
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Report of a generated shard set (counts, histograms, rejections).")
+    parser = argparse.ArgumentParser(
+        description="Report of a shard set, generated or converted (counts, histograms, rejections, sample sheets)."
+    )
     parser.add_argument("shard_dir", help="the shard set: a directory, or an s3://, gs://, http(s):// prefix")
     parser.add_argument("--output", help="directory or s3:// / gs:// prefix of the report (default: <shard_dir>/report)")
+    parser.add_argument(
+        "--samples",
+        type=_positive,
+        help="draw this many samples at random on samples.png, and as many kept rejected candidates per reason on "
+        "rejected_<reason>.png (reads only the shards drawn from)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the seed of the samples drawn (default 0)")
     args = parser.parse_args()
-    print(markdown(dataset_report(args.shard_dir, args.output), []))
+    try:
+        summary = dataset_report(args.shard_dir, args.output, args.samples, args.seed)
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    print(markdown(summary, []))
 
 
 if __name__ == "__main__":

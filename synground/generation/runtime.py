@@ -1,5 +1,5 @@
-"""What every pipeline stage shares: per-stage telemetry, batching with an out-of-memory fallback, loading a
-pretrained model once per process, and the provenance of a model."""
+"""What every pipeline stage shares: per-stage telemetry and the rejected candidates it keeps, batching with an
+out-of-memory fallback, loading a pretrained model once per process, and the provenance of a model."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import torch
+from PIL import Image
+
+from synground.data.schema import Region
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +24,34 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-class StageClock:
-    """Seconds and items per stage, rejections by reason and other events, since the last `take()`."""
+@dataclass
+class Rejected:
+    """A candidate as it was when a stage rejected it: what the dataset report draws for each rejection reason.
 
-    def __init__(self):
+    Callers that know what each item is (the pipelines) hand stages these candidates; the stage that rejects one adds
+    what it found: `score`, the value that failed, and `threshold`, the limit it failed (None where a reason has no
+    score), and boxes or the image where it made them. Phrases without a box are regions without boxes.
+    """
+
+    key: str
+    caption: str = ""
+    image: torch.Tensor | Image.Image | None = None  # uint8 [3, H, W] in the pipeline; None before one was drawn
+    regions: list[Region] = field(default_factory=list)
+    score: float | None = None
+    threshold: float | None = None
+
+
+class StageClock:
+    """Seconds and items per stage, rejections by reason and other events, since the last `take()`; and, when `keep`
+    is positive, the first `keep` rejected candidates of each reason as they were."""
+
+    def __init__(self, keep: int = 0):
+        self.keep = keep
         self.seconds: Counter[str] = Counter()
         self.items: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
+        self.kept: dict[str, list[Rejected]] = {}
 
     @contextmanager
     def stage(self, name: str, items: int) -> Iterator[None]:
@@ -38,19 +62,25 @@ class StageClock:
         self.seconds[name] += time.perf_counter() - start
         self.items[name] += items
 
-    def reject(self, reason: str, count: int = 1) -> None:
+    def reject(self, reason: str, count: int = 1, candidate: Rejected | None = None, **found: Any) -> None:
+        """Count `count` rejections for `reason`; keep `candidate` with what the stage `found` (its score, threshold,
+        boxes, image) while fewer than `keep` are kept for the reason. Without a candidate (a caller that gave none,
+        a batch lost to memory) the rejection is only counted."""
         if count:
             self.rejections[reason] += count
+        if candidate is not None and len(self.kept.get(reason, ())) < self.keep:
+            self.kept.setdefault(reason, []).append(replace(candidate, **found))
 
-    def take(self) -> dict[str, dict[str, float]]:
-        """The counts so far, as plain dicts, and a fresh start."""
+    def take(self) -> dict[str, Any]:
+        """The counts so far as plain dicts, the kept candidates (`kept`: reason -> candidates), and a fresh start."""
         taken = {
             "stage_seconds": dict(self.seconds),
             "stage_items": dict(self.items),
             "rejections": dict(self.rejections),
             "events": dict(self.events),
+            "kept": self.kept,
         }
-        self.__init__()
+        self.__init__(self.keep)
         return taken
 
 
@@ -120,6 +150,11 @@ def _timed(
 def _release_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """uint8 [3, H, W] -> PIL, the one conversion of an image on its way to the shard (or the rejected candidates)."""
+    return Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
 
 
 def model_dtype(name: str, device: str) -> torch.dtype:

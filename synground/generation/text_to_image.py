@@ -11,6 +11,7 @@ import torch
 
 from synground.generation.runtime import (
     LazyModels,
+    Rejected,
     StageClock,
     load_pretrained,
     model_dtype,
@@ -119,12 +120,15 @@ class StableDiffusion(LazyModels):
         ids = tokenizer(text, add_special_tokens=False).input_ids[:limit]
         return tokenizer.decode(ids)
 
-    def generate(self, texts: Sequence[str], seeds: Sequence[int], clock: StageClock) -> list[tuple[torch.Tensor, str] | None]:
-        """(uint8 image [3, H, W], prompt used) per text; None for an image lost to memory or numerics."""
+    def generate(
+        self, texts: Sequence[str], seeds: Sequence[int], clock: StageClock, candidates: Sequence[Rejected] | None = None
+    ) -> list[tuple[torch.Tensor, str] | None]:
+        """(uint8 image [3, H, W], prompt used) per text; None for an image lost to memory or numerics (`candidates`:
+        what each text's request is, kept by `clock` when its image is rejected)."""
         prompts = [self.fit_prompt(text) for text in texts]
         clock.events["prompt_shortened"] += sum(prompt != text for prompt, text in zip(prompts, texts))
         images = run_batched(self._draw, list(zip(prompts, seeds)), self.batch_size, clock, "text_to_image")
-        checked = [checked_image(image, clock) for image in images]
+        checked = [checked_image(image, clock, candidate) for image, candidate in zip(images, candidates or [None] * len(images))]
         return [(pixels, prompt) if pixels is not None else None for pixels, prompt in zip(checked, prompts)]
 
     @torch.inference_mode()
@@ -145,15 +149,22 @@ class StableDiffusion(LazyModels):
         }
 
 
-def checked_image(image: torch.Tensor | None, clock: StageClock) -> torch.Tensor | None:
-    """The image as uint8, or None (counted) when it is missing, not finite, or black (a safety-filtered output)."""
+BLACK = 2  # the brightest pixel value (of 255) an image may have and still count as black
+
+
+def checked_image(image: torch.Tensor | None, clock: StageClock, candidate: Rejected | None = None) -> torch.Tensor | None:
+    """The image as uint8, or None (counted) when it is missing, not finite, or black (a safety-filtered output).
+
+    A rejected `candidate` is kept with its score: the fraction of non-finite values, or the brightest pixel value
+    (threshold `BLACK`) with the black image itself."""
     if image is None:
         return None
-    if not torch.isfinite(image).all():
-        clock.reject("nan_image")
+    finite = torch.isfinite(image)
+    if not finite.all():
+        clock.reject("nan_image", candidate=candidate, score=round(1 - finite.float().mean().item(), 4))
         return None
     pixels = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
-    if pixels.max() <= 2:
-        clock.reject("black_image")
+    if pixels.max() <= BLACK:
+        clock.reject("black_image", candidate=candidate, image=pixels, score=float(pixels.max()), threshold=float(BLACK))
         return None
     return pixels

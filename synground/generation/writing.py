@@ -7,10 +7,16 @@ a local directory, or an `s3://` / `gs://` prefix where a shard object appears o
 manifest entry goes to `manifest.d/<shard>.json` after the shard (one file per shard: ranks never write the same
 file), and rank 0 merges those entries into manifest.json after each of its shards and at the end. A rerun after a
 crash or kill skips finished shards and regenerates the rest with the same seeds: the set equals an uninterrupted run's.
+
+Rejected candidates, as they were when rejected (`keep_rejected` per reason and rank, for the dataset report), go to
+`rejected/<reason>/<key>.jpg` and `<key>.json` beside the shards, never into them, before the shard's manifest entry,
+which lists their keys (`kept_rejected`): a key is a request, which one rank generates, so ranks never write the same
+file, and a regenerated shard rewrites its own. A resumed run counts what earlier runs kept from the entries.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -21,18 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator
+from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator, validate_key
 from synground.data.shards import Manifest, ShardStore, write_shard
 from synground.generation.filters import NearDuplicates
-from synground.generation.runtime import StageClock
+from synground.generation.runtime import Rejected, StageClock, to_pil
 
 log = logging.getLogger(__name__)
 
 ENTRIES_DIR = "manifest.d"
+REJECTED_DIR = "rejected"
 
 
 class ShardPlan:
@@ -131,10 +139,13 @@ class GenerationTask(L.LightningModule):
         store: ShardStore,
         chunk_size: int = 64,
         near_duplicates: NearDuplicates | None = None,
+        keep_rejected: int = 0,
     ):
         super().__init__()
         self.generator, self.plan, self.store = generator, plan, store
-        self.chunk_size, self.near_duplicates = chunk_size, near_duplicates
+        self.chunk_size, self.near_duplicates, self.keep_rejected = chunk_size, near_duplicates, keep_rejected
+        self.kept_before: dict[str, int] = {}  # rejected candidates kept by earlier runs of the set, per reason
+        self.kept_now: Counter[str] = Counter()  # by this rank in this run
         self.my_shards: list[int] = []
         self.progress: tqdm | None = None  # shown on rank 0 only
         self.requests_total, self.requests_done = 0, 0  # this rank's, for its ETA
@@ -142,8 +153,8 @@ class GenerationTask(L.LightningModule):
 
     def assign_shards(self) -> list[int]:
         # rank 0 decides what is left and tells the others, so no shard is skipped or made twice
-        finished = self.trainer.strategy.broadcast(
-            sorted(finished_shards(Manifest(self.store))) if self.global_rank == 0 else None, src=0
+        finished, self.kept_before = self.trainer.strategy.broadcast(
+            _finished_and_kept(Manifest(self.store)) if self.global_rank == 0 else None, src=0
         )
         todo = [i for i in range(self.plan.num_shards) if self.plan.shard_name(i) not in finished]
         if self.global_rank == 0 and len(todo) < self.plan.num_shards:
@@ -171,26 +182,35 @@ class GenerationTask(L.LightningModule):
     def predict_step(self, shard_index: int) -> dict[str, Any]:
         requests = self.plan.requests(int(shard_index))
         clock = getattr(self.generator, "clock", None) or StageClock()  # pipelines count per stage; others still get timed
+        clock.keep = self.keep_rejected
         stats = {"stage_seconds": Counter(), "stage_items": Counter(), "rejections": Counter(), "events": Counter()}
+        kept: dict[str, list[Rejected]] = {}
         samples: list[GroundingSample] = []
         for start in range(0, len(requests), self.chunk_size):
             chunk = requests[start : start + self.chunk_size]
             with clock.stage("generate", len(chunk)):  # end to end: compared with the sum of the stages in it
                 samples += self.generator.generate(chunk)
-            self._account(clock.take(), stats)
+            self._account(clock.take(), stats, kept)
             self.progress.update(len(chunk))
             self.requests_done += len(chunk)
         if self.near_duplicates is not None:
             samples = self.near_duplicates(samples, clock)
-            self._account(clock.take(), stats)
+            self._account(clock.take(), stats, kept)
         return {
             "index": int(shard_index),
             "samples": samples,
             "requests": len(requests),
+            "rejected": kept,
             **{kind: dict(counts) for kind, counts in stats.items()},
         }
 
-    def _account(self, taken: dict[str, dict[str, float]], stats: dict[str, Counter]) -> None:
+    def _account(self, taken: dict[str, Any], stats: dict[str, Counter], kept: dict[str, list[Rejected]]) -> None:
+        for reason, candidates in taken.pop("kept").items():
+            # this rank's share of the bound: what earlier runs kept counts as kept by every rank alike
+            earlier = -(-self.kept_before.get(reason, 0) // self.trainer.world_size)
+            room = max(0, self.keep_rejected - earlier - self.kept_now[reason])
+            kept.setdefault(reason, []).extend(candidates[:room])
+            self.kept_now[reason] += len(candidates[:room])
         for kind, counts in taken.items():
             stats[kind].update(counts)
         self.totals["seconds"].update(taken["stage_seconds"])
@@ -217,9 +237,15 @@ class ShardWriter(BasePredictionWriter):
         plan = pl_module.plan
         start = time.perf_counter()
         entry = write_shard(self.store.url(plan.shard_name(prediction["index"])), prediction["samples"])
+        for reason, candidates in prediction["rejected"].items():
+            for candidate in candidates:
+                write_rejected(self.store, reason, candidate)
         prediction["stage_seconds"]["write"] = time.perf_counter() - start
         prediction["stage_items"]["write"] = len(prediction["samples"])
         entry.update({key: prediction[key] for key in ("requests", "rejections", "stage_seconds", "stage_items", "events")})
+        entry["kept_rejected"] = {
+            reason: [c.key for c in candidates] for reason, candidates in prediction["rejected"].items() if candidates
+        }
         self.store.write_bytes(f"{ENTRIES_DIR}/{entry['name']}.json", json.dumps(entry).encode())  # after the shard
         if trainer.global_rank == 0:
             merge_manifest(self.store, self.config, self.command, self.num_shards)
@@ -241,6 +267,38 @@ class ShardWriter(BasePredictionWriter):
             merge_manifest(self.store, self.config, self.command, self.num_shards, final=True)
 
 
+def _finished_and_kept(manifest: Manifest) -> tuple[list[str], dict[str, int]]:
+    """The finished shards' names, and how many rejected candidates their entries list per reason."""
+    entries = finished_shards(manifest)
+    kept: Counter[str] = Counter()
+    for entry in entries.values():
+        kept.update({reason: len(keys) for reason, keys in entry.get("kept_rejected", {}).items()})
+    return sorted(entries), dict(kept)
+
+
+def write_rejected(store: ShardStore, reason: str, candidate: Rejected) -> None:
+    """`rejected/<reason>/<key>.json`: the candidate's caption, regions (phrase, boxes, score), the score that failed and
+    the threshold it failed, after `<key>.jpg` (its image, if it had one), so a record always finds its image. Each file
+    is written whole (`ShardStore`)."""
+    key = validate_key(candidate.key)
+    folder = f"{REJECTED_DIR}/{reason}"
+    image = to_pil(candidate.image) if isinstance(candidate.image, torch.Tensor) else candidate.image
+    if image is not None:
+        jpeg = io.BytesIO()
+        image.convert("RGB").save(jpeg, format="JPEG", quality=90)
+        store.write_bytes(f"{folder}/{key}.jpg", jpeg.getvalue())
+    record = {
+        "key": key,
+        "reason": reason,
+        "caption": candidate.caption,
+        "regions": [{"phrase": r.phrase, "boxes": r.boxes, "score": r.score} for r in candidate.regions],
+        "score": candidate.score,
+        "threshold": candidate.threshold,
+        "image": None if image is None else f"{key}.jpg",
+    }
+    store.write_bytes(f"{folder}/{key}.json", json.dumps(record).encode())
+
+
 def _duration(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -259,9 +317,11 @@ def generate_shards(
     near_duplicates: NearDuplicates | None = None,
     trainer: dict[str, Any] | None = None,
     command: str | None = None,
+    keep_rejected: int = 0,
 ) -> Manifest:
     """Write `num_samples` samples into `<output_dir>/<name>-<shard>.tar` with a manifest; resumable (see module doc).
-    `output_dir` is a local directory or an `s3://`, `gs://` prefix.
+    `output_dir` is a local directory or an `s3://`, `gs://` prefix. `keep_rejected` candidates per rejection reason and
+    rank are kept as they were under `<output_dir>/rejected/` (0: none) for the dataset report.
 
     The manifest says the set is complete once every shard is written; `command` (what reruns this generation) is
     kept in it for the error that refuses to read an unfinished set.
@@ -282,7 +342,7 @@ def generate_shards(
         )
     )
     check_settings(store, settings)
-    for folder in ("", ENTRIES_DIR):  # from a killed run
+    for folder in ("", ENTRIES_DIR, *(f"{REJECTED_DIR}/{reason}" for reason in store.names(REJECTED_DIR))):  # a killed run's
         store.remove_partials(folder)
     arguments = {
         "accelerator": "auto",
@@ -296,6 +356,6 @@ def generate_shards(
     trainer = L.Trainer(**arguments, callbacks=[ShardWriter(store, settings, plan.num_shards, command)])
     # the writer needs no batch indices (a shard knows its own index); Lightning warns that it cannot infer them
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-    task = GenerationTask(generator, plan, store, chunk_size, near_duplicates)
+    task = GenerationTask(generator, plan, store, chunk_size, near_duplicates, keep_rejected)
     trainer.predict(task, return_predictions=False)
     return Manifest(store)
