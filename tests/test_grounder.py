@@ -161,3 +161,23 @@ def test_ground_py_names_a_phrase_line_for_an_image_it_was_not_given(trained_run
     )
     assert result.returncode != 0
     assert "phrases.txt:1: no image named 'b.png'" in result.stderr
+
+
+def test_ground_py_with_a_model_config_and_without_any_model(tmp_path):
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "red.png")
+    result = ground(
+        "model=albef_tiny",
+        "data.image_size=64",
+        f"images={tmp_path}/red.png",
+        "phrases=[a red square,the sky]",
+        f"hydra.run.dir={tmp_path}/out",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["phrase"] for r in records] == ["a red square", "the sky"]
+    assert all(r["model"] == "synground.models.AlbefGroundingModel.tiny" and r["image_size"] == [40, 30] for r in records)
+
+    result = ground(f"images={tmp_path}/red.png", "phrases=a dog", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "no model given and no offline demo model" in result.stderr and "make demo" in result.stderr
