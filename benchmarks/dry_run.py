@@ -12,7 +12,9 @@ What a user runs before renting GPUs, on data and weights that exist offline:
    through save_pretrained, with its 30,524-token tokenizer;
 3. each experiment (conf/experiment/{albef,blip}_*) through train.py, or eval.py for the off-the-shelf ones, at the
    config's image sizes, under trainer=ddp_cpu (2 processes), 2 training steps of 2 samples per process, with the
-   precision the experiment's trainer asks for (bf16-mixed), once with dropout on (0.1) and once off (0).
+   precision the experiment's trainer asks for (bf16-mixed), once with dropout on (0.1) and once off (0);
+4. the checkpoint of each training run with dropout off exported (python -m synground.export) and the export used by
+   ground.py on a photo-sized image.
 It prints a table (experiment, steps, final loss finite, seconds per step, peak memory), writes
 benchmarks/results/dry_run.{json,md}, and exits non-zero if any run failed. Peak memory is the largest sum of the
 proportional set size of a run's processes (both DDP ranks and their data workers; a page shared by forked processes
@@ -32,8 +34,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the writers of upstream formats that the tests use
@@ -216,6 +220,7 @@ def run_experiment(name: str, dropout: str | None, paths: dict[str, Path], work:
     code, seconds, peak = run([sys.executable, str(ROOT / f"{entry}.py"), *overrides], work, run_dir / "output.log")
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    handed_on = export_and_ground(run_dir, work) if entry == "train" and code == 0 and dropout != "on" else []
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # 2.5 GB each at full size
     steps = int(metrics.get("train/global_step", 0))
     loss = metrics.get("train/loss")
@@ -229,6 +234,7 @@ def run_experiment(name: str, dropout: str | None, paths: dict[str, Path], work:
         problems.append(f"final loss {loss}")
     if len(tested) != 3:
         problems.append(f"tested {tested or 'nothing'}, not the 3 test splits")
+    problems += handed_on
     return {
         "experiment": label,
         "entry": f"{entry}.py",
@@ -244,6 +250,35 @@ def run_experiment(name: str, dropout: str | None, paths: dict[str, Path], work:
         "problems": problems,
         "log": str(run_dir / "output.log"),
     }
+
+
+def export_and_ground(run_dir: Path, work: Path) -> list[str]:
+    """The trained full-size model through `python -m synground.export` and `ground.py` on the export, as a user
+    hands it on: BLIP through save_pretrained/from_pretrained, ALBEF through the released layout. Problems found."""
+    checkpoints = sorted((run_dir / "checkpoints").glob("epoch*.ckpt")) or [run_dir / "checkpoints" / "last.ckpt"]
+    export = run_dir / "export"
+    code, _, _ = run([sys.executable, "-m", "synground.export", str(checkpoints[-1]), str(export)], work, run_dir / "export.log")
+    if code:
+        return [f"export: exit {code} ({run_dir / 'export.log'})"]
+    photo = work / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*IMAGE_SIZE[::-1], 3), dtype=np.uint8)).save(photo)
+    command = [
+        sys.executable,
+        str(ROOT / "ground.py"),
+        f"ckpt_path={export}",
+        f"images={photo}",
+        "phrases=[man on the left,a woman]",
+        "boxes=true",
+        f"hydra.run.dir={run_dir / 'ground'}",
+    ]
+    code, _, _ = run(command, work, run_dir / "ground.log")
+    shutil.rmtree(export, ignore_errors=True)  # as large as the model
+    results = run_dir / "ground" / "results.jsonl"
+    if code or not results.exists():
+        return [f"ground.py on the export: exit {code} ({run_dir / 'ground.log'})"]
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    inside = all(0 <= r["point"][0] < IMAGE_SIZE[0] and 0 <= r["point"][1] < IMAGE_SIZE[1] for r in records)
+    return [] if len(records) == 2 and inside else [f"ground.py on the export: {records}"]
 
 
 def table(rows: list[dict]) -> str:
