@@ -1,6 +1,7 @@
 """Why a shapes model stops near 80%: does it bind colour and shape, or ground the colour word alone?
 
-    python benchmarks/shapes_diagnosis.py [--checkpoint CKPT ...] [--scenes 150]   (default: the newest make demo model)
+    python benchmarks/shapes_diagnosis.py [--checkpoint CKPT ... [--labels NAME ...]] [--scenes 150]
+    (default: the newest make demo model)
 
 On held-out textured scenes (the test split's seeds), for every phrase whose colour another shape of another kind in
 the scene shares (the cases a colour-only model gets right half the time) it measures:
@@ -168,11 +169,16 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", nargs="+", help="default: the newest make demo model")
+    parser.add_argument("--labels", nargs="+", help="a name per checkpoint for the table (default: the paths)")
     parser.add_argument("--scenes", type=int, default=150)
     parser.add_argument("--results", type=Path, default=RESULTS, help="writes <results>.json and .md")
     args = parser.parse_args()
     checkpoints = args.checkpoint or [str(demo_checkpoint(ROOT / "logs"))]
+    if args.labels and len(args.labels) != len(checkpoints):
+        parser.error(f"{len(args.labels)} labels for {len(checkpoints)} checkpoints")
     rows = [diagnose(checkpoint, args.scenes) for checkpoint in checkpoints]
+    for row, label in zip(rows, args.labels or []):
+        row["checkpoint"] = f"{label} ({row['checkpoint']})"
     report = table(rows)
     print(report)
     args.results.parent.mkdir(parents=True, exist_ok=True)
