@@ -40,14 +40,9 @@ def tiny_model(request):
 
 
 def _run(script: str, *overrides: str, cwd) -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
+    from test_train import run
 
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run(
-        [sys.executable, str(root / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=900
-    )
+    result = run(script, *overrides, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

@@ -7,12 +7,12 @@ import subprocess
 import sys
 import time
 
+from free_port import free_port
+
 
 def start_s3_server(timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
     """(the server process, its endpoint URL) once the port accepts connections; terminate() the process when done."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

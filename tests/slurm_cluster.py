@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from free_port import free_port
+
 MUNGE_KEY = Path("/etc/munge/munge.key")
 
 
@@ -36,7 +38,7 @@ def slurm_cluster(directory: Path, timeout: float = 60.0) -> Iterator[dict[str, 
     (directory / "spool").mkdir(exist_ok=True)
     host = socket.gethostname().split(".")[0]
     memory_mb = int(int(Path("/proc/meminfo").read_text().split()[1]) / 1024 * 0.8)
-    ctld_port, node_port = _free_port(), _free_port()
+    ctld_port, node_port = free_port(), free_port()
     config = directory / "slurm.conf"
     config.write_text(
         "\n".join(
@@ -138,9 +140,3 @@ def _stop(pid_file: Path) -> None:
         except OSError:
             return
         time.sleep(0.1)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

@@ -23,6 +23,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
+from free_port import free_port
 from synground.app import demo_model, enlarged, split_phrases
 from synground.export import export_model
 from synground.generation.shapes import ShapesGenerator
@@ -69,9 +70,7 @@ def models(tmp_path_factory) -> list[Path]:
 def app_url(models, tmp_path_factory):
     """`python app.py ckpt_path=[checkpoint,export]` on a free port, until the module's tests are done."""
     run_dir = tmp_path_factory.mktemp("app")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log_file = (run_dir / "app.out").open("w")
     app = subprocess.Popen(
         [

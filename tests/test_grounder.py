@@ -1,8 +1,6 @@
 """Grounder (synground.grounding) and ground.py: any image and phrase, with the maps the pointing game scored."""
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,8 +16,7 @@ from synground.data.datamodule import _split_samples
 from synground.data.transforms import clean_regions
 from synground.generation import ShapesGenerator
 from synground.grounding import box_from_heatmap, run_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from test_train import run
 
 
 def split_samples(run_dir: Path, split: str) -> list:
@@ -111,12 +108,6 @@ def test_the_box_is_the_thresholded_region_around_the_point_not_every_hot_pixel(
         box_from_heatmap(heat, (40, 20), threshold=0)
 
 
-def ground(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "ground.py"), *overrides], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-
-
 def test_ground_py_grounds_a_folder_with_a_phrase_file_and_a_rerun_skips_what_is_done(trained_runs, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -128,7 +119,7 @@ def test_ground_py_grounds_a_folder_with_a_phrase_file_and_a_rerun_skips_what_is
     phrases.write_text(f"the red circle\n\nscene1.png\t{scenes[1].regions[0].phrase}\n")
     checkpoint = trained_runs["albef"][1]
     args = [f"ckpt_path={checkpoint}", f"images={folder}", f"phrases={phrases}", "boxes=true", f"hydra.run.dir={tmp_path}/out"]
-    result = ground(*args, cwd=tmp_path)
+    result = run("ground.py", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [(Path(r["image"]).name, r["phrase"]) for r in records] == [
@@ -143,7 +134,7 @@ def test_ground_py_grounds_a_folder_with_a_phrase_file_and_a_rerun_skips_what_is
     x, y = expected.point
     assert overlay.getpixel((x + (overlay.width - 80) // 2, y))[:3] == (255, 255, 255)  # the cross at the point
 
-    result = ground(*args, cwd=tmp_path)
+    result = run("ground.py", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 of 4 pairs already in" in result.stdout
     assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 4
@@ -152,7 +143,8 @@ def test_ground_py_grounds_a_folder_with_a_phrase_file_and_a_rerun_skips_what_is
 def test_ground_py_names_a_phrase_line_for_an_image_it_was_not_given(trained_runs, tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     (tmp_path / "phrases.txt").write_text("b.png\tthe dog\n")
-    result = ground(
+    result = run(
+        "ground.py",
         f"ckpt_path={trained_runs['albef'][1]}",
         f"images={tmp_path}/*.png",
         f"phrases={tmp_path}/phrases.txt",
@@ -165,7 +157,8 @@ def test_ground_py_names_a_phrase_line_for_an_image_it_was_not_given(trained_run
 
 def test_ground_py_with_a_model_config_and_without_any_model(tmp_path):
     Image.new("RGB", (40, 30), "red").save(tmp_path / "red.png")
-    result = ground(
+    result = run(
+        "ground.py",
         "model=albef_tiny",
         "data.image_size=64",
         f"images={tmp_path}/red.png",
@@ -178,6 +171,6 @@ def test_ground_py_with_a_model_config_and_without_any_model(tmp_path):
     assert [r["phrase"] for r in records] == ["a red square", "the sky"]
     assert all(r["model"] == "synground.models.AlbefGroundingModel.tiny" and r["image_size"] == [40, 30] for r in records)
 
-    result = ground(f"images={tmp_path}/red.png", "phrases=a dog", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
+    result = run("ground.py", f"images={tmp_path}/red.png", "phrases=a dog", f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
     assert result.returncode != 0
     assert "no model given and no offline demo model" in result.stderr and "make demo" in result.stderr
