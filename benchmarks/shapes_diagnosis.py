@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 from synground import Grounder
-from synground.callbacks.pointing_game import predicted_points
-from synground.data.transforms import normalize_images
+from synground.callbacks.pointing_game import point_in_boxes, predicted_points
 from synground.generation import ShapesGenerator
 from synground.generation.shapes import COLOURS, SHAPES
 from synground.grounding import demo_checkpoint
@@ -43,16 +42,11 @@ def colour_and_shape(phrase: str) -> tuple[str, str]:
     return next(w for w in words if w in COLOURS), next(w for w in words if w in SHAPES)
 
 
-def inside(point, boxes) -> bool:
-    return any(x0 < point[0] < x1 and y0 < point[1] < y1 for x0, y0, x1, y1 in boxes)
-
-
 def token_maps(grounder: Grounder, image, phrase: str) -> dict[str, torch.Tensor]:
     """Each text token's own Grad-CAM map [g, g] (attention x relu(gradient), mean over heads), keyed by token."""
     net = grounder.net
-    pixels = normalize_images(grounder.transform.pixels(image).permute(2, 0, 1)[None], grounder.mean, grounder.std)
     with torch.no_grad():
-        image_embeds = net.encode_images(pixels.to(grounder.device))
+        image_embeds = net.encode_images(grounder.model_input([image]))
         texts = net.encode_texts(net.tokenize([phrase]))
     with torch.enable_grad(), capture_attention(net.gradcam_attention) as captured:
         logits = net.itm_logits(image_embeds, texts)
@@ -69,9 +63,8 @@ def vision_probe(grounder: Grounder, scenes: int = 400, seed: int = 5_000_000) -
     features, labels = [], {"colour": [], "shape": []}
     for index in range(scenes):
         scene = generator.scene(f"probe-{index}", seed + index)
-        pixels = normalize_images(grounder.transform.pixels(scene.image).permute(2, 0, 1)[None], grounder.mean, grounder.std)
         with torch.no_grad():
-            patches = grounder.net.encode_images(pixels.to(grounder.device))[0, 1:].cpu()
+            patches = grounder.net.encode_images(grounder.model_input([scene.image]))[0, 1:].cpu()
         side = int(patches.shape[0] ** 0.5)
         patch = grounder.image_size / side
         for region in scene.regions:
@@ -112,7 +105,7 @@ def diagnose(checkpoint: str, scenes: int) -> dict:
             kind = "twin" if twins else "shared" if others else "unique"  # twins are told apart by size or side
             result = grounder(scene.image, region.phrase)[0]
             counts[f"{kind}_items"] += 1
-            counts[f"{kind}_hits"] += inside(result.point, region.boxes)
+            counts[f"{kind}_hits"] += point_in_boxes(result.point, region.boxes)
             if kind != "shared":
                 continue
             right, wrong = grounder(scene.image, [region.phrase, others[0].phrase])
@@ -122,7 +115,7 @@ def diagnose(checkpoint: str, scenes: int) -> dict:
             total = sum(float(m.sum()) for m in maps.values())
             for role, token in (("colour", colour), ("shape", shape)):
                 point = predicted_points(maps[token][None], size)[0].tolist()
-                counts[f"{role}_token_hits"] += inside(point, region.boxes)
+                counts[f"{role}_token_hits"] += point_in_boxes(point, region.boxes)
                 counts[f"{role}_token_mass"] += float(maps[token].sum()) / total
     shared = counts["shared_items"]
     path = Path(checkpoint).resolve()

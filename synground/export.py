@@ -18,10 +18,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
-from synground.grounding import Grounder, run_config
+from synground.grounding import Grounder, run_config, run_dir_of
 from synground.models.albef import AlbefGroundingModel
 from synground.models.base import GroundingModel
 from synground.models.blip import BlipGroundingModel
@@ -41,7 +40,7 @@ def export_model(checkpoint: str | Path, output_dir: str | Path, overwrite: bool
     architecture = next((name for name, kind in ARCHITECTURES.items() if isinstance(grounder.net, kind)), None)
     if architecture is None:
         raise TypeError(f"cannot export {type(grounder.net).__name__}: only {sorted(ARCHITECTURES)} models")
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    run_dir = run_dir_of(checkpoint)
     partial = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -55,7 +54,7 @@ def export_model(checkpoint: str | Path, output_dir: str | Path, overwrite: bool
             "std": list(grounder.std),
             **grounder.net.save_export(partial),
             "checkpoint": str(checkpoint),
-            "global_step": torch.load(checkpoint, map_location="cpu", weights_only=True).get("global_step"),
+            "global_step": grounder.global_step,
         }
         (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         if (run_dir / "metrics.json").is_file():

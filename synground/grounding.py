@@ -146,6 +146,7 @@ class Grounder:
         self.transform = GroundingTransform(self.image_size, flip_prob=0.0)
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size, self.name = batch_size, name
+        self.global_step: int | None = None  # of the training checkpoint it was loaded from, if any
 
     @classmethod
     def load(cls, source: str | Path, **kwargs: Any) -> Grounder:
@@ -181,7 +182,8 @@ class Grounder:
         if unexpected:
             raise CheckpointError(f"{path} has {len(unexpected)} weights the configured model lacks, e.g. {unexpected[:8]}")
         grounder.net.load_state_dict(state)
-        log.info("%s: weights of %s (step %s)", grounder.name, path, checkpoint.get("global_step"))
+        grounder.global_step = checkpoint.get("global_step")
+        log.info("%s: weights of %s (step %s)", grounder.name, path, grounder.global_step)
         return grounder
 
     @classmethod
@@ -245,20 +247,24 @@ class Grounder:
                 result.box = box_from_heatmap(result.heatmap, result.point, box_threshold)
         return results
 
+    def model_input(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """[N, 3, size, size] on the Grounder's device: training's evaluation preprocessing (square bicubic resize,
+        the training normalisation)."""
+        pixels = torch.stack([self.transform.pixels(image) for image in images])
+        return normalize_images(pixels.permute(0, 3, 1, 2).to(self.device), self.mean, self.std)
+
     def _batch(self, images: list[ImageInput], phrases: list[str], offset: int) -> list[Grounding]:
         rows: dict[Any, int] = {}  # an image given for several phrases (one path or one object) is opened and encoded once
-        opened, pixels, sources, image_rows = [], [], [], []
+        opened, sources, image_rows = [], [], []
         for index, image in enumerate(images):
             key = str(image) if isinstance(image, (str, Path)) else id(image)
             if key not in rows:
                 rows[key] = len(opened)
-                picture = open_image(image, f"image {offset + index}")
-                opened.append(picture)
-                pixels.append(self.transform.pixels(picture))
+                opened.append(open_image(image, f"image {offset + index}"))
                 sources.append(str(image) if isinstance(image, (str, Path)) else None)
             image_rows.append(rows[key])
         image_index = torch.tensor(image_rows, device=self.device)
-        batch = normalize_images(torch.stack(pixels).permute(0, 3, 1, 2).to(self.device), self.mean, self.std)
+        batch = self.model_input(opened)
         cam = self.net.evaluation_gradcam(batch, phrases, image_index)
         sizes = torch.tensor([[opened[row].height, opened[row].width] for row in image_index.tolist()])
         points = predicted_points(cam.maps, sizes).tolist()
@@ -298,6 +304,10 @@ def demo_checkpoint(log_dir: str | Path = "logs") -> Path | None:
     return None
 
 
+def run_dir_of(checkpoint: Path) -> Path:
+    """The train.py run directory of a checkpoint: <run>/checkpoints/x.ckpt, or the checkpoint's own folder."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
 def _checkpoint_name(path: Path) -> str:
-    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return f"{run.name}/{path.name}"
+    return f"{run_dir_of(path).name}/{path.name}"

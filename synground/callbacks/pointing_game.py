@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lightning as L
@@ -26,14 +27,19 @@ def predicted_points(maps: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     return points
 
 
+def point_in_boxes(point: Sequence[float], boxes: Iterable[Sequence[float]]) -> bool:
+    """The pointing game's hit: does (x, y) lie strictly inside any of the xyxy boxes?"""
+    x, y = point
+    return any(x0 < x < x1 and y0 < y < y1 for x0, y0, x1, y1 in boxes)
+
+
 def pointing_game_hits(maps: torch.Tensor, boxes: list[torch.Tensor], sizes: torch.Tensor) -> torch.Tensor:
     """[B] bool: does each map's predicted point (`predicted_points`) lie strictly inside any of that item's xyxy
     boxes (original pixel coordinates)?"""
-    hits = torch.zeros(len(boxes), dtype=torch.bool)
-    for index, (x, y) in enumerate(predicted_points(maps, sizes).tolist()):
-        b = boxes[index].to("cpu", torch.float64)
-        hits[index] = bool(((b[:, 0] < x) & (x < b[:, 2]) & (b[:, 1] < y) & (y < b[:, 3])).any())
-    return hits
+    points = predicted_points(maps, sizes).tolist()
+    return torch.tensor(
+        [point_in_boxes(point, item_boxes.tolist()) for point, item_boxes in zip(points, boxes)], dtype=torch.bool
+    )
 
 
 class PointingGame(Metric):
