@@ -76,10 +76,12 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/full_size_cost.py
 	$(PY) benchmarks/remote_throughput.py
 
-# the offline mixing study: the real/synthetic ratio sweep on the shapes world (~20 min on 2 CPU cores)
+# the offline mixing study: ratio sweep and real-only learning curve over seeds on the shapes world, with their
+# analysis (meant to fit ~60 min on 2 CPU cores); a rerun trains only the runs not finished yet.
+# MIXING_ARGS passes options, e.g. MIXING_ARGS="--seeds 0 1 2 3 4"
+MIXING_ARGS ?=
 mixing-study: $(STAMP)
-	$(PY) train.py -m experiment=shapes_mixing data.synthetic_ratio=0,0.25,0.5,0.75,1 hydra.sweep.dir=logs/shapes_mixing/multiruns/study
-	$(PY) -m synground.results logs/shapes_mixing/multiruns/study --output benchmarks/results/shapes_mixing
+	$(PY) benchmarks/mixing_study.py $(MIXING_ARGS)
 
 # every experiment of the paper through the real entry points with full-size models, 2 steps each (~20 min on 2 CPU cores);
 # DRY_RUN_ARGS selects a part, e.g. DRY_RUN_ARGS="--experiments albef_amc_vg --dropout off"

@@ -1,10 +1,24 @@
-"""Results of a sweep: every run's metrics.json against a swept config value, as a table and a PNG plot.
+"""Results of a sweep: every run's metrics.json against a swept config value, aggregated over seeds, as tables and a
+PNG plot.
 
     python -m synground.results logs/shapes_mixing/multiruns/2026-11-22_10-00-00      # a Hydra multirun
     python -m synground.results "logs/train/runs/*" --x data.synthetic_ratio          # e.g. W&B sweep runs
+    python -m synground.results <multirun> --paired-baseline 0 --metric test/pointing_game/shapes_textured
 
-Each run directory holds `.hydra/config.yaml` (the value of `--x` is read from it), and `metrics.json` or, for a run
-that crashed, `failed.json`. Writes `<output>/results.md`, `results.json` and `pointing_game.png`.
+Each run directory holds `.hydra/config.yaml` (the value of `--x` and the run's `seed` are read from it), and
+`metrics.json` or, for a run that crashed, `failed.json`. The runs of one swept value (any number, e.g. one per
+seed) are aggregated: mean, sample standard deviation, n and the 95% t-interval of the mean, in pointing game points
+(%). A run whose metrics.json lacks a metric the others have (stopped before its test) is an error naming its
+directory: averaging the others would hide it.
+
+`--paired-baseline VALUE` compares every other value with VALUE run by run, matched on `seed`: runs with the same
+seed share their initialisation and data order, so the mean of the paired differences and its t-interval separate
+the values with fewer runs than two independent means would. A seed that has a run on one side only is reported,
+not dropped silently.
+
+t quantiles come from a table (scipy is not a dependency): exact to 4 decimals for up to 30 degrees of freedom,
+Fisher's expansion beyond, which is as exact there. Writes `<output>/results.md`, `results.json` and
+`pointing_game.png` (mean and 95% interval against the swept value, each run a faint dot).
 """
 
 from __future__ import annotations
@@ -12,22 +26,52 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+# the 0.975 quantile of Student's t with 1..30 degrees of freedom (two-sided 95%)
+T_975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)  # fmt: skip
+Z_975 = 1.959964
+
+
+def t_975(df: int) -> float:
+    """Student's t quantile for a two-sided 95% interval; Fisher's expansion above 30 df (error under 1e-4)."""
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = Z_975
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def describe(values: list[float]) -> dict[str, Any]:
+    """n, mean, sample standard deviation and the 95% t-interval of the mean (the last two need n >= 2)."""
+    n = len(values)
+    mean = sum(values) / n if n else None
+    if n < 2:
+        return {"n": n, "mean": mean, "std": None, "ci95": None}
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_975(n - 1) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+
 
 def collect(run_dirs: list[Path], x: str) -> list[dict[str, Any]]:
-    """One row per run: the swept value, its metrics (or its error), its directory; sorted by the value."""
+    """One row per run: the swept value, its seed, its metrics (or its error), its directory; sorted by the value."""
     rows = []
     for run in run_dirs:
         config_path = run / ".hydra" / "config.yaml"
         if not config_path.is_file():
             continue  # not a run directory (e.g. the multirun's own files)
-        value = OmegaConf.select(OmegaConf.load(config_path), x, default=None)
-        row: dict[str, Any] = {"run": str(run), "x": value}
+        config = OmegaConf.load(config_path)
+        row: dict[str, Any] = {"run": str(run), "x": OmegaConf.select(config, x, default=None)}
+        row["seed"] = OmegaConf.select(config, "seed", default=None)
         if (run / "metrics.json").is_file():
             row["metrics"] = json.loads((run / "metrics.json").read_text())
         elif (run / "failed.json").is_file():
@@ -45,41 +89,186 @@ def pointing_game_metrics(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(names, key=lambda name: (not name.startswith("test/"), name))
 
 
-def table(rows: list[dict[str, Any]], x: str, metrics: list[str]) -> str:
-    header = [x] + [name.replace("/pointing_game/", " ") for name in metrics]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def metric_of(row: dict[str, Any], name: str) -> float:
+    """A finished run's metric in points (%); its absence is an error naming the run."""
+    if name not in row["metrics"]:
+        raise ValueError(
+            f"{row['run']}: metrics.json has no {name!r} (the run stopped before its test?): rerun it, or leave its "
+            "directory out of the runs given"
+        )
+    return 100 * row["metrics"][name]
+
+
+def aggregate(rows: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
+    """Per swept value, in the rows' order: its finished runs' seeds and directories, its failed runs, and per metric
+    the values (in points) with their statistics."""
+    groups: dict[Any, dict[str, Any]] = {}
     for row in rows:
+        group = groups.setdefault(row["x"], {"x": row["x"], "runs": [], "seeds": [], "failed": [], "metrics": {}})
         if "error" in row:
-            cells = [f"failed: {row['error'][:60]}"] + [""] * (len(metrics) - 1)
+            group["failed"].append({"run": row["run"], "seed": row["seed"], "error": row["error"]})
+            continue
+        group["runs"].append(row["run"])
+        group["seeds"].append(row["seed"])
+        for name in metrics:
+            group["metrics"].setdefault(name, {"values": []})["values"].append(metric_of(row, name))
+    for group in groups.values():
+        group["metrics"] = {name: {**describe(m["values"]), "values": m["values"]} for name, m in group["metrics"].items()}
+    return list(groups.values())
+
+
+def paired_differences(rows: list[dict[str, Any]], baseline: Any, metric: str) -> list[dict[str, Any]]:
+    """Every swept value other than `baseline` against it, run by run on the same seed: the differences (value minus
+    baseline, in points), their statistics, whether the 95% interval excludes 0, and the seeds left without a partner
+    (a run missing or failed on one side)."""
+    scores: dict[Any, dict[Any, float]] = {}
+    finished: dict[tuple[Any, Any], str] = {}
+    for row in rows:
+        seeds = scores.setdefault(row["x"], {})
+        if "error" in row:
+            continue
+        if row["seed"] is None:
+            raise ValueError(f"{row['run']}/.hydra/config.yaml has no `seed`: its run cannot be paired")
+        twin = finished.setdefault((row["x"], row["seed"]), row["run"])
+        if twin != row["run"]:
+            raise ValueError(
+                f"{twin} and {row['run']} are both finished runs of value {row['x']!r} with seed {row['seed']}: "
+                "pairing needs one run per value and seed; leave one of them out"
+            )
+        seeds[row["seed"]] = metric_of(row, metric)
+    if baseline not in scores:
+        raise ValueError(f"paired baseline {baseline!r} is not among the swept values {list(scores)}")
+    baseline = next(value for value in scores if value == baseline)  # as the runs spell it: 0.0 for a given 0
+    base = scores[baseline]
+    comparisons = []
+    for value, seeds in scores.items():
+        if value == baseline:
+            continue
+        paired = sorted(set(base) & set(seeds))
+        differences = [seeds[seed] - base[seed] for seed in paired]
+        stats = describe(differences)
+        comparison = {"x": value, "baseline": baseline, "metric": metric, **stats, "seeds": paired}
+        comparison["differences"] = differences
+        comparison["excludes_zero"] = stats["ci95"] is not None and (stats["ci95"][0] > 0 or stats["ci95"][1] < 0)
+        comparison["baseline_only_seeds"] = sorted(set(base) - set(seeds))
+        comparison["value_only_seeds"] = sorted(set(seeds) - set(base))
+        comparisons.append(comparison)
+    return comparisons
+
+
+def equivalent_size(curve: list[tuple[float, float]], target: float) -> dict[str, Any]:
+    """Where `target` falls on a learning curve of (size, mean score) points: the size at which the curve first
+    reaches it, interpolated linearly in log(size) between the two sizes that bracket it. `size` is None when the
+    curve reaches it at its smallest size already, or never."""
+    if not curve:
+        raise ValueError("an empty learning curve: no size to compare with")
+    points = sorted(curve)
+    for index, (size, mean) in enumerate(points):
+        if mean < target:
+            continue
+        if index == 0:
+            return {"size": None, "bracket": [size], "relation": "at or below the smallest size measured"}
+        below, below_mean = points[index - 1]
+        fraction = (target - below_mean) / (mean - below_mean)
+        estimate = math.exp(math.log(below) + fraction * (math.log(size) - math.log(below)))
+        return {"size": estimate, "bracket": [below, size], "relation": "interpolated"}
+    return {"size": None, "bracket": [points[-1][0]], "relation": "beyond the largest size measured"}
+
+
+def _cell(stats: dict[str, Any]) -> str:
+    if stats["ci95"] is None:
+        return f"{stats['mean']:.1f}%"
+    low, high = stats["ci95"]
+    return f"{stats['mean']:.1f}% [{low:.1f}, {high:.1f}], sd {stats['std']:.1f}"
+
+
+def table(groups: list[dict[str, Any]], x: str, metrics: list[str]) -> str:
+    """Per swept value: each metric's mean [95% t-interval], sd over its runs, and how many runs finished."""
+    header = [x] + [name.replace("/pointing_game/", " ") for name in metrics] + ["runs"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group in groups:
+        failed = len(group["failed"])
+        if not group["runs"]:
+            cells = [f"failed: {group['failed'][0]['error'][:60]}"] + [""] * (len(metrics) - 1)
         else:
-            cells = [f"{100 * row['metrics'][name]:.1f}%" if name in row["metrics"] else "" for name in metrics]
-        lines.append("| " + " | ".join([str(row["x"]), *cells]) + " |")
+            cells = [_cell(group["metrics"][name]) for name in metrics]
+        runs = f"{len(group['runs'])}" + (f" ({failed} failed)" if failed else "")
+        lines.append("| " + " | ".join([str(group["x"]), *cells, runs]) + " |")
     return "\n".join(lines)
 
 
-def plot(path: Path, rows: list[dict[str, Any]], x: str, metrics: list[str]) -> None:
+def paired_table(comparisons: list[dict[str, Any]], x: str) -> str:
+    """One line per compared value: mean paired difference, its 95% t-interval and whether that excludes 0."""
+    if not comparisons:
+        return ""
+    baseline, metric = comparisons[0]["baseline"], comparisons[0]["metric"]
+    lines = [
+        f"Paired with {x}={baseline} on the same seed, {metric} (value minus baseline, in points):",
+        "",
+        f"| {x} | pairs | mean difference | 95% t-interval | interval excludes 0 | unpaired seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        mean = "-" if c["mean"] is None else f"{c['mean']:+.2f}"
+        interval, verdict = "-", "needs 2 pairs"
+        if c["ci95"] is not None:
+            interval = f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+            verdict = ("yes: higher" if c["mean"] > 0 else "yes: lower") if c["excludes_zero"] else "no"
+        unpaired = [f"{s} (no finished run at {c['x']})" for s in c["baseline_only_seeds"]]
+        unpaired += [f"{s} (no finished run at {baseline})" for s in c["value_only_seeds"]]
+        lines.append(f"| {c['x']} | {c['n']} | {mean} | {interval} | {verdict} | {', '.join(unpaired) or '-'} |")
+    return "\n".join(lines)
+
+
+def draw(axes: Axes, groups: list[dict[str, Any]], metric: str, label: str) -> None:
+    """One metric's mean with its 95% t-interval against the swept value, and each run as a faint dot."""
+    done = [g for g in groups if isinstance(g["x"], (int, float)) and metric in g["metrics"]]
+    if not done:
+        return
+    stats = [g["metrics"][metric] for g in done]
+    halves = [s["ci95"][1] - s["mean"] if s["ci95"] else 0.0 for s in stats]  # one run: no interval
+    line = axes.errorbar([g["x"] for g in done], [s["mean"] for s in stats], yerr=halves, marker="o", capsize=3, label=label)
+    runs = [(g["x"], value) for g, s in zip(done, stats) for value in s["values"]]
+    axes.scatter(*zip(*runs), s=10, alpha=0.3, color=line.lines[0].get_color())
+
+
+def plot(path: Path, groups: list[dict[str, Any]], x: str, metrics: list[str]) -> None:
     figure = Figure(figsize=(6, 4), dpi=100, layout="constrained")
     axes = figure.subplots()
-    done = [row for row in rows if "metrics" in row and isinstance(row["x"], (int, float))]
     for name in metrics:
-        points = [(row["x"], 100 * row["metrics"][name]) for row in done if name in row["metrics"]]
-        if points:
-            axes.plot(*zip(*points), marker="o", label=name)
-    axes.set(xlabel=x, ylabel="pointing game (%)", title="Pointing game against " + x)
+        draw(axes, groups, name, name)
+    axes.set(xlabel=x, ylabel="pointing game (%): mean, 95% interval, runs", title="Pointing game against " + x)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.savefig(path)
 
 
-def summarize(runs: list[Path], x: str, output: Path) -> str:
+def summarize(
+    runs: list[Path], x: str, output: Path, paired_baseline: Any = None, metric: str = "test/pointing_game/mean"
+) -> str:
     rows = collect(runs, x)
     metrics = pointing_game_metrics(rows)
+    groups = aggregate(rows, metrics)
+    comparisons = paired_differences(rows, paired_baseline, metric) if paired_baseline is not None else []
     output.mkdir(parents=True, exist_ok=True)
-    markdown = table(rows, x, metrics)
+    markdown = table(groups, x, metrics)
+    if comparisons:
+        markdown += "\n\n" + paired_table(comparisons, x)
     (output / "results.md").write_text(markdown + "\n\n![pointing game](pointing_game.png)\n")
-    (output / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    plot(output / "pointing_game.png", rows, x, metrics)
+    record = {"x": x, "metrics": metrics, "values": groups, "paired": comparisons, "runs": rows}
+    (output / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    plot(output / "pointing_game.png", groups, x, metrics)
     return markdown
+
+
+def parse_value(text: str) -> int | float | str:
+    """A swept value as given on the command line: "0" matches a run's 0 and 0.0 alike."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def main() -> None:
@@ -87,6 +276,12 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="a multirun directory, or run directories / glob patterns")
     parser.add_argument("--x", default="data.synthetic_ratio", help="the swept config key (default data.synthetic_ratio)")
     parser.add_argument("--output", type=Path, help="where results.{md,json} and the plot go (default: the multirun directory)")
+    parser.add_argument(
+        "--paired-baseline", type=parse_value, help="compare every other swept value with this one, run by run on `seed`"
+    )
+    parser.add_argument(
+        "--metric", default="test/pointing_game/mean", help="the paired comparison's metric (default test/pointing_game/mean)"
+    )
     args = parser.parse_args()
     runs = [Path(p) for pattern in args.runs for p in sorted(glob.glob(pattern))]
     if len(runs) == 1 and not (runs[0] / ".hydra").is_dir():  # a multirun directory: its numbered runs
@@ -94,7 +289,7 @@ def main() -> None:
     if not runs:
         raise SystemExit(f"no directory matches {args.runs}")
     output = args.output or (runs[0].parent if len(args.runs) == 1 else Path("."))
-    print(summarize(runs, args.x, output))
+    print(summarize(runs, args.x, output, args.paired_baseline, args.metric))
     print(f"written to {output / 'results.md'} and {output / 'pointing_game.png'}")
 
 

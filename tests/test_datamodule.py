@@ -1,3 +1,5 @@
+import random
+
 import pytest
 import torch
 
@@ -191,3 +193,66 @@ def test_an_epoch_resumed_after_k_batches_yields_exactly_the_rest_of_the_uninter
     later.load_state_dict({"epoch": 0, "batches": 3})  # a state of another epoch than the pass's is not applied
     list(later)
     assert len(list(later)) == 7
+
+
+def _keys(samples, count: int) -> list[str]:
+    return [next(samples).key for _ in range(count)]
+
+
+def test_a_generator_pool_in_training_reads_its_n_scenes_once_per_pass_dealt_to_the_slots():
+    from collections import Counter
+
+    from synground.data.datamodule import _endless_samples, _split_samples
+
+    source = GeneratorSource(ShapesGenerator("textured", 32), num_samples=10, seed=10_000_000, requests_per_call=4, name="p")
+    split = list(_split_samples(source, 0, 1, Counter()))  # the same scenes, under the same keys, as an eval split
+    assert [s.provenance["seed"] for s in split] == list(range(10_000_000, 10_000_010))
+    passes = {}
+    for slot in (0, 1):
+        stream = _endless_samples(source, random.Random(f"x:{slot}"), Counter(), slot, 2, partition_seed="epoch")
+        passes[slot] = [_keys(stream, 5) for _ in range(3)]  # 10 scenes dealt to 2 slots: 5 a pass
+        assert all(sorted(p) == sorted(passes[slot][0]) for p in passes[slot])  # each pass the slot's whole share
+        assert passes[slot][1] != passes[slot][0]  # in a fresh order
+    assert not set(passes[0][0]) & set(passes[1][0])
+    assert sorted(passes[0][0] + passes[1][0]) == sorted(s.key for s in split)
+    stream = _endless_samples(source, random.Random(0), Counter(), 0, 1)
+    first = next(stream)
+    twin = next(s for s in split if s.key == first.key)
+    assert first.caption == twin.caption and first.image.tobytes() == twin.image.tobytes()
+
+
+def test_a_training_pool_smaller_than_the_slots_is_read_whole_by_every_slot():
+    from collections import Counter
+
+    from synground.data.datamodule import _endless_samples
+
+    source = GeneratorSource(ShapesGenerator("clean", 32), num_samples=3, seed=5, name="p")
+    for slot in range(4):
+        stream = _endless_samples(source, random.Random(slot), Counter(), slot, 4, partition_seed="epoch")
+        assert sorted(_keys(stream, 3)) == ["p-00000000", "p-00000001", "p-00000002"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_epoch_over_a_training_pool_sees_every_scene_once_across_workers(workers):
+    pool = GeneratorSource(ShapesGenerator("textured", 32), num_samples=16, seed=10_000_000, name="real-pool")
+    datamodule = GroundingDataModule(train={"real": pool}, image_size=32, batch_size=4, batches_per_epoch=4, num_workers=workers)
+    loader = datamodule.train_dataloader()
+    first, second = ([k for b in loader for k in b["keys"]] for _ in range(2))
+    assert sorted(first) == sorted(second) == [f"real-pool-{i:08d}" for i in range(16)]
+    assert first != second  # every epoch deals and orders the pool anew
+
+
+def test_an_endless_generator_source_still_draws_fresh_62_bit_seeds():
+    from collections import Counter
+
+    from synground.data.datamodule import _endless_samples
+
+    source = GeneratorSource(ShapesGenerator("clean", 32), requests_per_call=3, name="g")
+    keys = _keys(_endless_samples(source, random.Random(7), Counter()), 7)
+    expected = random.Random(7)
+    assert keys == [f"g-{expected.getrandbits(62):016x}" for _ in range(7)]
+
+
+def test_an_empty_training_pool_is_refused():
+    with pytest.raises(ValueError, match=r"data\.train\.real.*'p'.*num_samples=0"):
+        GroundingDataModule(train={"real": GeneratorSource(ShapesGenerator(), num_samples=0, name="p")})

@@ -50,7 +50,7 @@ def test_a_ratio_sweep_runs_every_ratio_survives_a_bad_one_and_summarises(tmp_pa
         timeout=120,
     )
     assert summary.returncode == 0, summary.stderr
-    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())["runs"]
     assert [row["x"] for row in rows] == [0, 1, 1.5]
     assert 0 <= rows[0]["metrics"]["test/pointing_game/shapes_textured"] <= 1 and "error" in rows[2]
     assert "| 1.5 | failed:" in summary.stdout
@@ -131,3 +131,36 @@ def test_the_paper_experiments_compose_with_their_models_data_and_ratios():
                 assert cfg.model.net._target_.endswith(target) and cfg.data.synthetic_ratio == ratio
                 assert cfg.trainer.strategy == "ddp" and cfg.trainer.max_epochs == 30 and cfg.model.lr == 1e-5
                 assert bool(cfg.data.train.synthetic) == (ratio > 0) and bool(cfg.data.train.real) == (ratio < 1)
+
+
+def test_the_mixing_study_trains_both_sweeps_analyses_them_and_a_rerun_trains_only_what_is_missing(tmp_path):
+    """2 ratios x 2 seeds at a pool of 8 real scenes, and a real-only pool of 4: 6 runs of 2 steps."""
+    study = [
+        *("--seeds", "0", "1", "--ratios", "0", "0.5", "--pool", "8", "--curve-sizes", "4"),
+        *("--max-epochs", "1", "--batches-per-epoch", "2"),
+        *("--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "out")),
+        *("--extra", "data.image_size=64", "data.batch_size=4", "data.num_workers=0"),
+        *(f"data.{split}.num_samples=4" for split in ("val.shapes_textured", "test.shapes_clean", "test.shapes_textured")),
+    ]
+    first = run("benchmarks/mixing_study.py", *study, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "0 of 6 runs finished already; training 6" in first.stdout
+    written = {"results.md", "results.json", "pointing_game.png", "learning_curve.png"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == written
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(g["x"], g["seeds"]) for g in record["ratio_sweep"]["values"]] == [(0.0, [0, 1]), (0.5, [0, 1])]
+    assert [(g["x"], g["seeds"]) for g in record["learning_curve"]["values"]] == [(4, [0, 1]), (8, [0, 1])]
+    assert [(c["x"], c["n"]) for c in record["ratio_sweep"]["paired"]] == [(0.5, 2)]
+    # the sweep's ratio-0 runs are the curve's pool-8 runs: one directory each
+    assert record["learning_curve"]["runs"][2]["run"] == record["ratio_sweep"]["runs"][0]["run"]
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "## Real-only learning curve" in markdown and "Equivalent real scenes:" in markdown
+
+    killed = tmp_path / "runs" / "pool4-ratio0.0-seed1"
+    (killed / "metrics.json").unlink()  # as if killed before the end
+    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/metrics.json")}
+    second = run("benchmarks/mixing_study.py", *study, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "5 of 6 runs finished already; training 1" in second.stdout and f"clearing unfinished run {killed}" in second.stdout
+    assert (killed / "metrics.json").exists()
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())

@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GeneratorSource:
-    """Samples drawn from a TripletGenerator: endless with fresh seeds for training, or a fixed numbered split."""
+    """Samples drawn from a TripletGenerator: endless with fresh seeds for training, or N numbered samples (seeds
+    `seed`..`seed`+N-1): an evaluation split, or in training a fixed pool read in a fresh order each pass."""
 
     generator: TripletGenerator
-    num_samples: int | None = None  # None: endless (training); N: requests 0..N-1 (evaluation)
+    num_samples: int | None = None  # None: endless (training only); N: samples 0..N-1
     seed: int = 0
     requests_per_call: int = 16
     name: str = "generated"
@@ -71,13 +72,20 @@ def _endless_samples(
     partition_seed: str = "",
     allow_partial: bool = False,
 ) -> Iterator[GroundingSample]:
-    """Training stream: shards in a random order per pass, or generator requests with fresh seeds.
+    """Training stream: shards, or the samples of a fixed generator pool, in a random order per pass; or generator
+    requests with fresh seeds (a GeneratorSource without `num_samples`).
 
-    With at least as many shards as slots (ranks x workers), the shards are dealt to the slots (a new deal each
-    epoch: `partition_seed` is the same on every slot), so no sample is seen by two ranks in one epoch; a slot repeats
-    a sample only after reading all of its shards. With fewer shards every slot reads all of them, in its own order.
+    With at least as many shards (pool samples) as slots (ranks x workers), they are dealt to the slots (a new deal
+    each epoch: `partition_seed` is the same on every slot), so no sample is seen by two ranks in one epoch; a slot
+    repeats a sample only after reading all of its share. With fewer, every slot reads all of them, in its own order.
     """
-    if isinstance(source, str):
+    if isinstance(source, GeneratorSource) and source.num_samples is not None:
+        indices = range(source.num_samples)
+        dealt = random.Random(partition_seed).sample(indices, len(indices))
+        mine = dealt[slot::slots] if len(indices) >= slots else list(indices)
+        while True:
+            yield from _numbered_samples(source, rng.sample(mine, len(mine)))
+    elif isinstance(source, str):
         shards = resolve_shards(source, allow_partial)
         dealt = random.Random(partition_seed).sample(shards, len(shards))
         mine = dealt[slot::slots] if len(shards) >= slots else shards
@@ -117,13 +125,18 @@ def _split_samples(
     else:
         if source.num_samples is None:
             raise ValueError(f"evaluation source {source.name!r} needs num_samples (an endless split never ends)")
-        indices = list(range(slot, source.num_samples, slots))
-        for start in range(0, len(indices), source.requests_per_call):
-            requests = [
-                GenerationRequest(key=f"{source.name}-{i:08d}", seed=source.seed + i)
-                for i in indices[start : start + source.requests_per_call]
-            ]
-            yield from source.generator.generate(requests)
+        yield from _numbered_samples(source, range(slot, source.num_samples, slots))
+
+
+def _numbered_samples(source: GeneratorSource, indices: Sequence[int]) -> Iterator[GroundingSample]:
+    """Samples `indices` of a numbered source, in that order: sample i has seed `source.seed + i` and the same key
+    whether it is read as an evaluation split or as a training pool."""
+    for start in range(0, len(indices), source.requests_per_call):
+        requests = [
+            GenerationRequest(key=f"{source.name}-{i:08d}", seed=source.seed + i)
+            for i in indices[start : start + source.requests_per_call]
+        ]
+        yield from source.generator.generate(requests)
 
 
 class MixedTrainStream(IterableDataset):
@@ -342,6 +355,13 @@ class GroundingDataModule(L.LightningDataModule):
         if unknown:
             raise ValueError(f"data.train has unknown keys {sorted(unknown)}: use 'synthetic' and/or 'real'")
         self.train_sources = {name: [as_source(s) for s in _as_list((train or {}).get(name))] for name in ("synthetic", "real")}
+        for name, sources in self.train_sources.items():
+            for source in sources:  # an empty pool would leave its stream looping forever without a sample
+                if isinstance(source, GeneratorSource) and source.num_samples is not None and source.num_samples < 1:
+                    raise ValueError(
+                        f"data.train.{name}: source {source.name!r} has num_samples={source.num_samples}: "
+                        "a training pool needs at least 1 sample (null for endless fresh scenes)"
+                    )
         self.val_sources = {name: as_source(s) for name, s in (val or {}).items()}
         self.test_sources = {name: as_source(s) for name, s in (test or {}).items()}
         self.synthetic_ratio = synthetic_ratio

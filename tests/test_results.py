@@ -1,0 +1,122 @@
+"""synground.results on run directories written here: aggregation over seeds, paired comparisons, learning curves."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from synground.results import aggregate, collect, describe, equivalent_size, paired_differences, paired_table, table
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADLINE = "test/pointing_game/shapes_textured"
+
+
+def write_run(root: Path, ratio: float, seed: int, score: float | None = None, failed: str | None = None) -> Path:
+    """A run directory as train.py leaves it: the config, and metrics.json (or failed.json)."""
+    run = root / f"ratio{ratio}-seed{seed}"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\ndata:\n  synthetic_ratio: {ratio}\n")
+    if failed:
+        (run / "failed.json").write_text(json.dumps({"error": failed}))
+    elif score is not None:
+        (run / "metrics.json").write_text(json.dumps({HEADLINE: score, "val/pointing_game/shapes_textured": score}))
+    else:
+        (run / "metrics.json").write_text(json.dumps({"val/pointing_game/shapes_textured": 0.5}))  # stopped before its test
+    return run
+
+
+def sweep(root: Path) -> list[Path]:
+    """Ratio 0 with seeds 0-2 at 80, 82, 84%; 0.5 at +2, +2.5, +3 points; 1 at -1, +1 with seed 2 failed; 0.25 at
+    seeds 0 and 3 (3 has no baseline run)."""
+    runs = [write_run(root, 0.0, seed, score) for seed, score in enumerate((0.80, 0.82, 0.84))]
+    runs += [write_run(root, 0.5, seed, score) for seed, score in enumerate((0.82, 0.845, 0.87))]
+    runs += [write_run(root, 1.0, 0, 0.79), write_run(root, 1.0, 1, 0.83), write_run(root, 1.0, 2, failed="Boom: out of memory")]
+    runs += [write_run(root, 0.25, 0, 0.81), write_run(root, 0.25, 3, 0.9)]
+    return runs
+
+
+def test_runs_of_one_value_are_aggregated_over_seeds_with_a_t_interval(tmp_path):
+    groups = aggregate(collect(sweep(tmp_path), "data.synthetic_ratio"), [HEADLINE])
+    assert [g["x"] for g in groups] == [0.0, 0.25, 0.5, 1.0]
+    baseline = groups[0]["metrics"][HEADLINE]
+    assert groups[0]["seeds"] == [0, 1, 2] and baseline["values"] == pytest.approx([80, 82, 84])
+    # by hand: mean 82, sd sqrt((4 + 0 + 4) / 2) = 2, half-width t(0.975, 2 df) * 2 / sqrt(3) = 4.3027 * 1.1547
+    assert baseline["n"] == 3 and baseline["mean"] == pytest.approx(82) and baseline["std"] == pytest.approx(2)
+    assert baseline["ci95"] == pytest.approx([82 - 4.9683, 82 + 4.9683], abs=1e-3)
+    assert groups[3]["metrics"][HEADLINE]["n"] == 2 and groups[3]["failed"][0]["seed"] == 2
+    markdown = table(groups, "data.synthetic_ratio", [HEADLINE])
+    assert "| 0.0 | 82.0% [77.0, 87.0], sd 2.0 | 3 |" in markdown
+    assert "| 1.0 | 81.0% [55.6, 106.4], sd 2.8 | 2 (1 failed) |" in markdown
+
+
+def test_one_run_has_a_mean_but_no_interval():
+    assert describe([81.5]) == {"n": 1, "mean": 81.5, "std": None, "ci95": None}
+
+
+def test_values_are_paired_on_the_seed_and_a_missing_partner_is_reported(tmp_path):
+    rows = collect(sweep(tmp_path), "data.synthetic_ratio")
+    comparisons = {c["x"]: c for c in paired_differences(rows, 0, HEADLINE)}  # 0 matches the runs' 0.0
+    mix = comparisons[0.5]  # differences 2, 2.5, 3: sd 0.5, half-width 4.3027 * 0.5 / sqrt(3)
+    assert mix["differences"] == pytest.approx([2, 2.5, 3]) and mix["mean"] == pytest.approx(2.5)
+    assert mix["ci95"] == pytest.approx([2.5 - 1.2421, 2.5 + 1.2421], abs=1e-3) and mix["excludes_zero"]
+    synthetic = comparisons[1.0]  # seed 2 failed: one side only, reported
+    assert synthetic["seeds"] == [0, 1] and synthetic["differences"] == pytest.approx([-1, 1]) and not synthetic["excludes_zero"]
+    assert synthetic["baseline_only_seeds"] == [2] and synthetic["value_only_seeds"] == []
+    few = comparisons[0.25]  # seed 3 has no baseline run, seeds 1 and 2 no run at 0.25
+    assert few["n"] == 1 and few["ci95"] is None and not few["excludes_zero"]
+    assert few["baseline_only_seeds"] == [1, 2] and few["value_only_seeds"] == [3]
+    markdown = paired_table(list(comparisons.values()), "data.synthetic_ratio")
+    assert "| 0.5 | 3 | +2.50 | [+1.26, +3.74] | yes: higher | - |" in markdown
+    assert "| 1.0 | 2 | +0.00 | [-12.71, +12.71] | no | 2 (no finished run at 1.0) |" in markdown
+    assert "needs 2 pairs | 1 (no finished run at 0.25), 2 (no finished run at 0.25), 3 (no finished run at 0.0) |" in markdown
+    with pytest.raises(ValueError, match=r"paired baseline 0\.75 is not among"):
+        paired_differences(rows, 0.75, HEADLINE)
+
+
+def test_two_finished_runs_of_one_value_and_seed_cannot_be_paired(tmp_path):
+    runs = [write_run(tmp_path / "a", 0.0, 0, 0.8), write_run(tmp_path / "b", 0.0, 0, 0.7), write_run(tmp_path, 0.5, 0, 0.8)]
+    with pytest.raises(ValueError, match=r"a/ratio0\.0-seed0 and .*b/ratio0\.0-seed0 are both finished runs"):
+        paired_differences(collect(runs, "data.synthetic_ratio"), 0.0, HEADLINE)
+
+
+def test_a_run_missing_its_metric_is_an_error_naming_its_directory(tmp_path):
+    runs = [write_run(tmp_path, 0.0, 0, 0.8), write_run(tmp_path, 0.5, 0)]
+    rows = collect(runs, "data.synthetic_ratio")
+    with pytest.raises(ValueError, match=rf"ratio0\.5-seed0: metrics.json has no '{HEADLINE}'.*rerun it"):
+        aggregate(rows, [HEADLINE])
+    with pytest.raises(ValueError, match=r"ratio0\.5-seed0: metrics.json has no"):
+        paired_differences(rows, 0.0, HEADLINE)
+
+
+def test_the_equivalent_size_is_interpolated_log_linearly_where_the_curve_first_reaches_the_score():
+    curve = [(1000, 85.0), (125, 70.0), (250, 75.0), (500, 80.0)]
+    halfway = equivalent_size(curve, 82.5)
+    assert halfway["size"] == pytest.approx(math.sqrt(500 * 1000)) and halfway["bracket"] == [500, 1000]
+    assert equivalent_size(curve, 80.0)["size"] == pytest.approx(500)
+    assert equivalent_size(curve, 90.0) == {"size": None, "bracket": [1000], "relation": "beyond the largest size measured"}
+    assert equivalent_size(curve, 60.0)["relation"] == "at or below the smallest size measured"
+    bumpy = [(125, 70.0), (250, 80.0), (500, 75.0), (1000, 85.0)]  # a noisy curve: the first size that reaches it
+    assert equivalent_size(bumpy, 77.0)["size"] == pytest.approx(125 * 2**0.7)
+
+
+def test_the_command_line_writes_the_tables_the_paired_comparison_and_the_plot(tmp_path):
+    sweep(tmp_path / "multirun")
+    arguments = [str(tmp_path / "multirun"), "--paired-baseline", "0", "--metric", HEADLINE, "--output", str(tmp_path / "out")]
+    result = subprocess.run(
+        [sys.executable, "-m", "synground.results", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Paired with data.synthetic_ratio=0.0 on the same seed" in result.stdout
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [c["x"] for c in record["paired"]] == [0.25, 0.5, 1.0] and len(record["runs"]) == 11
+    assert "| 0.5 | 3 | +2.50 |" in (tmp_path / "out" / "results.md").read_text()
+    with Image.open(tmp_path / "out" / "pointing_game.png") as plot:
+        assert plot.format == "PNG"
