@@ -1,6 +1,6 @@
 """Why a shapes model stops near 80%: does it bind colour and shape, or ground the colour word alone?
 
-    python benchmarks/shapes_diagnosis.py [--checkpoint CKPT ... [--labels NAME ...]] [--scenes 150]
+    python benchmarks/shapes_diagnosis.py [--checkpoint CKPT ... [--labels NAME ...]] [--scenes 150] [--append]
     (default: the newest make demo model)
 
 On held-out textured scenes (the test split's seeds), for every phrase whose colour another shape of another kind in
@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--labels", nargs="+", help="a name per checkpoint for the table (default: the paths)")
     parser.add_argument("--scenes", type=int, default=150)
     parser.add_argument("--results", type=Path, default=RESULTS, help="writes <results>.json and .md")
+    parser.add_argument("--append", action="store_true", help="keep the rows already in <results>.json (same name: replaced)")
     args = parser.parse_args()
     checkpoints = args.checkpoint or [str(demo_checkpoint(ROOT / "logs"))]
     if args.labels and len(args.labels) != len(checkpoints):
@@ -172,6 +173,10 @@ def main() -> None:
     rows = [diagnose(checkpoint, args.scenes) for checkpoint in checkpoints]
     for row, label in zip(rows, args.labels or []):
         row["checkpoint"] = f"{label} ({row['checkpoint']})"
+    if args.append and args.results.with_suffix(".json").is_file():
+        names = {row["checkpoint"] for row in rows}
+        earlier = json.loads(args.results.with_suffix(".json").read_text())
+        rows = [row for row in earlier if row["checkpoint"] not in names] + rows
     report = table(rows)
     print(report)
     args.results.parent.mkdir(parents=True, exist_ok=True)

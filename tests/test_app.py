@@ -39,6 +39,7 @@ TINY = [
     "model.net.vision_layers=2",
     "model.net.text_width=32",
     "model.net.heads=2",
+    "model.net.vision_weights=null",  # the packaged encoder is the full-size one
 ]
 # the rows of the page's table of points and scores (gradio's dataframe is a grid of ARIA rows and cells)
 RESULT_ROWS = "#results [role=row]:has([role=gridcell])"

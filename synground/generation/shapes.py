@@ -125,18 +125,42 @@ class ShapesGenerator:
         colour = np.array(COLOURS[shape["colour"]], dtype=float)
         if self.style == "textured":
             colour = np.clip(colour * rng.uniform(0.8, 1.1) + rng.normal(0, 10, 3), 0, 255)
-        fill = tuple(int(c) for c in colour)
         outline = (30, 30, 30) if self.style == "textured" else None
-        x0, y0, x1, y1 = shape["box"]
-        cx, cy = shape["centre"]
-        if shape["shape"] == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill, outline=outline)
-        elif shape["shape"] == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill, outline=outline)
-        elif shape["shape"] == "triangle":
-            draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill, outline=outline)
-        else:
-            draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill, outline=outline)
+        draw_shape(draw, shape["shape"], shape["box"], tuple(int(c) for c in colour), outline)
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: Sequence[float], fill, outline=None) -> None:
+    """A shape of `kind` filling its xyxy `box` (a triangle points up): the one geometry of scenes and of masks."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if kind == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill, outline=outline)
+    elif kind == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill, outline=outline)
+    elif kind == "triangle":
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill, outline=outline)
+    else:
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill, outline=outline)
+
+
+def scene_shapes(sample: GroundingSample) -> list[tuple[str, str, list[float]]]:
+    """(colour, kind, box) of each shape of a shapes scene, read off its phrases and boxes."""
+    shapes = []
+    for region in sample.regions:
+        words = region.phrase.split()
+        colour = next((w for w in words if w in COLOURS), None)
+        kind = next((w for w in words if w in SHAPES), None)
+        if colour is None or kind is None:
+            raise ValueError(f"sample {sample.key}: phrase {region.phrase!r} names no shapes-world colour and shape")
+        shapes.append((colour, kind, list(region.boxes[0])))
+    return shapes
+
+
+def shape_mask(kind: str, box: Sequence[float], image_size: int) -> np.ndarray:
+    """[size, size] bool: the pixels the shape covers in its scene (drawn with the scenes' own geometry)."""
+    mask = Image.new("L", (image_size, image_size), 0)
+    draw_shape(ImageDraw.Draw(mask), kind, box, 255)
+    return np.asarray(mask) > 0
 
 
 def _describe(shapes: list[dict]) -> list[str]:

@@ -21,7 +21,8 @@ from torch import nn
 from transformers import BertTokenizer, PreTrainedTokenizerBase
 
 from synground.models.base import GroundingModel, Tokens
-from synground.models.checkpoints import CheckpointError, check_state_dict, read_state_dict
+from synground.models.checkpoints import CheckpointError, check_state_dict, read_state_dict, resize_position_embedding
+from synground.models.pretraining import load_vision_weights
 from synground.models.text import TextTokenizer, wordpiece_tokenizer
 
 log = logging.getLogger(__name__)
@@ -299,16 +300,6 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
 
-def resize_position_embedding(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
-    """[1, 1 + g*g, D] -> [1, 1 + grid*grid, D], patch positions resized bicubically, [CLS] kept (ALBEF's rule)."""
-    old = math.isqrt(pos_embed.shape[1] - 1)
-    if old == grid:
-        return pos_embed
-    patches = pos_embed[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches.float(), size=(grid, grid), mode="bicubic", align_corners=False)
-    return torch.cat([pos_embed[:, :1], patches.permute(0, 2, 3, 1).flatten(1, 2).to(pos_embed.dtype)], dim=1)
-
-
 def our_key_style(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ALBEF.pth names the text encoder text_encoder.bert.* (BertForMaskedLM), refcoco.pth text_encoder.*: use the latter."""
     return {key.replace("text_encoder.bert.", "text_encoder.", 1): value for key, value in state_dict.items()}
@@ -343,6 +334,8 @@ class AlbefGroundingModel(GroundingModel):
 
     Texts are tokenized the ALBEF way, "[CLS] text" with no [SEP], at most `max_text_length` tokens.
     """
+
+    architecture = "albef"
 
     def __init__(
         self, config: AlbefConfig, tokenizer: PreTrainedTokenizerBase, gradcam_layer: int = 8, max_text_length: int = 30
@@ -432,11 +425,14 @@ class AlbefGroundingModel(GroundingModel):
         embed_dim: int = 64,
         dropout: float = 0.1,
         initializer_range: float = 0.1,
+        vision_weights: str | None = None,
     ) -> AlbefGroundingModel:
         """A randomly initialised ALBEF of the same architecture, small enough to train on a CPU.
 
         As in the released model, the Grad-CAM layer is a fusion layer with fusion layers above it (8 of 12 there,
         2 of 4 here), so the eager attention above it, which the AMC loss differentiates through, is exercised.
+        `vision_weights` (a file, or "synground:shapes" for the packaged one) replaces the random vision encoder with
+        a pretrained one (synground.models.pretraining).
         """
         tokenizer = wordpiece_tokenizer(vocabulary or [])
         config = AlbefConfig(
@@ -457,7 +453,14 @@ class AlbefGroundingModel(GroundingModel):
             dropout=dropout,
             initializer_range=initializer_range,
         )
-        return cls(config, tokenizer, gradcam_layer, max_text_length)
+        net = cls(config, tokenizer, gradcam_layer, max_text_length)
+        if vision_weights:
+            load_vision_weights(net, vision_weights)
+        return net
+
+    @property
+    def vision_encoder(self) -> nn.Module:
+        return self.visual_encoder
 
     def load_albef_state_dict(self, state_dict: dict[str, torch.Tensor], name: str) -> None:
         """Load a released ALBEF state dict (either key style); fail on a missing or misshapen weight."""

@@ -25,8 +25,15 @@ class GroundingModel(nn.Module, ABC):
     image_size: int
     temperature: float | torch.Tensor  # of the contrastive similarities (ALBEF learns it)
 
+    architecture: str  # "blip", "albef": names the packaged files made for it (synground.models.pretraining)
+
     @abstractmethod
     def tokenize(self, texts: list[str]) -> Tokens: ...
+
+    @property
+    @abstractmethod
+    def vision_encoder(self) -> nn.Module:
+        """The image encoder whose output `encode_images` returns (what synground.models.pretraining trains)."""
 
     @abstractmethod
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval, P
 
 from synground.models.base import GroundingModel, Tokens
 from synground.models.checkpoints import CheckpointError
+from synground.models.pretraining import load_vision_weights
 from synground.models.text import TextTokenizer, wordpiece_tokenizer
 
 
@@ -40,6 +41,8 @@ class BlipGroundingModel(GroundingModel):
     head are run here, with the attention of one layer captured by a forward hook.
     `first_token="enc"` replaces [CLS] by [ENC] as BLIP's own retrieval training does; transformers keeps [CLS].
     """
+
+    architecture = "blip"
 
     def __init__(
         self,
@@ -123,6 +126,7 @@ class BlipGroundingModel(GroundingModel):
         max_text_length: int = 16,
         dropout: float = 0.0,
         initializer_range: float = 0.1,
+        vision_weights: str | None = None,
         **kwargs,
     ) -> BlipGroundingModel:
         """A randomly initialised BLIP of the same architecture, small enough to train on a CPU.
@@ -132,6 +136,8 @@ class BlipGroundingModel(GroundingModel):
 
         At BERT's initializer_range of 0.02 and width 64, queries and keys start so small that cross-attention is
         uniform and image-text matching stays at chance for hundreds of steps; 0.1 lets it learn from the start.
+        `vision_weights` (a file, or "synground:shapes" for the packaged one) replaces the random vision encoder with
+        a pretrained one (synground.models.pretraining).
         """
         tokenizer = wordpiece_tokenizer(vocabulary or [])
         special = {
@@ -166,9 +172,16 @@ class BlipGroundingModel(GroundingModel):
             ),
             image_text_hidden_size=min(64, text_width),
         )
-        return cls(
+        net = cls(
             BlipForImageTextRetrieval(config), tokenizer, gradcam_layer=gradcam_layer, max_text_length=max_text_length, **kwargs
         )
+        if vision_weights:
+            load_vision_weights(net, vision_weights)
+        return net
+
+    @property
+    def vision_encoder(self) -> nn.Module:
+        return self.model.vision_model
 
     def save_export(self, directory: Path) -> dict[str, Any]:
         """Weights (model.safetensors), config and tokenizer in the transformers format, which

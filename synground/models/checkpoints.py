@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -86,3 +88,13 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], name
             f"{name} lacks {len(missing)} of the model's {len(expected)} weights, e.g. " + ", ".join(missing[:shown])
         )
     return [key for key in state_dict if key not in expected]
+
+
+def resize_position_embedding(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """[1, 1 + g*g, D] -> [1, 1 + grid*grid, D], patch positions resized bicubically, [CLS] kept (ALBEF's rule)."""
+    old = math.isqrt(pos_embed.shape[1] - 1)
+    if old == grid:
+        return pos_embed
+    patches = pos_embed[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([pos_embed[:, :1], patches.permute(0, 2, 3, 1).flatten(1, 2).to(pos_embed.dtype)], dim=1)

@@ -1,0 +1,161 @@
+"""The pretrained vision encoder: its targets, its file, and that the packaged one knows the shapes world's objects."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from synground.generation import ShapesGenerator
+from synground.generation.shapes import COLOURS, SHAPES, scene_shapes
+from synground.models import AlbefGroundingModel, BlipGroundingModel
+from synground.models.pretraining import (
+    ShapesBatches,
+    dense_targets,
+    patch_features,
+    pretrain_vision,
+    save_vision_weights,
+    vision_weights_path,
+)
+from test_train import run
+
+WORDS = ["the", "red", "circle"]
+
+
+def small(cls, **overrides):
+    torch.manual_seed(0)
+    settings = dict(image_size=64, patch_size=8, vision_width=32, text_width=32, heads=2, vision_layers=2)
+    return cls.tiny(WORDS, **{**settings, **overrides})
+
+
+def test_dense_targets_label_the_pixels_each_shape_covers():
+    sample = ShapesGenerator("clean", image_size=64).scene("k", 7)
+    kinds, colours = dense_targets([sample], image_size=64, grid=8)
+    pixels = np.asarray(sample.image).reshape(8, 8, 8, 8, 3).transpose(0, 2, 1, 3, 4).reshape(64, 64, 3)  # per patch
+    labelled = 0
+    for patch in range(64):
+        if kinds[0, patch] == 0:
+            for colour, _, _ in scene_shapes(sample):  # no background patch is mostly one shape's colour
+                assert (np.all(pixels[patch] == COLOURS[colour], axis=1)).mean() < 0.3 + 1e-6
+            continue
+        labelled += 1
+        colour = list(COLOURS)[colours[0, patch] - 1]
+        assert (np.all(pixels[patch] == COLOURS[colour], axis=1)).mean() >= 0.3
+    kinds_named = {SHAPES[k - 1] for k in kinds[0].tolist() if k}
+    assert labelled >= len(sample.regions) and kinds_named <= {kind for _, kind, _ in scene_shapes(sample)}
+
+
+@pytest.mark.parametrize("cls", [BlipGroundingModel, AlbefGroundingModel])
+def test_vision_weights_round_trip_and_load_at_another_image_size(tmp_path, cls):
+    trained = small(cls)
+    with torch.no_grad():
+        for parameter in trained.vision_encoder.parameters():
+            parameter.add_(torch.randn_like(parameter))  # unlike any fresh initialisation
+    path = tmp_path / "vision.safetensors"
+    save_vision_weights(trained, path, {"steps": 0})
+    fresh = small(cls, vision_weights=str(path)).eval()
+    images = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(fresh.encode_images(images), trained.eval().encode_images(images))
+    with safe_open(str(path), framework="pt") as file:
+        assert json.loads(file.metadata()["about"]) == {"steps": 0}
+
+    larger = small(cls, image_size=96, vision_weights=str(path))  # a 12x12 grid from an 8x8 one
+    for name, value in larger.vision_encoder.state_dict().items():
+        if value.shape == trained.vision_encoder.state_dict()[name].shape:
+            torch.testing.assert_close(value, trained.vision_encoder.state_dict()[name])
+    assert larger.encode_images(torch.randn(1, 3, 96, 96)).shape[1] == 1 + 12 * 12
+
+
+def test_vision_weights_that_do_not_fit_are_refused_naming_the_file(tmp_path):
+    path = tmp_path / "vision.safetensors"
+    save_vision_weights(small(BlipGroundingModel), path, {})
+    with pytest.raises(ValueError, match=r"vision.safetensors was pretrained for another vision encoder.*vision_weights=null"):
+        small(BlipGroundingModel, vision_width=64, vision_weights=str(path))
+    with pytest.raises(ValueError, match="holds a BlipGroundingModel vision encoder, not a AlbefGroundingModel"):
+        small(AlbefGroundingModel, vision_weights=str(path))
+    with pytest.raises(FileNotFoundError, match=r"missing.safetensors does not exist; make it with `python -m synground"):
+        small(BlipGroundingModel, vision_weights=str(tmp_path / "missing.safetensors"))
+    assert vision_weights_path("synground:shapes", "albef").name == "shapes_albef.safetensors"
+
+
+def test_pretraining_trains_the_vision_encoder_alone():
+    """Only the image side learns: text encoder, fusion layers and ITM head keep their weights."""
+    net = small(BlipGroundingModel)
+    before = {name: value.clone() for name, value in net.state_dict().items()}
+    vision = {f"model.vision_model.{name}" for name in net.vision_encoder.state_dict()}
+    history = pretrain_vision(net, steps=3, batch_size=4, eval_every=2)
+    assert [entry["step"] for entry in history] == [2, 3]
+    changed = {name for name, value in net.state_dict().items() if not torch.equal(value, before[name])}
+    assert changed and changed <= vision
+
+
+@pytest.mark.parametrize("architecture", ["blip", "albef"])
+def test_the_packaged_encoder_knows_shape_kinds_and_a_random_one_does_not(architecture):
+    """A linear probe on held-out patches reads the shape kind off the packaged encoder's features (what the grounding
+    losses could not teach a random ViT in make demo's budget), and not off a random encoder's."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from synground.models.pretraining import ASSETS
+
+    overrides = ["experiment=shapes", f"model={architecture}_tiny"]
+    with initialize_config_dir(config_dir=str(ASSETS.parents[1] / "conf"), version_base="1.3"):
+        config = compose("train", overrides=overrides)
+    accuracy = {}
+    for name, weights in (("packaged", config.model.net.vision_weights), ("random", None)):
+        torch.manual_seed(0)
+        net = instantiate(config.model.net, vision_weights=weights).eval()
+        batches = ShapesBatches(net.image_size, 16, 48)
+        features, kinds = [], []
+        for first in (-(10**6), -(2 * 10**6)):  # scenes no pretraining step drew
+            images, kind, _ = batches.batch(first)
+            with torch.no_grad():
+                features.append(patch_features(net, images).flatten(0, 1))
+            kinds.append(kind.flatten())
+        (train_x, test_x), (train_y, test_y) = features, kinds
+        train_x, train_y, test_x, test_y = train_x[train_y > 0], train_y[train_y > 0], test_x[test_y > 0], test_y[test_y > 0]
+        probe = torch.nn.Linear(train_x.shape[1], len(SHAPES) + 1)
+        optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+        for _ in range(300):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(probe(train_x), train_y).backward()
+            optimizer.step()
+        accuracy[name] = float((probe(test_x).argmax(1) == test_y).float().mean())
+    assert accuracy["packaged"] > 0.75 and accuracy["random"] < 0.55, accuracy
+
+
+def test_pretraining_command_writes_a_file_train_py_loads(tmp_path):
+    output = tmp_path / "vision.safetensors"
+    small_model = ["data.image_size=64", "model.net.vision_width=32", "model.net.vision_layers=2", "model.net.heads=2"]
+    result = run(
+        "synground/models/pretraining.py",
+        *small_model,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--output",
+        str(output),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with safe_open(str(output), framework="pt") as file:
+        about = json.loads(file.metadata()["about"])
+    assert about["steps"] == 2 and about["history"][-1]["step"] == 2 and "experiment=shapes" in about["overrides"]
+    result = run(
+        "train.py",
+        "experiment=shapes",
+        *small_model,
+        "model.net.text_width=32",
+        f"model.net.vision_weights={output}",
+        "data.batches_per_epoch=1",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "data.num_workers=0",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
