@@ -70,6 +70,7 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/shapes_grounding.py
+	$(PY) benchmarks/learning_floor.py
 	$(PY) benchmarks/gradcam_throughput.py
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/generation_pipeline.py
