@@ -18,7 +18,7 @@ from synground.models.pretraining import (
     save_vision_weights,
     vision_weights_path,
 )
-from test_train import run
+from test_train import ONE_EPOCH, run
 
 WORDS = ["the", "red", "circle"]
 
@@ -151,10 +151,7 @@ def test_pretraining_command_writes_a_file_train_py_loads(tmp_path):
         f"model.net.vision_weights={output}",
         "data.batches_per_epoch=1",
         "data.batch_size=4",
-        "trainer.max_epochs=1",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-        "data.num_workers=0",
+        *ONE_EPOCH,
         f"hydra.run.dir={tmp_path}/run",
         cwd=tmp_path,
     )

@@ -9,9 +9,14 @@ import math
 import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
 
+from signal_at import SignalAt
+from synground.callbacks.requeue import Preempted, Requeue
 from test_experiments import run
 
 SHORT = [
@@ -104,3 +109,59 @@ def test_a_run_resumed_in_its_directory_logs_into_the_same_wandb_run(tmp_path, m
     first, resumed, other = (wandb_logger("synground", str(tmp_path / name)) for name in ("run", "run", "other"))
     assert first.version == resumed.version != other.version
     assert wandb_logger("synground", str(tmp_path / "run"), id="chosen").version == "chosen"
+
+
+class Regression(L.LightningModule):
+    """The smallest module with a validation score: Requeue's ordering against ModelCheckpoint, in-process."""
+
+    def __init__(self, validate: bool):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        if not validate:
+            self.validation_step = None  # Lightning then runs no validation
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/score", -self.layer(batch[0]).pow(2).mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(tmp_path: Path, module: L.LightningModule, checkpoint: ModelCheckpoint, *callbacks: L.Callback) -> L.Trainer:
+    data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=2)
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[*callbacks, checkpoint, Requeue(tmp_path)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=data, val_dataloaders=data if module.validation_step else None)
+    return trainer
+
+
+def test_a_run_requeued_in_its_first_validation_has_saved_that_epochs_best_checkpoint(tmp_path):
+    # a ModelCheckpoint as a user writes it, save_on_train_epoch_end unset: Lightning would save after validation
+    # ends, at the epoch's end, which the requeue stop never reaches
+    best = ModelCheckpoint(tmp_path / "best", "{epoch}", monitor="val/score", mode="max")
+    with pytest.raises(Preempted):
+        fit(tmp_path, Regression(validate=True), best, SignalAt("validation_batch_end", epoch=0, batch=1))
+    assert [path.name for path in (tmp_path / "best").iterdir()] == ["epoch=0.ckpt"]
+    assert best.best_model_path.endswith("epoch=0.ckpt")
+    assert torch.load(tmp_path / Requeue.FILENAME, weights_only=True)["global_step"] == 4
+
+
+def test_without_validation_checkpoints_are_still_saved_at_every_epochs_end(tmp_path):
+    every = ModelCheckpoint(tmp_path / "every", "{epoch}", save_top_k=-1)
+    fit(tmp_path, Regression(validate=False), every)
+    assert sorted(path.name for path in (tmp_path / "every").iterdir()) == ["epoch=0.ckpt", "epoch=1.ckpt"]
+
+
+def test_a_checkpoint_set_to_save_at_the_epochs_end_is_refused(tmp_path):
+    late = ModelCheckpoint(tmp_path / "late", monitor="val/score", mode="max", save_on_train_epoch_end=True)
+    with pytest.raises(ValueError, match="save_on_train_epoch_end=True"):
+        fit(tmp_path, Regression(validate=True), late)

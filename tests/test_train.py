@@ -7,6 +7,8 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# one epoch, one validation and one test batch per split, in the main process: train.py's whole path, quickly
+ONE_EPOCH = ["trainer.max_epochs=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "data.num_workers=0"]
 
 
 def run(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -18,10 +20,7 @@ def test_two_training_steps_then_test_write_metrics_json(tmp_path):
         "train.py",
         "experiment=shapes",
         "data.batches_per_epoch=2",
-        "trainer.max_epochs=1",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-        "data.num_workers=0",
+        *ONE_EPOCH,
         f"hydra.run.dir={tmp_path}/run",
         cwd=tmp_path,
     )

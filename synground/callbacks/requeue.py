@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,13 @@ class Requeue(Checkpoint):
     Step boundaries: the end of a batch whose optimiser step ran (not between the micro-batches of an accumulated
     step: their gradients are in no checkpoint), except an epoch's last batch, whose validation comes first; and the
     end of each validation, after every ModelCheckpoint has taken its result (resuming skips that validation, so
-    the best checkpoint must already know it). A signal during the last epoch's validation or the test is only
-    logged and the run goes on: its checkpoints are complete and train.py wrote metrics.json before testing. Outside
-    fitting and testing the signal keeps its usual handler (submitit's requeues the job; the rerun resumes from the
-    last requeue checkpoint, if any).
+    the best checkpoint must already know it). So once validation runs, a ModelCheckpoint left to choose
+    (`save_on_train_epoch_end=None`) saves when validation ends, not at the epoch's end after it; one set to save at
+    the epoch's end is refused. A run without validation keeps Lightning's default, a save at each epoch's end.
+
+    A signal during the last epoch's validation or the test is only logged and the run goes on: its checkpoints are
+    complete and train.py wrote metrics.json before testing. Outside fitting and testing the signal keeps its usual
+    handler (submitit's requeues the job; the rerun resumes from the last requeue checkpoint, if any).
     """
 
     FILENAME = "requeue.ckpt"
@@ -98,6 +101,11 @@ class Requeue(Checkpoint):
         later = [type(c).__name__ for c in trainer.callbacks[trainer.callbacks.index(self) + 1 :] if isinstance(c, Checkpoint)]
         if later:
             raise ValueError(f"the Requeue callback must come after every checkpoint callback; {later} come after it")
+        if stage == "fit" and any(c._save_on_train_epoch_end for c in model_checkpoints(trainer)):
+            raise ValueError(
+                "ModelCheckpoint(save_on_train_epoch_end=True) saves after the point where the Requeue callback stops a "
+                "run at an epoch's end, so a requeued run would never save that epoch's checkpoint: leave it unset"
+            )
         for signum in self.signals:  # installed before Lightning's own SLURM handler, which then stays out
             self.previous_handlers[signum] = signal.signal(signum, self._note)
 
@@ -122,6 +130,11 @@ class Requeue(Checkpoint):
         if stepped and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._stop_if_signalled(trainer)
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for checkpoint in model_checkpoints(trainer):  # validation runs: its end is where the epoch's result is saved
+            if checkpoint._save_on_train_epoch_end is None:
+                checkpoint._save_on_train_epoch_end = False
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._stop_if_signalled(trainer)
@@ -134,3 +147,7 @@ class Requeue(Checkpoint):
         trainer.save_checkpoint(self.path)
         log.warning("%s received: saved %s at step %d", received.name, self.path, trainer.global_step)
         raise Preempted(received, self.path)
+
+
+def model_checkpoints(trainer: L.Trainer) -> list[ModelCheckpoint]:
+    return [callback for callback in trainer.checkpoint_callbacks if isinstance(callback, ModelCheckpoint)]

@@ -211,9 +211,9 @@ def main(argv: list[str] | None = None) -> None:
 
     overrides = [f"experiment={args.experiment}", *args.overrides]
     with initialize_config_dir(config_dir=str(ASSETS.parents[1] / "conf"), version_base="1.3"):
-        config = compose("train", overrides=[*overrides, "model.net.vision_weights=null"])
-        target = compose("train", overrides=overrides).model.net.get("vision_weights")
-    net = instantiate(config.model.net)
+        config = compose("train", overrides=overrides)
+    target = config.model.net.get("vision_weights")
+    net = instantiate(config.model.net, vision_weights=None)  # the encoder being made starts from random weights
     if args.output is None and not target:
         raise ValueError(f"{' '.join(overrides)} names no vision_weights: give --output")
     output = args.output or vision_weights_path(target, net.architecture)
