@@ -78,7 +78,7 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/remote_throughput.py
 
 # the offline mixing study: ratio sweep and real-only learning curve over seeds on the shapes world, with their
-# analysis (meant to fit ~60 min on 2 CPU cores); a rerun trains only the runs not finished yet.
+# analysis (27 runs, about 48 min on 2 CPU cores); a rerun trains only the runs not finished yet.
 # MIXING_ARGS passes options, e.g. MIXING_ARGS="--seeds 0 1 2 3 4"
 MIXING_ARGS ?=
 mixing-study: $(STAMP)

@@ -13,8 +13,10 @@ tests on held-out real scenes. Every seed of two sweeps runs through train.py Hy
 Then the analysis (synground.results): per ratio and per pool size the mean, sd and 95% t-interval over seeds; every
 ratio paired with ratio 0 on the same seed; the learning curve with the best mix as a horizontal line; and the best
 mix's "equivalent real scenes", where its mean falls on the real-only curve (log-linear between the sizes that
-bracket it). The best mix is the ratio above 0 with the highest mean validation score, so the test score it is
-reported with is not the one it was picked on.
+bracket it), if the curve rises: its largest pool paired with its smallest must be higher with a 95% interval that
+excludes 0, or the study says the curve is flat and gives no equivalent size. The best mix is the ratio above 0 with
+the highest mean validation score, so the test score it is reported with is not the one it was picked on. The wall
+time of every run is read from its files.
 
 Each run's directory is named by its config: <runs dir>/pool<N>-ratio<r>-seed<s>. A rerun skips the finished runs
 (metrics.json with the test metric) and launches only the others; the directory of an unfinished or failed run is
@@ -29,6 +31,7 @@ import argparse
 import json
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -42,10 +45,11 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from synground.results import (
+    FLAT,
     aggregate,
     collect,
+    curve_equivalent,
     draw,
-    equivalent_size,
     paired_differences,
     paired_table,
     plot,
@@ -55,14 +59,18 @@ from synground.results import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The defaults: 27 runs of 300 steps, meant to fit about an hour on 2 CPU cores (a 500-step experiment=shapes run
-# with its evaluations took about 4 minutes). Time a few runs and adjust here.
+# The defaults: 27 runs of 200 steps, to fit inside an hour on 2 CPU cores (1.8 min per run measured; a 300-step run
+# with both test splits took 3.1 min). Real data is scarce at 16 scenes: with 500 every mix was within noise of
+# real only (benchmarks/results/shapes_mixing_pool500, `--pool 500 --curve-sizes 125 1000 2000`).
 SEEDS = (0, 1, 2)
 RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
-POOL = 500  # real scenes of the ratio sweep
-CURVE_SIZES = (125, 250, 1000, 2000)  # real-only pools besides POOL
-MAX_EPOCHS: int | None = 3  # None: experiment=shapes' own
+POOL = 16  # real scenes of the ratio sweep
+CURVE_SIZES = (125, 500, 1000, 2000)  # real-only pools besides POOL
+MAX_EPOCHS: int | None = 2  # None: experiment=shapes' own
 BATCHES_PER_EPOCH: int | None = 100  # None: experiment=shapes' own
+# the study's question is about the real domain: the clean (synthetic-domain) test split is left out, a third of
+# each run's evaluation (give --extra to put overrides of your own after these)
+STUDY_OVERRIDES = ["~data.test.shapes_clean"]
 
 METRIC = "test/pointing_game/shapes_textured"  # the headline: held-out scenes of the real domain
 SELECTION = "val/pointing_game/shapes_textured"  # what picks the best mix
@@ -135,6 +143,15 @@ def launch(runs_dir: Path, missing: list[tuple[int, float, int]], common: list[s
         subprocess.run([*command, f"hydra.sweep.dir={runs_dir}", f"hydra.sweep.subdir={SUBDIR}"], cwd=ROOT, check=True)
 
 
+def run_minutes(run: Path) -> float | None:
+    """A finished run's wall time from its files: Hydra writes .hydra/config.yaml as the run starts, train.py writes
+    metrics.json last, after the test. None for a run without both."""
+    start, end = run / ".hydra" / "config.yaml", run / "metrics.json"
+    if not (start.is_file() and end.is_file()):
+        return None
+    return (end.stat().st_mtime - start.stat().st_mtime) / 60
+
+
 def learning_curve_plot(path: Path, curve: list[dict[str, Any]], best: dict[str, Any] | None, pool: int) -> None:
     figure = Figure(figsize=(6, 4), dpi=100, layout="constrained")
     axes = figure.subplots()
@@ -167,8 +184,11 @@ def analyse(runs_dir: Path, output: Path, args: argparse.Namespace, record: dict
     paired = paired_differences(sweep_rows, 0.0, METRIC)
     mixes = [group for group in sweep if group["x"] > 0 and group["runs"]]
     best = max(mixes, key=lambda group: group["metrics"][SELECTION]["mean"], default=None)
-    points = [(group["x"], group["metrics"][METRIC]["mean"]) for group in curve if group["runs"]]
-    equivalent = equivalent_size(points, best["metrics"][METRIC]["mean"]) if best and points else None
+    finished = sorted({row["x"] for row in curve_rows if "error" not in row})
+    rise = paired_differences(curve_rows, finished[0], METRIC) if len(finished) > 1 else []
+    equivalent = None
+    if best is not None and rise:
+        equivalent = curve_equivalent(curve_rows, best["metrics"][METRIC]["mean"], METRIC)
 
     lines = [
         "# The offline mixing study",
@@ -189,9 +209,24 @@ def analyse(runs_dir: Path, output: Path, args: argparse.Namespace, record: dict
         table(curve, POOL_KEY, metrics),
         "",
     ]
-    if best is not None and equivalent is not None:
+    if rise:
+        lines += [paired_table(rise, POOL_KEY), ""]
+    if best is not None:
         stats = best["metrics"][METRIC]
-        if equivalent["size"]:
+        if equivalent is None:
+            scenes = "not computed: the real-only curve has fewer than two pool sizes with finished runs"
+        elif equivalent["relation"] == FLAT:
+            overall = equivalent["rise"]
+            if overall["ci95"] is None:
+                evidence = f"{overall['n']} seed(s) finished at both sizes, too few for an interval"
+            else:
+                low, high = overall["ci95"]
+                evidence = f"paired difference {overall['mean']:+.2f} points, 95% interval [{low:+.2f}, {high:+.2f}]"
+            scenes = (
+                f"none can be read off the curve: it does not rise beyond its noise from {overall['baseline']} to "
+                f"{overall['x']} real scenes ({evidence}), so with these seeds it gives no exchange rate"
+            )
+        elif equivalent["size"]:
             scenes = f"about {equivalent['size']:,.0f} (log-linear between {' and '.join(map(str, equivalent['bracket']))})"
         else:
             scenes = f"{equivalent['relation']} ({equivalent['bracket'][0]})"
@@ -199,6 +234,12 @@ def analyse(runs_dir: Path, output: Path, args: argparse.Namespace, record: dict
             f"Best mix: synthetic_ratio {best['x']} (the highest mean {SELECTION} above ratio 0), {METRIC} "
             f"{stats['mean']:.1f}% with {args.pool} real scenes. Equivalent real scenes: {scenes}."
         )
+    runs = sorted({row["run"] for row in sweep_rows + curve_rows})
+    minutes = [m for m in (run_minutes(Path(run)) for run in runs) if m is not None]
+    if minutes:
+        median = statistics.median(minutes)
+        wall = f"{len(minutes)} runs, {sum(minutes):.1f} min in all, {median:.1f} min per run (median, from each run's files)"
+        lines += ["", f"Wall time: {wall}; {record['machine']}."]
     lines += ["", "![ratio sweep](pointing_game.png)", "", "![learning curve](learning_curve.png)", ""]
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.md").write_text("\n".join(lines))
@@ -209,6 +250,8 @@ def analyse(runs_dir: Path, output: Path, args: argparse.Namespace, record: dict
         "learning_curve": {"values": curve, "runs": curve_rows},
         "best_mix": None if best is None else {"ratio": best["x"], **{k: best["metrics"][k] for k in (METRIC, SELECTION)}},
         "equivalent_real_scenes": equivalent,
+        "run_minutes": {"runs": len(minutes), "total": round(sum(minutes), 1)},
+        "learning_curve_rise": rise,
     }
     (output / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     plot(output / "pointing_game.png", sweep, RATIO, [m for m in metrics if m.startswith("test/") and not m.endswith("/mean")])
@@ -233,7 +276,7 @@ def main() -> None:
         parser.error("--ratios must hold 0: the real-only baseline every ratio is paired with")
     length = [f"trainer.max_epochs={args.max_epochs}"] if args.max_epochs is not None else []
     length += [f"data.batches_per_epoch={args.batches_per_epoch}"] if args.batches_per_epoch is not None else []
-    common = ["experiment=shapes_mixing", *length, *args.extra]
+    common = ["experiment=shapes_mixing", *length, *STUDY_OVERRIDES, *args.extra]
     runs_dir = args.runs_dir.resolve()
 
     wanted = [(args.pool, ratio, seed) for ratio in args.ratios for seed in args.seeds]

@@ -27,6 +27,7 @@ import argparse
 import glob
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,11 @@ def collect(run_dirs: list[Path], x: str) -> list[dict[str, Any]]:
 
 
 def pointing_game_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    """The runs' pointing-game metrics, test first; a stage's `mean` is left out when it has one split (it is that
+    split's score again)."""
     names = {name for row in rows for name in row.get("metrics", {}) if "/pointing_game/" in name}
+    splits = Counter(name.split("/")[0] for name in names if not name.endswith("/mean"))
+    names = {name for name in names if not (name.endswith("/mean") and splits[name.split("/")[0]] == 1)}
     return sorted(names, key=lambda name: (not name.startswith("test/"), name))
 
 
@@ -173,6 +178,24 @@ def equivalent_size(curve: list[tuple[float, float]], target: float) -> dict[str
         estimate = math.exp(math.log(below) + fraction * (math.log(size) - math.log(below)))
         return {"size": estimate, "bracket": [below, size], "relation": "interpolated"}
     return {"size": None, "bracket": [points[-1][0]], "relation": "beyond the largest size measured"}
+
+
+FLAT = "the real-only curve is flat"
+
+
+def curve_equivalent(rows: list[dict[str, Any]], target: float, metric: str) -> dict[str, Any]:
+    """`equivalent_size` of `target` on the learning curve of `rows` (collected with x = the size), if the curve rises:
+    its largest size against its smallest, paired on seed, must be higher with a 95% interval that excludes 0. A curve
+    flat within its noise gives no exchange rate (`target` would land wherever the noise puts it): then `size` is
+    None and `relation` says so. `rise` holds that comparison either way."""
+    sizes = sorted({row["x"] for row in rows if "error" not in row})
+    if len(sizes) < 2:
+        raise ValueError(f"a learning curve needs finished runs of two sizes at least, got {sizes}")
+    rise = next(c for c in paired_differences(rows, sizes[0], metric) if c["x"] == sizes[-1])
+    if not (rise["excludes_zero"] and rise["mean"] > 0):
+        return {"size": None, "bracket": [sizes[0], sizes[-1]], "relation": FLAT, "rise": rise}
+    curve = [(group["x"], group["metrics"][metric]["mean"]) for group in aggregate(rows, [metric]) if group["runs"]]
+    return {**equivalent_size(curve, target), "rise": rise}
 
 
 def _cell(stats: dict[str, Any]) -> str:

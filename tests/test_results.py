@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from synground.results import aggregate, collect, describe, equivalent_size, paired_differences, paired_table, table
+from synground.results import (
+    aggregate,
+    collect,
+    curve_equivalent,
+    describe,
+    equivalent_size,
+    paired_differences,
+    paired_table,
+    pointing_game_metrics,
+    table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = "test/pointing_game/shapes_textured"
@@ -51,6 +61,13 @@ def test_runs_of_one_value_are_aggregated_over_seeds_with_a_t_interval(tmp_path)
     markdown = table(groups, "data.synthetic_ratio", [HEADLINE])
     assert "| 0.0 | 82.0% [77.0, 87.0], sd 2.0 | 3 |" in markdown
     assert "| 1.0 | 81.0% [55.6, 106.4], sd 2.8 | 2 (1 failed) |" in markdown
+
+
+def test_a_stages_mean_gets_a_column_only_when_it_averages_several_splits():
+    one = {"test/pointing_game/mean": 0.8, "test/pointing_game/a": 0.8, "val/pointing_game/mean": 0.7}
+    one |= {"val/pointing_game/a": 0.6, "val/pointing_game/b": 0.8, "train/loss": 0.3}
+    columns = pointing_game_metrics([{"metrics": one}])
+    assert columns == ["test/pointing_game/a", "val/pointing_game/a", "val/pointing_game/b", "val/pointing_game/mean"]
 
 
 def test_one_run_has_a_mean_but_no_interval():
@@ -101,6 +118,29 @@ def test_the_equivalent_size_is_interpolated_log_linearly_where_the_curve_first_
     assert equivalent_size(curve, 60.0)["relation"] == "at or below the smallest size measured"
     bumpy = [(125, 70.0), (250, 80.0), (500, 75.0), (1000, 85.0)]  # a noisy curve: the first size that reaches it
     assert equivalent_size(bumpy, 77.0)["size"] == pytest.approx(125 * 2**0.7)
+
+
+def learning_curve(root: Path, scores: dict[int, tuple[float, ...]]) -> list[dict]:
+    """Real-only runs of each pool size, one per seed, as the mixing study names them."""
+    for pool, per_seed in scores.items():
+        for seed, score in enumerate(per_seed):
+            run = root / f"pool{pool}-ratio0.0-seed{seed}"
+            (run / ".hydra").mkdir(parents=True)
+            (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\nreal_pool: {pool}\n")
+            (run / "metrics.json").write_text(json.dumps({HEADLINE: score}))
+    return collect(sorted(root.iterdir()), "real_pool")
+
+
+def test_a_rising_learning_curve_gives_the_equivalent_size_and_a_flat_one_none(tmp_path):
+    rising = learning_curve(tmp_path / "rising", {125: (0.80, 0.81, 0.82), 500: (0.84, 0.85, 0.86), 2000: (0.88, 0.89, 0.9)})
+    found = curve_equivalent(rising, 85.0, HEADLINE)
+    assert found["size"] == pytest.approx(500) and found["bracket"] == [125, 500]
+    assert found["rise"]["x"] == 2000 and found["rise"]["mean"] == pytest.approx(8) and found["rise"]["excludes_zero"]
+    # seed noise as large as the differences between sizes: the means alone would put 85.0 beyond 2000 scenes
+    flat = learning_curve(tmp_path / "flat", {125: (0.80, 0.86, 0.83), 500: (0.82, 0.85, 0.84), 2000: (0.84, 0.81, 0.85)})
+    found = curve_equivalent(flat, 85.0, HEADLINE)
+    assert found["size"] is None and found["relation"] == "the real-only curve is flat"
+    assert found["bracket"] == [125, 2000] and not found["rise"]["excludes_zero"]
 
 
 def test_the_command_line_writes_the_tables_the_paired_comparison_and_the_plot(tmp_path):
