@@ -49,6 +49,7 @@ from synground.results import (
     aggregate,
     collect,
     curve_equivalent,
+    curve_rise,
     draw,
     paired_differences,
     paired_table,
@@ -184,8 +185,7 @@ def analyse(runs_dir: Path, output: Path, args: argparse.Namespace, record: dict
     paired = paired_differences(sweep_rows, 0.0, METRIC)
     mixes = [group for group in sweep if group["x"] > 0 and group["runs"]]
     best = max(mixes, key=lambda group: group["metrics"][SELECTION]["mean"], default=None)
-    finished = sorted({row["x"] for row in curve_rows if "error" not in row})
-    rise = paired_differences(curve_rows, finished[0], METRIC) if len(finished) > 1 else []
+    rise = curve_rise(curve_rows, METRIC)
     equivalent = None
     if best is not None and rise:
         equivalent = curve_equivalent(curve_rows, best["metrics"][METRIC]["mean"], METRIC)

@@ -183,17 +183,24 @@ def equivalent_size(curve: list[tuple[float, float]], target: float) -> dict[str
 FLAT = "the real-only curve is flat"
 
 
+def curve_rise(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Every size of a learning curve (`rows` collected with x = the size) against its smallest finished one, paired
+    on seed; none with fewer than two sizes finished."""
+    sizes = sorted({row["x"] for row in rows if "error" not in row})
+    return paired_differences(rows, sizes[0], metric) if len(sizes) > 1 else []
+
+
 def curve_equivalent(rows: list[dict[str, Any]], target: float, metric: str) -> dict[str, Any]:
     """`equivalent_size` of `target` on the learning curve of `rows` (collected with x = the size), if the curve rises:
     its largest size against its smallest, paired on seed, must be higher with a 95% interval that excludes 0. A curve
     flat within its noise gives no exchange rate (`target` would land wherever the noise puts it): then `size` is
     None and `relation` says so. `rise` holds that comparison either way."""
-    sizes = sorted({row["x"] for row in rows if "error" not in row})
-    if len(sizes) < 2:
-        raise ValueError(f"a learning curve needs finished runs of two sizes at least, got {sizes}")
-    rise = next(c for c in paired_differences(rows, sizes[0], metric) if c["x"] == sizes[-1])
+    comparisons = curve_rise(rows, metric)
+    if not comparisons:
+        raise ValueError(f"a learning curve needs finished runs of two sizes at least, got {[row['x'] for row in rows]}")
+    rise = max(comparisons, key=lambda comparison: comparison["x"])
     if not (rise["excludes_zero"] and rise["mean"] > 0):
-        return {"size": None, "bracket": [sizes[0], sizes[-1]], "relation": FLAT, "rise": rise}
+        return {"size": None, "bracket": [rise["baseline"], rise["x"]], "relation": FLAT, "rise": rise}
     curve = [(group["x"], group["metrics"][metric]["mean"]) for group in aggregate(rows, [metric]) if group["runs"]]
     return {**equivalent_size(curve, target), "rise": rise}
 
