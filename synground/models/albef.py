@@ -332,13 +332,20 @@ def bert_tokenizer(source: str) -> BertTokenizer:
 class AlbefGroundingModel(GroundingModel):
     """ALBEF's ITM with Grad-CAM on the cross-attention of text layer `gradcam_layer` (8, the third fusion layer).
 
-    Texts are tokenized the ALBEF way, "[CLS] text" with no [SEP], at most `max_text_length` tokens.
+    Texts are tokenized the ALBEF way, "[CLS] text" with no [SEP], at most `max_text_length` tokens. The Grad-CAM
+    map averages the per-token maps over every token as AMC's code does (`token_average="all"`); "phrase" leaves
+    out [CLS].
     """
 
     architecture = "albef"
 
     def __init__(
-        self, config: AlbefConfig, tokenizer: PreTrainedTokenizerBase, gradcam_layer: int = 8, max_text_length: int = 30
+        self,
+        config: AlbefConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        gradcam_layer: int = 8,
+        max_text_length: int = 30,
+        token_average: str = "all",
     ):
         super().__init__()
         if not config.fusion_layer <= gradcam_layer < config.text_layers:
@@ -355,6 +362,7 @@ class AlbefGroundingModel(GroundingModel):
         self.temp = nn.Parameter(torch.tensor(0.07))
         self.initialise(config.initializer_range)
         self.gradcam_layer = gradcam_layer
+        self.token_average = self.check_token_average(token_average)
         self.gradcam_attention.eager = True
         for layer in self.text_encoder.encoder.layer[gradcam_layer + 1 :]:  # the AMC loss differentiates their backward
             layer.attention.self.eager = layer.crossattention.self.eager = True
@@ -388,6 +396,7 @@ class AlbefGroundingModel(GroundingModel):
         gradcam_layer: int = 8,
         max_text_length: int = 30,
         dropout: float | None = None,
+        token_average: str = "all",
     ) -> AlbefGroundingModel:
         """An ALBEF-family model (ViT-B/16 + BERT-base for the released files) from a checkpoint: a local file, an
         http(s) URL or hf://owner/repo/file. Widths, depths, the fusion layer and the vocabulary size are read from it.
@@ -404,7 +413,7 @@ class AlbefGroundingModel(GroundingModel):
             state_dict, name=checkpoint, image_size=image_size, **({} if dropout is None else {"dropout": dropout})
         )
         with torch.device("meta"):  # no time spent initialising weights that the file replaces
-            model = cls(config, tokenizer, gradcam_layer, max_text_length)
+            model = cls(config, tokenizer, gradcam_layer, max_text_length, token_average)
         model.load_albef_state_dict(state_dict, name=checkpoint)
         return model
 
@@ -426,6 +435,7 @@ class AlbefGroundingModel(GroundingModel):
         dropout: float = 0.1,
         initializer_range: float = 0.1,
         vision_weights: str | None = None,
+        token_average: str = "all",
     ) -> AlbefGroundingModel:
         """A randomly initialised ALBEF of the same architecture, small enough to train on a CPU.
 
@@ -453,7 +463,7 @@ class AlbefGroundingModel(GroundingModel):
             dropout=dropout,
             initializer_range=initializer_range,
         )
-        net = cls(config, tokenizer, gradcam_layer, max_text_length)
+        net = cls(config, tokenizer, gradcam_layer, max_text_length, token_average)
         if vision_weights:
             load_vision_weights(net, vision_weights)
         return net
@@ -494,14 +504,25 @@ class AlbefGroundingModel(GroundingModel):
         torch.save({"model": state}, directory / "albef.pth")
         tokens = [token for token, _ in sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])]
         (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-        return {"config": asdict(self.config), "gradcam_layer": self.gradcam_layer, "max_text_length": self.max_text_length}
+        return {
+            "config": asdict(self.config),
+            "gradcam_layer": self.gradcam_layer,
+            "max_text_length": self.max_text_length,
+            "token_average": self.token_average,
+        }
 
     @classmethod
     def from_export(cls, directory: Path, settings: dict[str, Any]) -> AlbefGroundingModel:
         state_dict = read_state_dict(str(directory / "model.safetensors"))
         tokenizer = bert_tokenizer(str(directory / "vocab.txt"))
         with torch.device("meta"):  # the file replaces every weight
-            model = cls(AlbefConfig(**settings["config"]), tokenizer, settings["gradcam_layer"], settings["max_text_length"])
+            model = cls(
+                AlbefConfig(**settings["config"]),
+                tokenizer,
+                settings["gradcam_layer"],
+                settings["max_text_length"],
+                settings.get("token_average", "all"),  # exports written before the option averaged all tokens
+            )
         model.load_albef_state_dict(state_dict, name=str(directory / "model.safetensors"))
         return model
 

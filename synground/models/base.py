@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from synground.models.gradcam import attention_gradcam, capture_attention
 
+if TYPE_CHECKING:
+    from synground.models.text import TextTokenizer
+
 Tokens = dict[str, torch.Tensor]  # at least input_ids and attention_mask, [B, L]
+
+# which text tokens' maps the Grad-CAM map averages: "all" real tokens (AMC's ALBEF recipe), or the "phrase" tokens
+# only, without the first token and a closing [SEP] (LAVIS's BlipITM.compute_gradcam, the BLIP authors' recipe)
+TOKEN_AVERAGES = ("all", "phrase")
 
 
 @dataclass
@@ -26,6 +34,8 @@ class GroundingModel(nn.Module, ABC):
     temperature: float | torch.Tensor  # of the contrastive similarities (ALBEF learns it)
 
     architecture: str  # "blip", "albef": names the packaged files made for it (synground.models.pretraining)
+    token_average: str  # one of TOKEN_AVERAGES
+    text_tokenizer: TextTokenizer
 
     @abstractmethod
     def tokenize(self, texts: list[str]) -> Tokens: ...
@@ -65,7 +75,29 @@ class GroundingModel(nn.Module, ABC):
         with capture_attention(self.gradcam_attention) as captured:
             logits = self.itm_logits(image_embeds, texts)
         (grad,) = torch.autograd.grad(logits[:, 1].sum(), captured.value, create_graph=create_graph)
-        return GradCamOutput(maps=attention_gradcam(captured.value, grad, texts["attention_mask"]), itm_logits=logits)
+        maps = attention_gradcam(captured.value, grad, self.gradcam_tokens(texts["attention_mask"]))
+        return GradCamOutput(maps=maps, itm_logits=logits)
+
+    @staticmethod
+    def check_token_average(token_average: str) -> str:
+        if token_average not in TOKEN_AVERAGES:
+            raise ValueError(f"token_average must be one of {TOKEN_AVERAGES}, got {token_average!r}")
+        return token_average
+
+    def gradcam_tokens(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, L] 0/1: the text tokens whose maps the Grad-CAM map averages (`token_average`).
+
+        "phrase" drops the first token ([CLS] or [ENC]) and, where the tokenizer closes a text with [SEP], the last
+        real token; a text with no phrase token left gets an all-zero map.
+        """
+        if self.token_average == "all":
+            return attention_mask
+        phrase = attention_mask.clone()
+        phrase[:, 0] = 0
+        if self.text_tokenizer.end_ids:  # the closing [SEP] is each row's last real token
+            last = (attention_mask.sum(dim=1) - 1).clamp(min=0)
+            phrase[torch.arange(len(phrase), device=phrase.device), last] = 0
+        return phrase
 
     def evaluation_gradcam(
         self, images: torch.Tensor, texts: list[str], image_index: torch.Tensor | None = None

@@ -15,6 +15,9 @@ from synground.models.checkpoints import CheckpointError
 from synground.models.pretraining import load_vision_weights
 from synground.models.text import TextTokenizer, wordpiece_tokenizer
 
+# BLIP's ViT (salesforce/BLIP models/vit.py) normalises with LayerNorm(eps=1e-6)
+VISION_LAYER_NORM_EPS = 1e-6
+
 
 class FusedVisionAttention(nn.Module):
     """BLIP's vision self-attention through `scaled_dot_product_attention`, on the same weights.
@@ -39,7 +42,11 @@ class BlipGroundingModel(GroundingModel):
 
     transformers' forward does not expose cross-attentions, so the vision model, the text encoder and the ITM
     head are run here, with the attention of one layer captured by a forward hook.
-    `first_token="enc"` replaces [CLS] by [ENC] as BLIP's own retrieval training does; transformers keeps [CLS].
+
+    The defaults compute what BLIP's authors compute (salesforce/BLIP's BLIP_ITM, LAVIS's BlipITM.compute_gradcam):
+    `first_token="enc"` puts [ENC] where the text's [CLS] was, as BLIP's ITM was trained (transformers' port keeps
+    [CLS]: "cls"); `token_average="phrase"` averages the per-token maps over the phrase's own tokens, without the
+    first token and [SEP] ("all": every real token, AMC's ALBEF recipe).
     """
 
     architecture = "blip"
@@ -50,7 +57,8 @@ class BlipGroundingModel(GroundingModel):
         tokenizer: PreTrainedTokenizerBase,
         gradcam_layer: int = 6,
         max_text_length: int = 35,
-        first_token: str = "cls",
+        first_token: str = "enc",
+        token_average: str = "phrase",
         temperature: float = 0.07,
     ):
         super().__init__()
@@ -67,6 +75,7 @@ class BlipGroundingModel(GroundingModel):
         self.tokenizer = tokenizer
         self.text_tokenizer = TextTokenizer(tokenizer, max_text_length, first_token=f"[{first_token.upper()}]", end_with_sep=True)
         self.gradcam_layer, self.first_token, self.max_text_length = gradcam_layer, first_token, max_text_length
+        self.token_average = self.check_token_average(token_average)
         self.temperature = temperature
         self.image_size = vision.image_size
 
@@ -76,15 +85,23 @@ class BlipGroundingModel(GroundingModel):
 
     @classmethod
     def from_pretrained(
-        cls, model_id: str = "Salesforce/blip-itm-base-coco", dropout: float | None = None, **kwargs
+        cls,
+        model_id: str = "Salesforce/blip-itm-base-coco",
+        dropout: float | None = None,
+        vision_layer_norm_eps: float | None = VISION_LAYER_NORM_EPS,
+        **kwargs,
     ) -> BlipGroundingModel:
         """Weights and tokenizer from a hub id or a local directory (safetensors when the repository has them).
 
         `dropout` replaces the text encoder's hidden and attention dropout and the vision attention dropout (0 turns
-        dropout off in training); None keeps the checkpoint's.
+        dropout off in training); None keeps the checkpoint's. `vision_layer_norm_eps` sets the vision tower's
+        LayerNorm eps: BLIP's ViT was trained with 1e-6, the hub's BLIP configs do not say, and transformers'
+        BlipVisionConfig then gives 1e-5; None keeps the config's.
         """
         try:
             config = BlipConfig.from_pretrained(model_id)
+            if vision_layer_norm_eps is not None:
+                config.vision_config.layer_norm_eps = vision_layer_norm_eps
             if dropout is not None:
                 config.text_config.hidden_dropout_prob = config.text_config.attention_probs_dropout_prob = dropout
                 config.vision_config.attention_dropout = dropout
@@ -169,6 +186,7 @@ class BlipGroundingModel(GroundingModel):
                 patch_size=patch_size,
                 attention_dropout=dropout,
                 initializer_range=initializer_range,
+                layer_norm_eps=VISION_LAYER_NORM_EPS,
             ),
             image_text_hidden_size=min(64, text_width),
         )
@@ -192,6 +210,7 @@ class BlipGroundingModel(GroundingModel):
         return {
             "gradcam_layer": self.gradcam_layer,
             "first_token": self.first_token,
+            "token_average": self.token_average,
             "max_text_length": self.max_text_length,
             "temperature": float(self.temperature),
         }
@@ -202,8 +221,10 @@ class BlipGroundingModel(GroundingModel):
             str(directory),
             gradcam_layer=settings["gradcam_layer"],
             first_token=settings["first_token"],
+            token_average=settings.get("token_average", "all"),  # exports written before the option averaged all tokens
             max_text_length=settings["max_text_length"],
             temperature=settings["temperature"],
+            vision_layer_norm_eps=None,  # the exported config.json's, written whenever it differs from transformers' default
         )
 
     def contrastive_parameters(self) -> list[nn.Parameter]:

@@ -33,14 +33,15 @@ def capture_attention(attention_module: nn.Module) -> Iterator[_Captured]:
 def attention_gradcam(attention: torch.Tensor, grad: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
     """cam = attention * relu(grad) * text_mask, image [CLS] dropped, mean over heads then text tokens -> [B, g, g].
 
-    attention and grad are [B, heads, L_text, 1 + g*g] for a square g x g patch grid; text_mask is [B, L_text].
-    The mean over text tokens divides by the number of real tokens, not the padded length as the reference does:
-    that only rescales each map by a positive factor (same argmax, same min-max normalised map) and makes a batch
-    give the same maps as its samples one at a time.
+    attention and grad are [B, heads, L_text, 1 + g*g] for a square g x g patch grid; text_mask [B, L_text] marks the
+    tokens averaged (`GroundingModel.gradcam_tokens`). The mean divides by the number of tokens marked, as LAVIS's
+    BLIP recipe does; AMC's ALBEF recipe divides by the padded length, which only rescales each map by a positive
+    factor (same argmax, same min-max normalised map): dividing by the real tokens makes a batch give the same maps
+    as its samples one at a time. A row with no token marked gets an all-zero map.
     """
     mask = text_mask.to(attention.dtype)
     cam = attention[..., 1:] * grad[..., 1:].clamp(min=0) * mask[:, None, :, None]
-    cam = cam.mean(dim=1).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+    cam = cam.mean(dim=1).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
     side = math.isqrt(cam.shape[1])
     if side * side != cam.shape[1]:
         raise ValueError(f"{cam.shape[1]} image patches do not form a square grid: give square images")

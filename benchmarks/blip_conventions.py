@@ -1,0 +1,139 @@
+"""How much BLIP's conventions move the numbers: the shapes demo model under both first tokens and both token averages.
+
+    python benchmarks/blip_conventions.py                  (about 5 min per run on 2 CPU cores; 12 runs by default)
+    python benchmarks/blip_conventions.py --seeds 0 1 2 3 4
+
+`make demo` (experiment=shapes, the tiny BLIP) is trained once per seed and per (first_token, token_average) of
+{enc, cls} x {phrase, all}, so each model's ITM was trained with the first token it is evaluated with (a tiny model
+trained from random text weights has no meaning for another first token). Each run's best checkpoint (by validation
+pointing game) is then evaluated by eval.py twice, under both token averages, on the held-out test splits with every
+map metric: how much of a difference comes from training with a convention, and how much from only reading the maps
+another way.
+
+Runs live in logs/benchmarks/blip_conventions/<first>-<average>-seed<s>/ (evaluations in eval-<average>/ inside);
+a rerun skips finished trainings and evaluations. Writes benchmarks/results/blip_conventions.{json,md}: per
+training and evaluation convention, every test metric's mean and 95% t-interval over seeds (synground.results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from synground.results import describe
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "logs" / "benchmarks" / "blip_conventions"
+RESULTS = ROOT / "benchmarks" / "results"
+FIRST_TOKENS = ("enc", "cls")
+TOKEN_AVERAGES = ("phrase", "all")
+SEEDS = (0, 1, 2)
+
+
+def run(script: str, run_dir: Path, *overrides: str) -> float:
+    """Runs a Hydra entry point into `run_dir` (cleared first: an unfinished run's files must not be read); seconds."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(ROOT / script), "experiment=shapes", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    best = [path for path in sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))]
+    if not best:
+        raise FileNotFoundError(f"{run_dir}: no best checkpoint (checkpoints/epoch*.ckpt)")
+    return best[-1]
+
+
+def train_and_evaluate(seed: int, first: str, average: str) -> dict[str, Any]:
+    convention = (f"model.net.first_token={first}", f"model.net.token_average={average}")
+    run_dir = RUNS / f"{first}-{average}-seed{seed}"
+    if not (run_dir / "metrics.json").is_file():
+        seconds = run("train.py", run_dir, f"seed={seed}", *convention, "test=false")
+        print(f"trained {run_dir.name} in {seconds / 60:.1f} min", flush=True)
+    row = {"seed": seed, "first_token": first, "trained_average": average, "run": str(run_dir.relative_to(ROOT))}
+    evaluations = {}
+    for evaluated in TOKEN_AVERAGES:
+        eval_dir = run_dir / f"eval-{evaluated}"
+        if not (eval_dir / "metrics.json").is_file():
+            checkpoint = best_checkpoint(run_dir)
+            run("eval.py", eval_dir, f"model.net.first_token={first}", f"model.net.token_average={evaluated}", f"ckpt_path={checkpoint}")
+        evaluations[evaluated] = json.loads((eval_dir / "metrics.json").read_text())
+    return {**row, "evaluations": evaluations}
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (first token, training average, evaluation average): every test metric over seeds, in points."""
+    groups: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        for evaluated, metrics in row["evaluations"].items():
+            name = f"{row['first_token']} / train {row['trained_average']} / eval {evaluated}"
+            group = groups.setdefault(name, {"seeds": [], "metrics": {}})
+            group["seeds"].append(row["seed"])
+            for metric, value in metrics.items():
+                if metric.startswith("test/") and "/items/" not in metric and "/data/" not in metric:
+                    group["metrics"].setdefault(metric, []).append(100 * value)
+    return {
+        name: {"seeds": group["seeds"], "metrics": {metric: describe(values) for metric, values in group["metrics"].items()}}
+        for name, group in groups.items()
+    }
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    metrics = sorted({metric for group in summary.values() for metric in group["metrics"]})
+    lines = [
+        "| first token / training average / evaluation average | " + " | ".join(metrics) + " |",
+        "|---" * (len(metrics) + 1) + "|",
+    ]
+    for name, group in summary.items():
+        cells = []
+        for metric in metrics:
+            stats = group["metrics"].get(metric)
+            if stats is None:
+                cells.append("-")
+            elif stats["ci95"] is None:
+                cells.append(f"{stats['mean']:.1f}")
+            else:
+                cells.append(f"{stats['mean']:.1f} [{stats['ci95'][0]:.1f}, {stats['ci95'][1]:.1f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    args = parser.parse_args()
+    rows = [
+        train_and_evaluate(seed, first, average) for seed in args.seeds for first in FIRST_TOKENS for average in TOKEN_AVERAGES
+    ]
+    summary = summarise(rows)
+    record = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "command": "python benchmarks/blip_conventions.py " + " ".join(sys.argv[1:]),
+        "seeds": args.seeds,
+        "runs": rows,
+        "summary": summary,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "blip_conventions.json").write_text(json.dumps(record, indent=2) + "\n")
+    table = markdown(summary)
+    (RESULTS / "blip_conventions.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
