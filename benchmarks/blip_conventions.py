@@ -53,7 +53,7 @@ def run(script: str, run_dir: Path, *overrides: str) -> float:
 
 
 def best_checkpoint(run_dir: Path) -> Path:
-    best = [path for path in sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))]
+    best = sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))
     if not best:
         raise FileNotFoundError(f"{run_dir}: no best checkpoint (checkpoints/epoch*.ckpt)")
     return best[-1]
@@ -71,7 +71,13 @@ def train_and_evaluate(seed: int, first: str, average: str) -> dict[str, Any]:
         eval_dir = run_dir / f"eval-{evaluated}"
         if not (eval_dir / "metrics.json").is_file():
             checkpoint = best_checkpoint(run_dir)
-            run("eval.py", eval_dir, f"model.net.first_token={first}", f"model.net.token_average={evaluated}", f"ckpt_path={checkpoint}")
+            run(
+                "eval.py",
+                eval_dir,
+                f"model.net.first_token={first}",
+                f"model.net.token_average={evaluated}",
+                f"ckpt_path={checkpoint}",
+            )
         evaluations[evaluated] = json.loads((eval_dir / "metrics.json").read_text())
     return {**row, "evaluations": evaluations}
 

@@ -94,7 +94,7 @@ METHODS = {"per_sample": per_sample_maps, "batched_every_image": batched_every_i
 
 
 def worker(model_name: str, method: str, items: int, batch_size: int, repeats: int) -> dict:
-    from synground.callbacks import pointing_game_hits
+    from synground.models.map_metrics import pointing_game_hits
 
     module, batches = build(model_name, items, batch_size)
     compute = METHODS[method]

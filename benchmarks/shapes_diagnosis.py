@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from synground import Grounder
-from synground.callbacks.pointing_game import point_in_boxes, predicted_points
 from synground.generation import ShapesGenerator
 from synground.generation.shapes import COLOURS, SHAPES
 from synground.grounding import demo_checkpoint
 from synground.models.gradcam import capture_attention
+from synground.models.map_metrics import point_in_boxes, predicted_points
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "shapes_diagnosis"

@@ -52,8 +52,8 @@ def shapes_config(*overrides: str):
 
 def hits_by_colour_sharing(name: str, *overrides: str) -> dict:
     """Test pointing game of a trained run, split by: is the phrase's colour unique in its scene, or shared?"""
-    from synground.callbacks import pointing_game_hits
     from synground.generation.shapes import COLOURS
+    from synground.models.map_metrics import pointing_game_hits
 
     cfg = shapes_config(*overrides)
     datamodule, module = instantiate(cfg.data), instantiate(cfg.model)
@@ -79,7 +79,7 @@ def hits_by_colour_sharing(name: str, *overrides: str) -> dict:
 
 def random_point_baseline(draws: int = 5) -> dict:
     """Uniformly random points on the same test splits, averaged over `draws` seeds."""
-    from synground.callbacks import PointingGame
+    from synground.callbacks import GroundingMetrics
 
     datamodule = instantiate(shapes_config().data)
     results = {}
@@ -88,7 +88,7 @@ def random_point_baseline(draws: int = 5) -> dict:
         scores = []
         for draw in range(draws):
             generator = torch.Generator().manual_seed(draw)
-            metric = PointingGame()
+            metric = GroundingMetrics()
             for batch in batches:
                 height, width = batch["original_sizes"][0].tolist()  # one size per split in the shapes world
                 metric.update(
@@ -96,7 +96,7 @@ def random_point_baseline(draws: int = 5) -> dict:
                     batch["original_boxes"],
                     batch["original_sizes"],
                 )
-            scores.append(metric.compute().item())
+            scores.append(metric.compute()["pointing_game"].item())
         results[f"test/pointing_game/{name}"] = sum(scores) / len(scores)
     return results
 

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
-from synground.callbacks.pointing_game import predicted_points
 from synground.data.transforms import CLIP_MEAN, CLIP_STD, GroundingTransform, normalize_images
 from synground.models.base import GroundingModel
 from synground.models.checkpoints import CheckpointError, check_state_dict
+from synground.models.map_metrics import normalise_heatmap, predicted_points
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,7 @@ class Grounding:
 
 def normalised_heatmap(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[B, g, g] raw maps -> [B, H, W] in [0, 1]: bicubic upsampling (as the pointing game), ReLU, min-max per map."""
-    heat = F.interpolate(cams[:, None].float(), size=size, mode="bicubic", align_corners=False)[:, 0].clamp(min=0)
-    low = heat.flatten(1).min(1).values[:, None, None]
-    high = heat.flatten(1).max(1).values[:, None, None]
-    return (heat - low) / (high - low).clamp(min=1e-7)
+    return normalise_heatmap(F.interpolate(cams[:, None].float(), size=size, mode="bicubic", align_corners=False)[:, 0])
 
 
 def box_from_heatmap(heatmap: torch.Tensor, point: tuple[int, int], threshold: float = 0.5, max_side: int = 256) -> tuple:

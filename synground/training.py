@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from synground.callbacks.map_metrics import GroundingMetrics
 from synground.callbacks.requeue import Preempted, Requeue
 from synground.data.shards import is_remote, manifest_of
 
@@ -162,15 +163,24 @@ def write_metrics(metrics: dict[str, float], output_dir: Path, quiet: bool = Fal
 
 
 def results_table(metrics: dict[str, float]) -> str:
-    """Pointing game per split (with the number of items scored), or every metric when there is none."""
-    rows = [
-        (name, f"{value:.4f}", metrics.get(name.replace("/pointing_game/", "/items/")))
-        for name, value in sorted(metrics.items())
-        if "/pointing_game/" in name
-    ]
-    if not rows:
-        rows = [(name, f"{value:.4f}", None) for name, value in sorted(metrics.items())]
-    width = max([len(name) for name, _, _ in rows] + [6])
-    lines = [f"{'metric':<{width}}  value   items", f"{'-' * width}  ------  -----"]
-    lines += [f"{name:<{width}}  {value}  {'' if items is None else int(items)}" for name, value, items in rows]
+    """The map metrics as a table, a row per stage and split (with the number of items scored), a column per metric;
+    every metric as a list when there is none."""
+    cells: dict[str, dict[str, str]] = {}
+    for name, value in sorted(metrics.items()):
+        stage, metric, split = [*name.split("/", 2), "", ""][:3]
+        if metric in GroundingMetrics.names:
+            row = cells.setdefault(f"{stage}/{split}", {})
+            row[metric] = f"{value:.4f}"
+            items = metrics.get(f"{stage}/items/{split}")
+            row["items"] = "" if items is None else str(int(items))
+    if not cells:
+        width = max([len(name) for name in metrics] + [6])
+        return "\n".join(
+            [f"{'metric':<{width}}  value"] + [f"{name:<{width}}  {value:.4f}" for name, value in sorted(metrics.items())]
+        )
+    columns = [name for name in GroundingMetrics.names if any(name in row for row in cells.values())] + ["items"]
+    width = max(len(split) for split in cells)
+    lines = ["  ".join([f"{'split':<{width}}", *columns])]
+    for split, row in cells.items():
+        lines.append("  ".join([f"{split:<{width}}", *(f"{row.get(column, '-'):>{len(column)}}" for column in columns)]))
     return "\n".join(lines)

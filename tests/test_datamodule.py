@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -256,3 +257,61 @@ def test_an_endless_generator_source_still_draws_fresh_62_bit_seeds():
 def test_an_empty_training_pool_is_refused():
     with pytest.raises(ValueError, match=r"data\.train\.real.*'p'.*num_samples=0"):
         GroundingDataModule(train={"real": GeneratorSource(ShapesGenerator(), num_samples=0, name="p")})
+
+
+def test_eval_items_carry_candidate_boxes_from_a_proposals_file_or_the_samples_annotations(tmp_path):
+    generate_shards(ShapesGenerator("clean", 32), tmp_path / "eval", num_samples=3, samples_per_shard=3, name="e")
+    keys = [f"e-{index:09d}" for index in range(3)]  # generate_shards' keys, checked by the lookup below
+    proposals = {key: [[0, 0, 10, 10], [float(index), 2.0, 20.0, 30.0]] for index, key in enumerate(keys)}
+    (tmp_path / "proposals.json").write_text(json.dumps(proposals))
+    splits = {"from_file": str(tmp_path / "eval"), "from_annotations": str(tmp_path / "eval")}
+    datamodule = GroundingDataModule(
+        test=splits,
+        proposals={"from_file": str(tmp_path / "proposals.json"), "from_annotations": "annotations"},
+        image_size=32,
+        num_workers=0,
+    )
+    from_file, from_annotations = (next(iter(loader)) for loader in datamodule.test_dataloader())
+    for key, candidates in zip(from_file["image_keys"], from_file["candidate_boxes"]):
+        assert candidates.tolist() == proposals[key]
+    for key, candidates in zip(from_annotations["image_keys"], from_annotations["candidate_boxes"]):
+        every_box = {
+            tuple(box.tolist())
+            for k, b in zip(from_annotations["image_keys"], from_annotations["original_boxes"])
+            if k == key
+            for box in b
+        }
+        assert {tuple(box) for box in candidates.tolist()} == every_box and len(every_box) >= 2  # every shape in the scene
+
+    del proposals[keys[1]]
+    (tmp_path / "proposals.json").write_text(json.dumps(proposals))
+    datamodule = GroundingDataModule(test=splits, proposals={"from_file": str(tmp_path / "proposals.json")}, num_workers=0)
+    with pytest.raises(ValueError, match=r"from_file.*proposals.json has no boxes for sample 'e-000000001'"):
+        list(datamodule.test_dataloader()[0])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"a": [[0, 0, 5]]}', r"key 'a', box 0: expected 4 finite numbers"),
+        ('{"a": [[5, 0, 2, 4]]}', r"key 'a', box 0: \[5, 0, 2, 4\] has x1 < x0"),
+        ('{"a": [[0, 0, NaN, 4]]}', r"key 'a', box 0: expected 4 finite numbers"),
+        ("[1, 2]", r"expected an object"),
+    ],
+)
+def test_a_malformed_proposals_file_is_refused_naming_the_key_and_box(tmp_path, content, message):
+    (tmp_path / "p.json").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        GroundingDataModule(test={"t": str(tmp_path)}, proposals={"t": str(tmp_path / "p.json")})
+    with pytest.raises(ValueError, match=r"data.proposals names splits that are not in data.val or data.test: \['other'\]"):
+        GroundingDataModule(test={"t": str(tmp_path)}, proposals={"other": "annotations"})
+
+
+def test_amcs_detections_become_a_proposals_file_keyed_as_the_refcoco_shards(tmp_path, monkeypatch):
+    from synground.data.proposals import load_proposals, main
+
+    # AMC's det_file: per COCO image id, [x, y, w, h, category, score] rows
+    (tmp_path / "dets.json").write_text(json.dumps({"581857": [[10, 20, 30, 40, 1, 0.9], [0, 0, 5, 5, 3, 0.2]], "42": []}))
+    monkeypatch.setattr("sys.argv", ["proposals", str(tmp_path / "dets.json"), str(tmp_path / "out" / "p.json")])
+    main()
+    assert load_proposals(tmp_path / "out" / "p.json") == {"coco-581857": [[10, 20, 40, 60], [0, 0, 5, 5]], "coco-42": []}

@@ -70,7 +70,9 @@ def test_two_ddp_processes_score_the_same_pointing_game_as_one(tmp_path):
         result = run("eval.py", *SHORT, trainer, "data.num_workers=0", f"hydra.run.dir={tmp_path}/{name}", cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         scores[name] = json.loads((tmp_path / name / "metrics.json").read_text())
-    assert scores["two"] == scores["one"]  # accuracy and item counts summed over both ranks
+    assert scores["two"] == scores["one"]  # every map metric and item count summed over both ranks
+    for metric in ("pointing_game", "pointing_game_tolerant", "mass_in_box", "box_accuracy_map", "box_accuracy_proposals"):
+        assert f"test/{metric}/shapes_textured" in scores["one"] and f"test/{metric}/mean" in scores["one"]
     assert scores["one"]["test/items/shapes_textured"] > 20  # every phrase of the 20 scenes, none twice
 
 

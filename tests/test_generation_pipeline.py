@@ -452,3 +452,23 @@ def test_a_folder_of_seed_images_works_and_an_unreadable_one_is_counted_not_fata
     for name, description in zip("ab", described):
         if description is not None:  # a random captioner may write nothing
             assert description.provenance["image_ids"] == [f"file:{name}.jpg"]
+
+
+def test_detector_proposals_file_has_every_image_with_the_boxes_kept_for_its_phrases(tiny, tmp_path):
+    from synground.data.proposals import load_proposals
+    from synground.generation import ShapesGenerator
+    from synground.generation.proposals import main as write_proposals
+    from synground.generation.writing import generate_shards
+
+    generate_shards(ShapesGenerator("clean", 64), tmp_path / "shards", num_samples=3, samples_per_shard=2, name="p")
+    out = tmp_path / "proposals" / "p.json"
+    common = [str(tmp_path / "shards"), str(out), "--detector", tiny["grounding_dino"], "--device", "cpu"]
+    everything = ["--box-threshold", "0", "--text-threshold", "0", "--min-box-size", "0", "--max-box-area", "1"]
+    write_proposals([*common, *everything, "--max-boxes-per-phrase", "2"])
+    proposals = load_proposals(out)  # the format the datamodule reads
+    assert sorted(proposals) == [f"p-{index:09d}" for index in range(3)]
+    for boxes in proposals.values():
+        assert 1 <= len(boxes) <= 2 * 5  # at most 2 per phrase, scenes have 2 to 5 shapes
+        assert all(0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64 for x0, y0, x1, y1 in boxes)
+    write_proposals([*common, "--box-threshold", "1.01"])  # nothing passes: every image is there, with no candidate
+    assert load_proposals(out) == {key: [] for key in proposals}

@@ -45,7 +45,7 @@ def test_flickr30k_boxes_touching_every_edge_score_as_the_official_utility_makes
     """xmin=1 .. xmax=W is the whole width: the box is 0 .. W-1, so a point on the last column or row is a miss."""
     import torch
 
-    from synground.callbacks import pointing_game_hits
+    from synground.models.map_metrics import pointing_game_hits
 
     root = tmp_path / "f30k"
     whole = "<object><name>1</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>40</xmax><ymax>30</ymax></bndbox></object>"

@@ -165,3 +165,18 @@ def test_convert_then_evaluate_flickr30k_by_config_name(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["test/items/flickr30k_test"] == 9
+
+
+def test_the_printed_results_table_has_a_row_per_split_and_a_column_per_map_metric():
+    from synground.training import results_table
+
+    metrics = {
+        "test/pointing_game/a": 0.5,
+        "test/mass_in_box/a": 0.25,
+        "test/items/a": 8.0,
+        "test/pointing_game/mean": 0.5,
+        "train/loss": 1.0,
+    }
+    header, split_a, mean = results_table(metrics).splitlines()
+    assert header.split() == ["split", "pointing_game", "mass_in_box", "items"]
+    assert split_a.split() == ["test/a", "0.5000", "0.2500", "8"] and mean.split() == ["test/mean", "0.5000", "-"]

@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from synground.callbacks.pointing_game import split_names
+from synground.callbacks.map_metrics import split_names
 
 
 class DataIssueCounts(L.Callback):

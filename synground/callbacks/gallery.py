@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from synground.callbacks.pointing_game import pointing_game_hits, predicted_points
+from synground.models.map_metrics import pointing_game_hits, predicted_points
 from synground.models.module import image_rows
 
 

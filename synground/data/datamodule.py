@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from synground.data.proposals import ANNOTATIONS, Proposals, load_proposals
 from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator
 from synground.data.shards import iterate_shard, resolve_shards
 from synground.data.transforms import CLIP_MEAN, CLIP_STD, GroundingTransform, clean_regions, collate, normalize_images
@@ -248,10 +249,23 @@ class MixedTrainStream(IterableDataset):
 
 
 class EvalSplit(IterableDataset):
-    """One item per (sample, region) of a fixed split; split across ranks and workers without repeats."""
+    """One item per (sample, region) of a fixed split; split across ranks and workers without repeats.
 
-    def __init__(self, name: str, source: str | GeneratorSource, transform: GroundingTransform, allow_partial: bool = False):
+    With `proposals` (a loaded proposals file, or ANNOTATIONS: every annotated box of the sample) each item also
+    carries `candidate_boxes` [K, 4] in the original image's pixels, for box accuracy from proposals.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        source: str | GeneratorSource,
+        transform: GroundingTransform,
+        allow_partial: bool = False,
+        proposals: Proposals | str | None = None,
+        proposals_name: str = "",
+    ):
         self.name, self.source, self.transform, self.allow_partial = name, source, transform, allow_partial
+        self.proposals, self.proposals_name = proposals, proposals_name
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Items, each carrying in `data_issues` what was skipped since the one before (the last item also what was
@@ -278,10 +292,28 @@ class EvalSplit(IterableDataset):
                 issues["sample_without_regions"] += 1
                 continue
             pixels = self.transform.pixels(sample.image)  # once for all the sample's phrases
+            candidates = self._candidates(sample.key, regions)
             for index, region in enumerate(regions):
                 item = self.transform.region_item(pixels, sample.image.size, region, f"{sample.key}-{index}", with_mask=False)
                 item["image_key"] = sample.key  # the phrases of one image share it: the model can encode it once
+                if candidates is not None:
+                    item["candidate_boxes"] = candidates
                 yield item
+
+    def _candidates(self, key: str, regions: list) -> torch.Tensor | None:
+        if self.proposals is None:
+            return None
+        if self.proposals == ANNOTATIONS:
+            boxes = list(dict.fromkeys(tuple(box) for region in regions for box in region.boxes))
+        elif key in self.proposals:
+            boxes = self.proposals[key]
+        else:
+            raise ValueError(
+                f"eval split {self.name!r}: the proposals file {self.proposals_name} has no boxes for sample {key!r} "
+                "(its keys are the shards' sample keys, e.g. coco-<image id>; give every image of the split an entry, "
+                "an empty list if it has no candidate)"
+            )
+        return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
 
 class _TrainLoader(DataLoader):
@@ -345,6 +377,7 @@ class GroundingDataModule(L.LightningDataModule):
         eval_image_size: Mapping[str, int] | None = None,
         exclude_keys: str | None = None,
         allow_partial: bool = False,
+        proposals: Mapping[str, str] | None = None,
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
     ):
@@ -383,6 +416,16 @@ class GroundingDataModule(L.LightningDataModule):
         unknown = set(eval_image_size) - set(self.val_sources) - set(self.test_sources)
         if unknown:
             raise ValueError(f"data.eval_image_size names splits that are not in data.val or data.test: {sorted(unknown)}")
+        # per split: candidate boxes for box accuracy from proposals, a proposals file or "annotations"
+        proposals = proposals or {}
+        unknown = set(proposals) - set(self.val_sources) - set(self.test_sources)
+        if unknown:
+            raise ValueError(f"data.proposals names splits that are not in data.val or data.test: {sorted(unknown)}")
+        self.proposals = {
+            name: (ANNOTATIONS if value == ANNOTATIONS else load_proposals(value), str(value))
+            for name, value in proposals.items()
+            if value
+        }
         # per split, e.g. RefCOCO+ at 384 px while training and Flickr30k run at 256 px
         self.eval_transforms = {
             name: GroundingTransform(eval_image_size.get(name, image_size), mask_size, flip_prob=0.0)
@@ -458,7 +501,7 @@ class GroundingDataModule(L.LightningDataModule):
 
     def _eval_loader(self, name: str, source: str | GeneratorSource) -> DataLoader:
         return DataLoader(
-            EvalSplit(name, source, self.eval_transforms[name], self.allow_partial),
+            EvalSplit(name, source, self.eval_transforms[name], self.allow_partial, *self.proposals.get(name, (None, ""))),
             batch_size=self.eval_batch_size,
             num_workers=self.num_workers,
             collate_fn=collate,

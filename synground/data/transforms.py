@@ -157,6 +157,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "keys": [item["key"] for item in items],
         "image_keys": [item.get("image_key", item["key"]) for item in items],
     }
+    if all("candidate_boxes" in item for item in items):  # evaluation splits with proposals (data.proposals)
+        batch["candidate_boxes"] = [item["candidate_boxes"] for item in items]
     if all("mask" in item for item in items):  # training batches; evaluation items carry none
         batch["masks"] = torch.stack([item["mask"] for item in items])
     if any("data_issues" in item for item in items):  # evaluation items: what was skipped before each
