@@ -101,7 +101,10 @@ def prepare(work: Path) -> dict[str, Path]:
         sentences = [["man on the left"], ["person on the right"]]
         write_refcoco(
             raw / "refer",
-            {1: [("testA", sentences[0]), ("testB", sentences[1])], 2: [("testA", sentences[1]), ("testB", sentences[0])]},
+            {
+                1: [("testA", sentences[0]), ("testB", sentences[1]), ("val", sentences[1])],
+                2: [("testA", sentences[1]), ("testB", sentences[0]), ("val", sentences[0])],
+            },
             size=IMAGE_SIZE,
         )
     python = [sys.executable]
@@ -110,6 +113,7 @@ def prepare(work: Path) -> dict[str, Path]:
         ("visual_genome", []),
         ("flickr30k", ["dataset.reader.split=val"]),
         ("flickr30k", ["dataset.reader.split=test"]),
+        ("refcoco_plus", ["dataset.reader.split=val"]),
         ("refcoco_plus", ["dataset.reader.split=testA"]),
         ("refcoco_plus", ["dataset.reader.split=testB"]),
     ]
@@ -221,6 +225,8 @@ def run_experiment(name: str, dropout: str | None, paths: dict[str, Path], work:
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     handed_on = export_and_ground(run_dir, work) if entry == "train" and code == 0 and dropout != "on" else []
+    # one best checkpoint per validation benchmark (data.val_split_of), as AMC's protocol selects them
+    selected = sorted(path.name for path in (run_dir / "checkpoints").glob("best-*.ckpt"))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # 2.5 GB each at full size
     steps = int(metrics.get("train/global_step", 0))
     loss = metrics.get("train/loss")
@@ -234,6 +240,8 @@ def run_experiment(name: str, dropout: str | None, paths: dict[str, Path], work:
         problems.append(f"final loss {loss}")
     if len(tested) != 3:
         problems.append(f"tested {tested or 'nothing'}, not the 3 test splits")
+    if entry == "train" and selected != ["best-flickr30k_val.ckpt", "best-refcoco_plus_val.ckpt"]:
+        problems.append(f"per-benchmark best checkpoints {selected}, not one per validation benchmark")
     problems += handed_on
     return {
         "experiment": label,

@@ -1,4 +1,5 @@
-"""What `python eval.py` does: pointing game of a model, off the shelf or from a checkpoint, on every test split."""
+"""What `python eval.py` does: the map metrics of a model, off the shelf, from a checkpoint or from a training run's
+checkpoints, on every test split."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from synground.training import instantiate_group, scalar_metrics, write_metrics
+from synground.training import instantiate_group, test_by_checkpoint, test_groups, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -17,19 +18,32 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
+    if ckpt_path and not Path(ckpt_path).exists():
         raise FileNotFoundError(
-            f"ckpt_path={ckpt_path}: no such file (a .ckpt written by train.py, e.g. "
-            "logs/train/runs/<date>/checkpoints/last.ckpt)"
+            f"ckpt_path={ckpt_path}: no such file or directory (a .ckpt written by train.py, e.g. "
+            "logs/train/runs/<date>/checkpoints/last.ckpt, or that run's directory)"
         )
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     if not datamodule.test_split_names:
         raise ValueError("the data config has no test splits: add one, e.g. +data.test.<name>=<shard directory>")
+    if ckpt_path and Path(ckpt_path).is_dir():
+        run = Path(ckpt_path)
+        selection = getattr(datamodule, "val_split_of", {})
+        groups = test_groups(datamodule.test_split_names, selection, str(run_best_checkpoint(run)), run / "checkpoints")
+    else:
+        groups = {ckpt_path or None: datamodule.test_split_names}
     log.info("model: %s%s", cfg.model.net._target_, f" with weights from {ckpt_path}" if ckpt_path else "")
     module: L.LightningModule = hydra.utils.instantiate(cfg.model)
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path or None, weights_only=True)
-    metrics = scalar_metrics(trainer.callback_metrics, prefixes=("test/",))
+    metrics = test_by_checkpoint(trainer, module, datamodule, groups)
     write_metrics(metrics, Path(cfg.paths.output_dir))
     return metrics
+
+
+def run_best_checkpoint(run: Path) -> Path:
+    """A train.py run's checkpoint best on the mean validation pointing game (checkpoints/epoch*.ckpt), else its last."""
+    best = sorted((run / "checkpoints").glob("epoch*.ckpt")) or sorted((run / "checkpoints").glob("last.ckpt"))
+    if not best:
+        raise FileNotFoundError(f"ckpt_path={run}: a directory, but not a train.py run with checkpoints/*.ckpt")
+    return best[-1]

@@ -15,6 +15,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -53,6 +54,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("model: %s", cfg.model.net._target_)
     module: L.LightningModule = hydra.utils.instantiate(cfg.model)
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
+    selection = getattr(datamodule, "val_split_of", {})
+    requeue = next((index for index, callback in enumerate(callbacks) if isinstance(callback, Requeue)), len(callbacks))
+    callbacks[requeue:requeue] = selection_checkpoints(selection, checkpoint_dir(cfg))  # Requeue comes after checkpoints
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     record_run(cfg, loggers)
 
@@ -69,9 +73,76 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
         if not best:
             log.warning("no best checkpoint: testing the final weights")
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics.update(scalar_metrics(trainer.callback_metrics, prefixes=("test/",)))
+        groups = test_groups(datamodule.test_split_names, selection, best or None, checkpoint_dir(cfg))
+        metrics.update(test_by_checkpoint(trainer, module, datamodule, groups))
     write_metrics(metrics, Path(cfg.paths.output_dir))
+    return metrics
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def selection_checkpoints(selection: dict[str, str], dirpath: Path) -> list[ModelCheckpoint]:
+    """One ModelCheckpoint per validation split that `selection` ({test split: validation split}, the datamodule's
+    `val_split_of`) names: checkpoints/best-<split>.ckpt, the weights best by val/pointing_game/<split>. AMC reports
+    each benchmark with the checkpoint best on that benchmark's validation split."""
+    return [
+        ModelCheckpoint(
+            dirpath=dirpath,
+            filename=f"best-{split}",
+            monitor=f"val/pointing_game/{split}",
+            mode="max",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+        for split in dict.fromkeys(selection.values())
+    ]
+
+
+def test_groups(
+    test_splits: list[str], selection: dict[str, str], default: str | None, dirpath: Path
+) -> dict[str | None, list[str]]:
+    """{checkpoint: the test splits it scores}: a selected split's best-<validation split>.ckpt in `dirpath`, `default`
+    for the others (None: the weights as they are, tested first, before any checkpoint replaces them)."""
+    groups: dict[str | None, list[str]] = {}
+    for split in test_splits:
+        path = str(dirpath / f"best-{selection[split]}.ckpt") if split in selection else default
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"test split {split}: no checkpoint {path} (did validation on {selection.get(split)} run?)")
+        groups.setdefault(path, []).append(split)
+    return dict(sorted(groups.items(), key=lambda group: group[0] is not None))
+
+
+def test_by_checkpoint(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, groups: dict[str | None, list[str]]
+) -> dict[str, float]:
+    """Test each group of splits with its checkpoint; the per-split metrics of every group, and each metric's mean over
+    all the splits (logged again, as each group's test logged the mean of its own splits)."""
+    metrics: dict[str, float] = {}
+    every_split = datamodule.test_sources
+    for checkpoint, splits in groups.items():
+        if len(groups) > 1:
+            log.info("testing %s with %s", ", ".join(splits), checkpoint or "the weights as they are")
+        datamodule.test_sources = {name: every_split[name] for name in splits}
+        try:
+            trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        finally:
+            datamodule.test_sources = every_split
+        metrics.update({k: v for k, v in scalar_metrics(trainer.callback_metrics, ("test/",)).items() if not k.endswith("/mean")})
+    if len(groups) > 1:
+        means: dict[str, list[float]] = {}
+        for name, value in metrics.items():
+            stage, metric, _ = [*name.split("/", 2), "", ""][:3]
+            if metric in GroundingMetrics.names:
+                means.setdefault(f"{stage}/{metric}/mean", []).append(value)
+        means_logged = {name: sum(values) / len(values) for name, values in means.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(means_logged, step=trainer.global_step)
+        metrics.update(means_logged)
+    else:
+        metrics = scalar_metrics(trainer.callback_metrics, ("test/",))
     return metrics
 
 

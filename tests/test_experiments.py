@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,3 +167,39 @@ def test_the_mixing_study_trains_both_sweeps_analyses_them_and_a_rerun_trains_on
     assert "5 of 6 runs finished already; training 1" in second.stdout and f"clearing unfinished run {killed}" in second.stdout
     assert (killed / "metrics.json").exists()
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())
+
+
+def test_each_test_split_is_scored_with_the_checkpoint_best_on_its_benchmarks_validation_split(tmp_path):
+    """AMC's protocol: data.val_split_of keeps one best checkpoint per validation split; train.py tests each test split
+    with its own, and eval.py given the run directory does the same in one command."""
+    per_benchmark = [
+        *SHORT,
+        "+data.val.shapes_clean=${data.test.shapes_clean}",  # the clean test scenes stand in for a clean benchmark's val
+        "+data.val_split_of={shapes_clean: shapes_clean, shapes_textured: shapes_textured}",
+    ]
+    trained = run("train.py", *per_benchmark, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert {path.name for path in checkpoints.glob("best-*.ckpt")} == {"best-shapes_clean.ckpt", "best-shapes_textured.ckpt"}
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+    scores = {}
+    for name, checkpoint in (("run", tmp_path / "run"), ("clean", checkpoints / "best-shapes_clean.ckpt")):
+        result = run("eval.py", *per_benchmark, f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path}/eval-{name}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores[name] = json.loads((tmp_path / f"eval-{name}" / "metrics.json").read_text())
+    tested = {key: value for key, value in metrics.items() if key.startswith("test/")}
+    assert scores["run"] == pytest.approx(tested)  # eval.py on the run directory scores as train.py's own test
+    for metric in ("pointing_game", "mass_in_box", "box_accuracy_proposals"):
+        # the clean split was scored with the checkpoint best on clean validation scenes
+        assert tested[f"test/{metric}/shapes_clean"] == pytest.approx(scores["clean"][f"test/{metric}/shapes_clean"])
+        means = (tested[f"test/{metric}/shapes_clean"] + tested[f"test/{metric}/shapes_textured"]) / 2
+        assert tested[f"test/{metric}/mean"] == pytest.approx(means)  # the mean over both splits, not over one group
+
+
+def test_a_val_split_of_naming_no_split_is_refused_before_training(tmp_path):
+    result = run(
+        "train.py", *SHORT, "+data.val_split_of={shapes_clean: shapes_clen}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
+    )
+    assert result.returncode != 0
+    assert "data.val_split_of.shapes_clean=shapes_clen: needs a test split 'shapes_clean'" in result.stderr

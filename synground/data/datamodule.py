@@ -378,6 +378,7 @@ class GroundingDataModule(L.LightningDataModule):
         exclude_keys: str | None = None,
         allow_partial: bool = False,
         proposals: Mapping[str, str] | None = None,
+        val_split_of: Mapping[str, str] | None = None,
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
     ):
@@ -416,6 +417,14 @@ class GroundingDataModule(L.LightningDataModule):
         unknown = set(eval_image_size) - set(self.val_sources) - set(self.test_sources)
         if unknown:
             raise ValueError(f"data.eval_image_size names splits that are not in data.val or data.test: {sorted(unknown)}")
+        # {test split: the validation split of its benchmark}: train.py keeps the checkpoint best on that split for it
+        self.val_split_of = dict(val_split_of or {})
+        for test_split, val_split in self.val_split_of.items():
+            if test_split not in self.test_sources or val_split not in self.val_sources:
+                raise ValueError(
+                    f"data.val_split_of.{test_split}={val_split}: needs a test split {test_split!r} (data.test has "
+                    f"{sorted(self.test_sources)}) and a validation split {val_split!r} (data.val has {sorted(self.val_sources)})"
+                )
         # per split: candidate boxes for box accuracy from proposals, a proposals file or "annotations"
         proposals = proposals or {}
         unknown = set(proposals) - set(self.val_sources) - set(self.test_sources)
