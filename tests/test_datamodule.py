@@ -283,6 +283,10 @@ def test_eval_items_carry_candidate_boxes_from_a_proposals_file_or_the_samples_a
         }
         assert {tuple(box) for box in candidates.tolist()} == every_box and len(every_box) >= 2  # every shape in the scene
 
+    one_for_all = GroundingDataModule(test=splits, proposals="annotations", image_size=32, num_workers=0)
+    for loader in one_for_all.test_dataloader():
+        assert torch.equal(torch.cat(next(iter(loader))["candidate_boxes"]), torch.cat(from_annotations["candidate_boxes"]))
+
     del proposals[keys[1]]
     (tmp_path / "proposals.json").write_text(json.dumps(proposals))
     datamodule = GroundingDataModule(test=splits, proposals={"from_file": str(tmp_path / "proposals.json")}, num_workers=0)

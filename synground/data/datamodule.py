@@ -377,7 +377,7 @@ class GroundingDataModule(L.LightningDataModule):
         eval_image_size: Mapping[str, int] | None = None,
         exclude_keys: str | None = None,
         allow_partial: bool = False,
-        proposals: Mapping[str, str] | None = None,
+        proposals: Mapping[str, str] | str | None = None,
         val_split_of: Mapping[str, str] | None = None,
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
@@ -425,7 +425,9 @@ class GroundingDataModule(L.LightningDataModule):
                     f"data.val_split_of.{test_split}={val_split}: needs a test split {test_split!r} (data.test has "
                     f"{sorted(self.test_sources)}) and a validation split {val_split!r} (data.val has {sorted(self.val_sources)})"
                 )
-        # per split: candidate boxes for box accuracy from proposals, a proposals file or "annotations"
+        # per split: candidate boxes for box accuracy from proposals, a proposals file or "annotations"; one value for all
+        if isinstance(proposals, str):
+            proposals = dict.fromkeys([*self.val_sources, *self.test_sources], proposals)
         proposals = proposals or {}
         unknown = set(proposals) - set(self.val_sources) - set(self.test_sources)
         if unknown:
