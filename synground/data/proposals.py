@@ -62,6 +62,14 @@ def from_amc_detections(detections: dict[str, list], key_prefix: str = "coco-") 
     }
 
 
+def write_proposals(proposals: Proposals, path: Path) -> None:
+    """Writes the file whole or not at all: a stopped run leaves no half-written file under its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(proposals))
+    temporary.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write a proposals file from AMC's detections file (xywh per COCO id).")
     parser.add_argument("detections", type=Path, help="AMC's det_file, e.g. dets/refcoco+_dets.json")
@@ -69,10 +77,7 @@ def main() -> None:
     parser.add_argument("--key-prefix", default="coco-", help="sample keys are <prefix><image id> (convert.py: coco-)")
     args = parser.parse_args()
     proposals = from_amc_detections(json.loads(args.detections.read_text()), args.key_prefix)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.output.with_suffix(".tmp")
-    temporary.write_text(json.dumps(proposals))
-    temporary.replace(args.output)
+    write_proposals(proposals, args.output)
     print(f"{args.output}: candidate boxes for {len(proposals)} images")
 
 

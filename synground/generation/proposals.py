@@ -13,7 +13,6 @@ The file is written once, whole, at the end (synground.data.proposals has the fo
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from synground.data.proposals import Proposals
+from synground.data.proposals import Proposals, write_proposals
 from synground.data.schema import GroundingSample
 from synground.data.shards import iterate_shard, resolve_shards
 from synground.generation.detection import OpenVocabularyDetector
@@ -86,10 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     samples = (sample for shard in resolve_shards(args.shards) for sample in iterate_shard(shard, issues))
     lost: list[str] = []
     proposals = detect_proposals(tqdm(samples, desc="detecting", unit="image"), detector, args.batch_size, lost)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.output.with_name(args.output.name + ".tmp")
-    temporary.write_text(json.dumps(proposals))
-    temporary.replace(args.output)
+    write_proposals(proposals, args.output)
     empty = sum(not boxes for boxes in proposals.values())
     print(f"{args.output}: candidate boxes for {len(proposals)} images, {empty} of them without any")
     if issues:
