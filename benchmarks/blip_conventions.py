@@ -12,7 +12,8 @@ another way.
 
 Runs live in logs/benchmarks/blip_conventions/<first>-<average>-seed<s>/ (evaluations in eval-<average>/ inside);
 a rerun skips finished trainings and evaluations. Writes benchmarks/results/blip_conventions.{json,md}: per
-training and evaluation convention, every test metric's mean and 95% t-interval over seeds (synground.results).
+training and evaluation convention, every test metric's mean and 95% t-interval over seeds (synground.results), and
+its difference from BLIP's own conventions ([ENC], phrase tokens in training and evaluation) paired on seed.
 """
 
 from __future__ import annotations
@@ -82,40 +83,52 @@ def train_and_evaluate(seed: int, first: str, average: str) -> dict[str, Any]:
     return {**row, "evaluations": evaluations}
 
 
+METRICS = ("pointing_game", "pointing_game_tolerant", "mass_in_box", "box_accuracy_map", "box_accuracy_proposals")
+DEFAULT = "enc / train phrase / eval phrase"  # BLIP's own conventions, blip_tiny's defaults
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per (first token, training average, evaluation average): every test metric over seeds, in points."""
-    groups: dict[str, dict[str, Any]] = {}
+    """Per convention (first token / training average / evaluation average): every test metric over seeds, in points,
+    and its difference from the default convention paired on seed."""
+    values: dict[str, dict[str, dict[int, float]]] = {}
     for row in rows:
         for evaluated, metrics in row["evaluations"].items():
             name = f"{row['first_token']} / train {row['trained_average']} / eval {evaluated}"
-            group = groups.setdefault(name, {"seeds": [], "metrics": {}})
-            group["seeds"].append(row["seed"])
             for metric, value in metrics.items():
-                if metric.startswith("test/") and "/items/" not in metric and "/data/" not in metric:
-                    group["metrics"].setdefault(metric, []).append(100 * value)
-    return {
-        name: {"seeds": group["seeds"], "metrics": {metric: describe(values) for metric, values in group["metrics"].items()}}
-        for name, group in groups.items()
-    }
+                if metric.startswith("test/") and metric.split("/")[1] in METRICS:
+                    values.setdefault(name, {}).setdefault(metric, {})[row["seed"]] = 100 * value
+    summary = {}
+    for name, metrics in values.items():
+        summary[name] = {
+            metric: {
+                **describe(list(by_seed.values())),
+                "paired_difference": describe([v - values[DEFAULT][metric][seed] for seed, v in by_seed.items()]),
+            }
+            for metric, by_seed in metrics.items()
+        }
+    return summary
+
+
+def cell(stats: dict[str, Any], sign: str = "") -> str:
+    if stats["ci95"] is None:
+        return f"{stats['mean']:{sign}.1f}"
+    return f"{stats['mean']:{sign}.1f} [{stats['ci95'][0]:{sign}.1f}, {stats['ci95'][1]:{sign}.1f}]"
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    metrics = sorted({metric for group in summary.values() for metric in group["metrics"]})
-    lines = [
-        "| first token / training average / evaluation average | " + " | ".join(metrics) + " |",
-        "|---" * (len(metrics) + 1) + "|",
-    ]
-    for name, group in summary.items():
-        cells = []
-        for metric in metrics:
-            stats = group["metrics"].get(metric)
-            if stats is None:
-                cells.append("-")
-            elif stats["ci95"] is None:
-                cells.append(f"{stats['mean']:.1f}")
-            else:
-                cells.append(f"{stats['mean']:.1f} [{stats['ci95'][0]:.1f}, {stats['ci95'][1]:.1f}]")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    """Two tables over the mean of the test splits: each metric's mean [95% t-interval] over seeds, and its
+    difference from BLIP's own conventions paired on seed."""
+    header = "| first token / training average / evaluation average | " + " | ".join(METRICS) + " |"
+    rule = "|---" * (len(METRICS) + 1) + "|"
+    lines = ["Test mean over both splits, points, mean [95% t-interval] over seeds:", "", header, rule]
+    for name, metrics in summary.items():
+        lines.append(f"| {name} | " + " | ".join(cell(metrics[f"test/{m}/mean"]) for m in METRICS) + " |")
+    lines += ["", f"Difference from `{DEFAULT}` (BLIP's conventions), paired on seed:", "", header, rule]
+    for name, metrics in summary.items():
+        if name != DEFAULT:
+            lines.append(
+                f"| {name} | " + " | ".join(cell(metrics[f"test/{m}/mean"]["paired_difference"], "+") for m in METRICS) + " |"
+            )
     return "\n".join(lines)
 
 
