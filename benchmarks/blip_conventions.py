@@ -150,7 +150,12 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "blip_conventions.json").write_text(json.dumps(record, indent=2) + "\n")
     table = markdown(summary)
-    (RESULTS / "blip_conventions.md").write_text(table + "\n")
+    intro = (
+        f"`{record['command'].strip()}`: make demo's tiny BLIP (experiment=shapes) trained per seed ({args.seeds}) and "
+        "convention, the best checkpoint by validation pointing game evaluated on the held-out test scenes (300 per "
+        f"style) under both token averages; {record['machine']}.\n\n"
+    )
+    (RESULTS / "blip_conventions.md").write_text(intro + table + "\n")
     print(table)
 
 
