@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from synground.callbacks.map_metrics import GroundingMetrics
+from synground.callbacks.map_metrics import GroundingMetrics, with_split_means
 from synground.callbacks.requeue import Preempted, Requeue
 from synground.data.shards import is_remote, manifest_of
 
@@ -131,19 +131,12 @@ def test_by_checkpoint(
         finally:
             datamodule.test_sources = every_split
         metrics.update({k: v for k, v in scalar_metrics(trainer.callback_metrics, ("test/",)).items() if not k.endswith("/mean")})
-    if len(groups) > 1:
-        means: dict[str, list[float]] = {}
-        for name, value in metrics.items():
-            stage, metric, _ = [*name.split("/", 2), "", ""][:3]
-            if metric in GroundingMetrics.names:
-                means.setdefault(f"{stage}/{metric}/mean", []).append(value)
-        means_logged = {name: sum(values) / len(values) for name, values in means.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(means_logged, step=trainer.global_step)
-        metrics.update(means_logged)
-    else:
-        metrics = scalar_metrics(trainer.callback_metrics, ("test/",))
-    return metrics
+    if len(groups) == 1:
+        return scalar_metrics(trainer.callback_metrics, ("test/",))
+    means = {name: float(value) for name, value in with_split_means(metrics).items() if name not in metrics}
+    for logger in trainer.loggers:
+        logger.log_metrics(means, step=trainer.global_step)
+    return {**metrics, **means}
 
 
 def resume_path(cfg: DictConfig, callbacks: list[Any]) -> str | None:

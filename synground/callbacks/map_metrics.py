@@ -49,6 +49,17 @@ class GroundingMetrics(Metric):
         return {name: value.float() for name, value in values.items()}
 
 
+def with_split_means(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` ({<stage>/<metric>/<split>: value}) and, for each map metric of GroundingMetrics, its mean over the
+    splits that have it as <stage>/<metric>/mean (a tensor for tensor values)."""
+    groups: dict[str, list[Any]] = {}
+    for name, value in values.items():
+        stage, metric, split = [*name.split("/", 2), "", ""][:3]
+        if metric in GroundingMetrics.names and split != "mean":
+            groups.setdefault(f"{stage}/{metric}/mean", []).append(torch.as_tensor(value))
+    return {**values, **{name: torch.stack(group).mean() for name, group in groups.items()}}
+
+
 def split_names(trainer: L.Trainer, stage: str) -> list[str]:
     """The names of the `val` or `test` dataloaders: the datamodule's split names, else split0, split1, ..."""
     names = getattr(trainer.datamodule, f"{stage}_split_names", None) if trainer.datamodule is not None else None
@@ -85,12 +96,9 @@ class GroundingMetricsCallback(L.Callback):
         per_split = {name: metric.compute() for name, metric in self.metrics[stage].items()}
         if not per_split:
             return
-        values = {}
-        for metric in GroundingMetrics.names:
-            scored = {split: scores[metric] for split, scores in per_split.items() if metric in scores}
-            values.update({f"{stage}/{metric}/{split}": value for split, value in scored.items()})
-            if scored:
-                values[f"{stage}/{metric}/mean"] = torch.stack(list(scored.values())).mean()
+        values = with_split_means(
+            {f"{stage}/{metric}/{split}": value for split, scores in per_split.items() for metric, value in scores.items()}
+        )
         pl_module.log_dict({k: v for k, v in values.items() if k.startswith(f"{stage}/pointing_game/")}, prog_bar=stage == "val")
         pl_module.log_dict({k: v for k, v in values.items() if not k.startswith(f"{stage}/pointing_game/")})
         pl_module.log_dict(

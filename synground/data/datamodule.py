@@ -414,9 +414,7 @@ class GroundingDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = GroundingTransform(image_size, mask_size, flip_prob)
         eval_image_size = eval_image_size or {}
-        unknown = set(eval_image_size) - set(self.val_sources) - set(self.test_sources)
-        if unknown:
-            raise ValueError(f"data.eval_image_size names splits that are not in data.val or data.test: {sorted(unknown)}")
+        self._check_split_names("eval_image_size", eval_image_size)
         # {test split: the validation split of its benchmark}: train.py keeps the checkpoint best on that split for it
         self.val_split_of = dict(val_split_of or {})
         for test_split, val_split in self.val_split_of.items():
@@ -429,9 +427,7 @@ class GroundingDataModule(L.LightningDataModule):
         if isinstance(proposals, str):
             proposals = dict.fromkeys([*self.val_sources, *self.test_sources], proposals)
         proposals = proposals or {}
-        unknown = set(proposals) - set(self.val_sources) - set(self.test_sources)
-        if unknown:
-            raise ValueError(f"data.proposals names splits that are not in data.val or data.test: {sorted(unknown)}")
+        self._check_split_names("proposals", proposals)
         self.proposals = {
             name: (ANNOTATIONS if value == ANNOTATIONS else load_proposals(value), str(value))
             for name, value in proposals.items()
@@ -442,6 +438,11 @@ class GroundingDataModule(L.LightningDataModule):
             name: GroundingTransform(eval_image_size.get(name, image_size), mask_size, flip_prob=0.0)
             for name in [*self.val_sources, *self.test_sources]
         }
+
+    def _check_split_names(self, setting: str, per_split: Mapping[str, Any]) -> None:
+        unknown = set(per_split) - set(self.val_sources) - set(self.test_sources)
+        if unknown:
+            raise ValueError(f"data.{setting} names splits that are not in data.val or data.test: {sorted(unknown)}")
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """uint8 images and masks -> normalised float images and float masks, once the (4x smaller) uint8 batch is

@@ -15,6 +15,8 @@ import json
 import math
 from pathlib import Path
 
+from synground.data.shards import ShardStore
+
 ANNOTATIONS = "annotations"
 
 Proposals = dict[str, list[list[float]]]
@@ -63,11 +65,8 @@ def from_amc_detections(detections: dict[str, list], key_prefix: str = "coco-") 
 
 
 def write_proposals(proposals: Proposals, path: Path) -> None:
-    """Writes the file whole or not at all: a stopped run leaves no half-written file under its name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(proposals))
-    temporary.replace(path)
+    """Writes the file whole or not at all (ShardStore's writes): a stopped run leaves no half-written file."""
+    ShardStore(path.parent).write_bytes(path.name, json.dumps(proposals).encode())
 
 
 def main() -> None:
