@@ -13,13 +13,13 @@ the training size, the training normalisation), the same Grad-CAM layer, dropout
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from synground.data.transforms import CLIP_MEAN, CLIP_STD, GroundingTransform, normalize_images
 from synground.models.base import GroundingModel
+from synground.models.builders import build_net
 from synground.models.checkpoints import CheckpointError, check_state_dict
 from synground.models.map_metrics import normalise_heatmap, predicted_points
 
@@ -166,9 +167,12 @@ class Grounder:
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no such checkpoint file: {path}")
-        cfg = run_config(path) if config is None else config
-        cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.load(cfg)
-        grounder = cls.from_config(cfg, name=kwargs.pop("name", _checkpoint_name(path)), **kwargs)
+        if isinstance(config, DictConfig):
+            cfg, where = config, "the given config"
+        else:
+            where = str(run_config_path(path) if config is None else Path(config).expanduser())
+            cfg = OmegaConf.load(where)
+        grounder = cls.from_config(cfg, name=kwargs.pop("name", _checkpoint_name(path)), where=where, **kwargs)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state = {
             key.removeprefix("net."): value for key, value in checkpoint.get("state_dict", {}).items() if key.startswith("net.")
@@ -184,20 +188,18 @@ class Grounder:
         return grounder
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, **kwargs: Any) -> Grounder:
+    def from_config(cls, cfg: DictConfig, where: str = "config", **kwargs: Any) -> Grounder:
         """A model as a run config (train.yaml's `model` and `data` keys) builds it, with its own weights (pretrained
-        or random); the input size and normalisation come from `data`."""
+        or random); the input size and normalisation come from `data`. Only the project's model builders are called
+        (synground.models.builders): a config that came with a shared run names nothing else. `where` names the
+        config in errors."""
         if "model" not in cfg or "net" not in cfg.model:
-            raise ValueError("the config has no model.net: give a train.py run config (.hydra/config.yaml) or model=<name>")
+            raise ValueError(f"{where} has no model.net: give a train.py run config (.hydra/config.yaml) or model=<name>")
+        net = build_net(cfg.model.net, where)
         data = cfg.get("data") or {}
-        net = hydra.utils.instantiate(cfg.model.net)
-        return cls(
-            net,
-            image_size=data.get("image_size"),
-            mean=data.get("mean") or CLIP_MEAN,
-            std=data.get("std") or CLIP_STD,
-            **kwargs,
-        )
+        image_size, mean, std = data.get("image_size"), data.get("mean") or CLIP_MEAN, data.get("std") or CLIP_STD
+        check_input_settings(image_size, list(mean), list(std), where)
+        return cls(net, image_size=image_size, mean=mean, std=std, **kwargs)
 
     @classmethod
     def from_export(cls, directory: str | Path, **kwargs: Any) -> Grounder:
@@ -279,11 +281,29 @@ class Grounder:
         ]
 
 
+def check_input_settings(image_size: Any, mean: list[Any], std: list[Any], where: str) -> None:
+    """The input size and normalisation a run config or an export gives: a positive size (or None) and three finite
+    means and three positive finite standard deviations (a zero std would make every score NaN)."""
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
+        raise ValueError(f"{where}: image_size {image_size!r} is not a positive whole number of pixels")
+    for name, values in (("mean", mean), ("std", std)):
+        numbers = [value for value in values if isinstance(value, (int, float)) and not isinstance(value, bool)]
+        if len(values) != 3 or len(numbers) != 3 or not all(math.isfinite(value) for value in numbers):
+            raise ValueError(f"{where}: {name} {values!r} is not three finite numbers (one per RGB channel)")
+    if not all(value > 0 for value in std):
+        raise ValueError(f"{where}: std {std!r} has a value that is not positive; the images would be divided by it")
+
+
 def run_config(checkpoint: Path) -> DictConfig:
     """The config of the train.py run that wrote `checkpoint` (<run>/checkpoints/x.ckpt -> <run>/.hydra/config.yaml)."""
+    return OmegaConf.load(run_config_path(checkpoint))
+
+
+def run_config_path(checkpoint: Path) -> Path:
+    """<run>/.hydra/config.yaml of the run that wrote `checkpoint`: beside its checkpoints folder, or beside it."""
     for run_dir in (checkpoint.parent.parent, checkpoint.parent):
         if (run_dir / ".hydra" / "config.yaml").is_file():
-            return OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+            return run_dir / ".hydra" / "config.yaml"
     raise FileNotFoundError(
         f"no run config found for {checkpoint}: train.py keeps it in <run dir>/.hydra/config.yaml beside the checkpoints "
         "folder; pass config=<that file> (or the run's experiment as model=... / data.image_size=...)"
