@@ -3,7 +3,6 @@ damaged. Each test is one case of the adversarial report (issue 25) and failed b
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -112,7 +111,7 @@ def test_the_allowed_builders_still_load_a_shared_run_and_its_arguments_are_type
 
 
 @pytest.mark.parametrize(
-    ("data", "message"),
+    "data,message",
     [
         ({"image_size": 32, "std": [0, 0, 0]}, r"std \[0, 0, 0\] has a value that is not positive"),
         ({"image_size": 32, "mean": [0.5, 0.5]}, r"mean \[0\.5, 0\.5\] is not three finite numbers"),
