@@ -12,7 +12,9 @@ metrics.json and training-data manifests, and README.md, the model card.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 import shlex
 import shutil
 from pathlib import Path
@@ -20,10 +22,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from synground.grounding import Grounder, run_config, run_dir_of
+from synground.grounding import Grounder, check_input_settings, run_config, run_dir_of
 from synground.models.albef import AlbefGroundingModel
 from synground.models.base import GroundingModel
 from synground.models.blip import BlipGroundingModel
+from synground.models.checkpoints import CheckpointError
+
+log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "synground.json"
 FORMAT = 1  # of synground.json; bump when an export written before can no longer be read the same way
@@ -36,6 +41,8 @@ def export_model(checkpoint: str | Path, output_dir: str | Path, overwrite: bool
     checkpoint, output_dir = Path(checkpoint).expanduser(), Path(output_dir).expanduser()
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} exists: choose another directory or pass --overwrite")
+    if output_dir.exists():
+        check_replaceable(output_dir, checkpoint)
     grounder = Grounder.from_checkpoint(checkpoint, device="cpu")
     architecture = next((name for name, kind in ARCHITECTURES.items() if isinstance(grounder.net, kind)), None)
     if architecture is None:
@@ -53,6 +60,7 @@ def export_model(checkpoint: str | Path, output_dir: str | Path, overwrite: bool
             "mean": list(grounder.mean),
             "std": list(grounder.std),
             **grounder.net.save_export(partial),
+            "files": checksums(partial),
             "checkpoint": str(checkpoint),
             "global_step": grounder.global_step,
         }
@@ -71,8 +79,52 @@ def export_model(checkpoint: str | Path, output_dir: str | Path, overwrite: bool
     return output_dir
 
 
+def check_replaceable(output_dir: Path, checkpoint: Path) -> None:
+    """--overwrite replaces an earlier export, nothing else: not a folder holding the checkpoint or its training run
+    (exporting into the run directory would delete the run), not a folder that is not an export."""
+    target, run_dir = output_dir.resolve(), run_dir_of(checkpoint).resolve()
+    if target == run_dir or target in run_dir.parents or target in checkpoint.resolve().parents:
+        raise FileExistsError(
+            f"--overwrite would replace {output_dir}, which holds the checkpoint's training run {run_dir}: "
+            "export into another directory (e.g. exports/<name>)"
+        )
+    if not (output_dir / SETTINGS_FILE).is_file():
+        raise FileExistsError(
+            f"{output_dir} exists and is not a synground export (no {SETTINGS_FILE}); --overwrite only replaces an "
+            "earlier export: choose another directory or remove it yourself"
+        )
+
+
+def checksums(directory: Path) -> dict[str, str]:
+    """sha256 of every file of an export's model (weights, config, tokenizer), by path relative to it."""
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def verify_files(directory: Path, settings: dict[str, Any]) -> None:
+    """Every model file synground.json lists is there, unchanged (sha256); exports written before the list are
+    loaded with a warning."""
+    files = settings.get("files")
+    if files is None:
+        log.warning("%s was exported before synground recorded checksums: its files are not verified", directory)
+        return
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing: the export {directory} is incomplete; export it again")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise CheckpointError(
+                f"{path} differs from the sha256 that {SETTINGS_FILE} recorded when it was exported: the file is damaged "
+                "or was changed. Export the checkpoint again (python -m synground.export <checkpoint> <directory>)"
+            )
+
+
 def load_export(directory: Path) -> tuple[GroundingModel, dict[str, Any]]:
-    """The model of an export directory and its synground.json settings."""
+    """The model of an export directory and its synground.json settings, its files verified against the checksums
+    recorded at export."""
     settings_file = directory / SETTINGS_FILE
     if not settings_file.is_file():
         raise FileNotFoundError(f"{directory} is not a synground export: it has no {SETTINGS_FILE} (python -m synground.export)")
@@ -82,6 +134,10 @@ def load_export(directory: Path) -> tuple[GroundingModel, dict[str, Any]]:
             f"{settings_file}: format {settings.get('format')} of architecture {settings.get('architecture')!r}; this "
             f"synground reads format {FORMAT} of {sorted(ARCHITECTURES)}"
         )
+    check_input_settings(
+        settings.get("image_size"), list(settings.get("mean", [])), list(settings.get("std", [])), str(settings_file)
+    )
+    verify_files(directory, settings)
     return ARCHITECTURES[settings["architecture"]].from_export(directory, settings), settings
 
 

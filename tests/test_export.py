@@ -92,8 +92,9 @@ def test_the_model_card_traces_the_model_to_its_data_metrics_and_commands(traine
 def test_an_export_never_replaces_a_directory_silently_and_a_failed_one_leaves_nothing(trained_runs, tmp_path, monkeypatch):
     checkpoint = trained_runs["albef"][1]
     existing = tmp_path / "model"
-    existing.mkdir()
+    existing.mkdir()  # an earlier export, the one thing --overwrite replaces
     (existing / "keep.txt").write_text("mine")
+    (existing / "synground.json").write_text("{}")
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_model(checkpoint, existing)
     assert (existing / "keep.txt").read_text() == "mine"

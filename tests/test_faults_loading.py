@@ -3,6 +3,8 @@ damaged. Each test is one case of the adversarial report (issue 25) and failed b
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from synground import Grounder
 from synground.app import load_models
 from synground.export import export_model
 from synground.models.builders import UnsafeConfigError, build_net
+from synground.models.checkpoints import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NET = {
@@ -32,13 +35,13 @@ TINY_NET = {
 }
 
 
-def write_run(run_dir: Path, net: dict) -> Path:
+def write_run(run_dir: Path, net: dict, weights_of: dict = TINY_NET) -> Path:
     """A train.py run directory as someone might share it: .hydra/config.yaml and checkpoints/last.ckpt (the weights
     of the tiny model, whatever the config says)."""
     (run_dir / ".hydra").mkdir(parents=True)
     config = {"model": {"_target_": "synground.models.GroundingModule", "net": net}, "data": {"image_size": 32}}
     (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(config))
-    weights = build_net(TINY_NET, "test").state_dict()
+    weights = build_net(weights_of, "test").state_dict()
     (run_dir / "checkpoints").mkdir()
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     torch.save({"state_dict": {f"net.{key}": value for key, value in weights.items()}, "global_step": 3}, checkpoint)
@@ -124,3 +127,97 @@ def test_a_run_config_with_unusable_normalisation_or_size_is_refused_naming_it(t
     config.write_text(OmegaConf.to_yaml({**OmegaConf.to_container(OmegaConf.load(config)), "data": data}))
     with pytest.raises(ValueError, match=rf"config\.yaml: {message}"):
         Grounder.load(checkpoint)
+
+
+TINY_ALBEF = {
+    **{key: value for key, value in TINY_NET.items() if key != "_target_"},
+    "_target_": "synground.models.AlbefGroundingModel.tiny",
+    "text_layers": 3,
+    "fusion_layer": 1,
+    "gradcam_layer": 1,
+    "embed_dim": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def shared_exports(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("exports")
+    return {
+        name: export_model(write_run(root / f"run-{name}", net, weights_of=net), root / name)
+        for name, net in (("blip", TINY_NET), ("albef", TINY_ALBEF))
+    }
+
+
+def damaged_copy(export: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / export.name
+    shutil.copytree(export, copy)
+    return copy
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def edit_json(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(
+    "model,damage,message",
+    [
+        ("blip", lambda d: flip_a_byte(d / "model.safetensors"), r"model\.safetensors differs from the sha256"),
+        ("albef", lambda d: flip_a_byte(d / "model.safetensors"), r"model\.safetensors differs from the sha256"),
+        (
+            "blip",
+            lambda d: edit_json(d / "config.json", lambda c: c["text_config"].update(num_hidden_layers=1)),
+            r"config\.json differs from the sha256",
+        ),
+        (
+            "albef",
+            lambda d: (d / "vocab.txt").write_text("\n".join((d / "vocab.txt").read_text().split("\n")[:10])),
+            r"vocab\.txt differs",
+        ),
+        ("blip", lambda d: (d / "model.safetensors").unlink(), r"model\.safetensors is missing"),
+        (
+            "blip",
+            lambda d: edit_json(d / "synground.json", lambda s: s.update(std=[0, 0, 0])),
+            r"std \[0, 0, 0\] has a value that is not positive",
+        ),
+    ],
+)
+def test_a_damaged_export_is_refused_naming_the_file(shared_exports, tmp_path, model, damage, message):
+    copy = damaged_copy(shared_exports[model], tmp_path)
+    assert Grounder.load(copy).image_size == 32  # undamaged, it loads
+    damage(copy)
+    with pytest.raises((CheckpointError, ValueError), match=message):
+        Grounder.load(copy)
+
+
+def test_an_export_from_before_checksums_still_has_its_vocabulary_size_checked(shared_exports, tmp_path):
+    copy = damaged_copy(shared_exports["albef"], tmp_path)
+    edit_json(copy / "synground.json", lambda s: s.pop("files"))
+    Grounder.load(copy)  # loads, with a warning that its files are not verified
+    (copy / "vocab.txt").write_text("\n".join((copy / "vocab.txt").read_text().split("\n")[:10]))
+    with pytest.raises(CheckpointError, match=r"vocab\.txt has 10 tokens for the model's \d+ word embeddings"):
+        Grounder.load(copy)
+
+
+def test_export_overwrite_replaces_only_an_earlier_export_never_the_training_run(tmp_path):
+    checkpoint = write_run(tmp_path / "run", TINY_NET)
+    before = sorted(path.relative_to(tmp_path) for path in (tmp_path / "run").rglob("*"))
+    for target in (tmp_path / "run", tmp_path / "run" / "checkpoints", tmp_path):
+        with pytest.raises(FileExistsError, match="holds the checkpoint's training run"):
+            export_model(checkpoint, target, overwrite=True)
+    assert sorted(path.relative_to(tmp_path) for path in (tmp_path / "run").rglob("*")) == before
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="is not a synground export"):
+        export_model(checkpoint, tmp_path / "notes", overwrite=True)
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
+    export_model(checkpoint, tmp_path / "export")
+    export_model(checkpoint, tmp_path / "export", overwrite=True)  # an earlier export is replaced
+    assert json.loads((tmp_path / "export" / "synground.json").read_text())["global_step"] == 3

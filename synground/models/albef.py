@@ -515,6 +515,12 @@ class AlbefGroundingModel(GroundingModel):
     def from_export(cls, directory: Path, settings: dict[str, Any]) -> AlbefGroundingModel:
         state_dict = read_state_dict(str(directory / "model.safetensors"))
         tokenizer = bert_tokenizer(str(directory / "vocab.txt"))
+        rows = settings["config"]["vocab_size"]
+        if len(tokenizer) != rows:
+            raise CheckpointError(
+                f"{directory / 'vocab.txt'} has {len(tokenizer)} tokens for the model's {rows} word embeddings: "
+                "the export is damaged; export it again"
+            )
         with torch.device("meta"):  # the file replaces every weight
             model = cls(
                 AlbefConfig(**settings["config"]),
