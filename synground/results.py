@@ -35,6 +35,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from synground.files import write_atomic
+
 # the 0.975 quantile of Student's t with 1..30 degrees of freedom (two-sided 95%)
 T_975 = (
     12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
@@ -284,9 +286,9 @@ def summarize(
     markdown = table(groups, x, metrics)
     if comparisons:
         markdown += "\n\n" + paired_table(comparisons, x)
-    (output / "results.md").write_text(markdown + "\n\n![pointing game](pointing_game.png)\n")
+    write_atomic(output / "results.md", markdown + "\n\n![pointing game](pointing_game.png)\n")
     record = {"x": x, "metrics": metrics, "values": groups, "paired": comparisons, "runs": rows}
-    (output / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(output / "results.json", json.dumps(record, indent=2) + "\n")
     plot(output / "pointing_game.png", groups, x, metrics)
     return markdown
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,47 @@ from typing import Any
 import fsspec
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from synground.callbacks.map_metrics import GroundingMetrics, with_split_means
 from synground.callbacks.requeue import Preempted, Requeue
 from synground.data.shards import is_remote, manifest_of
+from synground.files import save_atomic, write_atomic
 
 log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writing, made whole-or-absent on local disks: Lightning's own goes through fsspec's
+    transaction, which writes into the system's temporary directory and, when that is another filesystem, copies the
+    file into place, so a full disk or a kill leaves a truncated last.ckpt or requeue.ckpt under its final name.
+    Here the file is written beside its destination and renamed (synground.files). Object stores keep Lightning's
+    path, where an upload appears whole."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or is_remote(str(path)):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        try:
+            save_atomic(path, lambda file: torch.save(checkpoint, file))
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            raise OSError(f"cannot save the checkpoint {path} ({error}); any earlier file of that name is unchanged") from error
+
+
+def readable_checkpoint(path: Path) -> str | None:
+    """None if `path` is a whole checkpoint (torch.save's zip, whose index is at its end, opens), else what is wrong."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def instantiate_group(config: DictConfig | None) -> list[Any]:
@@ -43,7 +73,7 @@ def run_or_record_failure(job: Callable[[DictConfig], Any], cfg: DictConfig) -> 
         log.exception("this run failed; the sweep goes on with the next one")
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "failed.json").write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}, indent=2))
+        write_atomic(output_dir / "failed.json", json.dumps({"error": f"{type(error).__name__}: {error}"}, indent=2))
         return None
 
 
@@ -57,7 +87,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     selection = getattr(datamodule, "val_split_of", {})
     requeue = next((index for index, callback in enumerate(callbacks) if isinstance(callback, Requeue)), len(callbacks))
     callbacks[requeue:requeue] = selection_checkpoints(selection, checkpoint_dir(cfg))  # Requeue comes after checkpoints
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg.trainer)
+    )
     record_run(cfg, loggers)
 
     try:
@@ -139,11 +171,27 @@ def test_by_checkpoint(
     return {**metrics, **means}
 
 
+def trainer_plugins(trainer: DictConfig) -> list[Any]:
+    """The trainer config's own plugins, with AtomicCheckpointIO unless one of them already writes checkpoints."""
+    plugins = [hydra.utils.instantiate(plugin) for plugin in trainer.get("plugins") or []]
+    return plugins if any(isinstance(plugin, CheckpointIO) for plugin in plugins) else [*plugins, AtomicCheckpointIO()]
+
+
 def resume_path(cfg: DictConfig, callbacks: list[Any]) -> str | None:
-    """`ckpt_path` when given, else the checkpoint a requeued run left in its run directory."""
+    """`ckpt_path` when given, else the checkpoint a requeued run left in its run directory. A requeue checkpoint that
+    is not whole (written by an older version, or damaged since) is set aside as requeue.ckpt.damaged and the run
+    starts again rather than failing on every requeue; a damaged `ckpt_path` is an error naming it."""
     if cfg.get("ckpt_path"):
+        problem = readable_checkpoint(Path(cfg.ckpt_path)) if not is_remote(str(cfg.ckpt_path)) else None
+        if problem:
+            raise ValueError(f"ckpt_path={cfg.ckpt_path} is not a whole checkpoint ({problem}): give another, e.g. last.ckpt")
         return cfg.ckpt_path
     found = next((path for callback in callbacks if isinstance(callback, Requeue) and (path := callback.resume_path())), None)
+    if found and (problem := readable_checkpoint(Path(found))):
+        damaged = Path(found).with_name(Path(found).name + ".damaged")
+        os.replace(found, damaged)
+        log.error("%s is not a whole checkpoint (%s): kept as %s; this run starts from the beginning", found, problem, damaged)
+        return None
     if found:
         log.info("resuming from %s, left by this run when it was stopped to be requeued", found)
     return found
@@ -219,7 +267,7 @@ def scalar_metrics(callback_metrics: dict[str, Any], prefixes: tuple[str, ...]) 
 @rank_zero_only
 def write_metrics(metrics: dict[str, float], output_dir: Path, quiet: bool = False) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
+    write_atomic(output_dir / "metrics.json", json.dumps(dict(sorted(metrics.items())), indent=2))
     if quiet:
         return
     print(results_table(metrics))

@@ -19,6 +19,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from synground.data.shards import MANIFEST_NAME, ShardStore, is_remote, manifest_of, open_shard, read_manifest
+from synground.files import write_atomic
 from synground.generation.sheets import REJECTION_CHECKS, drawn_samples, rejected_panels, sample_panel, sheet
 
 HISTOGRAMS = {  # file stem -> (title, x label)
@@ -118,8 +119,8 @@ def dataset_report(
             plots.append(_bars(directory / "stage_throughput.png", rates, "Throughput per stage", "items per second"))
         if samples is not None:
             summary["sheets"] = _sheets(directory, base, shards, samples, seed, plots)
-        (directory / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (directory / "report.md").write_text(markdown(summary, plots))
+        write_atomic(directory / "report.json", json.dumps(summary, indent=2) + "\n")
+        write_atomic(directory / "report.md", markdown(summary, plots))
     stale = [f"{name}.png" for name in PLOTS] + [name for name in output.names() if name.startswith("rejected_")]
     for name in stale:  # a plot left by an earlier report of other data would be read as this one's
         if name not in plots:
