@@ -51,10 +51,11 @@ def band_slices(max_distance: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(edges))
 
 
-def index_split(name: str, source: str, max_distance: int) -> ImageIndex:
+def index_split(name: str, source: str, max_distance: int, skipped: Counter[str]) -> ImageIndex:
+    """The split's index; what its shards could not give (corrupt samples, unreadable shards) is counted in `skipped`."""
     ids, hashes, seen = set(), [], set()
     for shard in resolve_shards(source):
-        for sample in iterate_shard(shard, Counter()):
+        for sample in iterate_shard(shard, skipped):
             ids.update(sample.provenance.get("image_ids", []))
             value = difference_hash(sample.image)
             if value not in seen:
@@ -81,16 +82,20 @@ def is_near_duplicate(value: int, index: ImageIndex) -> bool:
     return False
 
 
-def leakage_report(train: dict[str, str], evaluation: dict[str, str], max_distance: int = 4) -> tuple[dict, set[str]]:
-    """({training set: {eval split: {"shared_image_id": n, "near_duplicate": n}, "samples": n}}, leaked training keys)."""
-    indexes = [index_split(name, source, max_distance) for name, source in evaluation.items()]
+def leakage_report(
+    train: dict[str, str], evaluation: dict[str, str], max_distance: int = 4
+) -> tuple[dict, set[str], dict[str, dict[str, int]]]:
+    """({training set: {eval split: {"shared_image_id": n, "near_duplicate": n}, "samples": n}}, leaked training keys,
+    {set: {reason: n}} what reading each set skipped: a sample that cannot be read is not compared, so it is counted)."""
+    skipped = {name: Counter() for name in [*evaluation, *train]}
+    indexes = [index_split(name, source, max_distance, skipped[name]) for name, source in evaluation.items()]
     report: dict[str, dict] = {}
     leaked: set[str] = set()
     for train_name, source in train.items():
         counts: dict[str, Counter] = {index.name: Counter() for index in indexes}
         samples = 0
         for shard in tqdm(resolve_shards(source), desc=f"leakage {train_name}", unit="shard"):
-            for sample in iterate_shard(shard, Counter()):
+            for sample in iterate_shard(shard, skipped[train_name]):
                 samples += 1
                 ids, value = set(sample.provenance.get("image_ids", [])), difference_hash(sample.image)
                 for index in indexes:
@@ -100,7 +105,7 @@ def leakage_report(train: dict[str, str], evaluation: dict[str, str], max_distan
                     if shared or near:
                         leaked.add(sample.key)
         report[train_name] = {"samples": samples, **{name: dict(count) for name, count in counts.items()}}
-    return report, leaked
+    return report, leaked, {name: dict(counts) for name, counts in skipped.items() if counts}
 
 
 def format_report(report: dict) -> str:
@@ -130,14 +135,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exclude-file", help="write the leaked training keys here, one per line (for data.exclude_keys)")
     parser.add_argument("--output", help="write the report as JSON here")
     args = parser.parse_args(argv)
-    report, leaked = leakage_report(named_sources(args.train), named_sources(args.eval), args.max_distance)
+    report, leaked, skipped = leakage_report(named_sources(args.train), named_sources(args.eval), args.max_distance)
     print(format_report(report))
     print(f"{len(leaked)} training samples leak into the evaluation splits")
+    for name, counts in skipped.items():
+        print(f"{name}: skipped while reading (not compared): {counts}")
     if args.exclude_file:
         Path(args.exclude_file).write_text("".join(f"{key}\n" for key in sorted(leaked)))
         print(f"their keys: {args.exclude_file} (train with data.exclude_keys={args.exclude_file})")
     if args.output:
-        Path(args.output).write_text(json.dumps({"report": report, "leaked": len(leaked)}, indent=2) + "\n")
+        Path(args.output).write_text(json.dumps({"report": report, "leaked": len(leaked), "skipped": skipped}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

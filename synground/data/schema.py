@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -53,6 +55,20 @@ def validate_key(key: str) -> str:
     if not key or "." in key or "/" in key:
         raise ValueError(f"sample key {key!r} must be non-empty and contain no '.' or '/'")
     return key
+
+
+def decode_image(file: str | os.PathLike | BinaryIO) -> Image.Image:
+    """A sample's image, opened and decoded now; ValueError for anything else: a truncated or corrupt file, or a
+    decompression bomb. PIL's bomb warning (an image between MAX_IMAGE_PIXELS and twice that) counts as a bomb too:
+    PIL would decode it anyway, gigabytes for one sample of a dataset of photos."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(file)
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(f"unreadable image ({type(error).__name__}: {error})") from error
+    return image
 
 
 def sample_metadata(sample: GroundingSample) -> dict[str, Any]:

@@ -18,9 +18,8 @@ from typing import Any, BinaryIO, TypeVar
 
 import webdataset as wds
 from braceexpand import braceexpand
-from PIL import Image
 
-from synground.data.schema import GroundingSample, sample_from_metadata, sample_metadata, validate_key
+from synground.data.schema import GroundingSample, decode_image, sample_from_metadata, sample_metadata, validate_key
 
 log = logging.getLogger(__name__)
 
@@ -399,9 +398,8 @@ def iterate_shard(url: str, issues: Counter[str]) -> Iterator[GroundingSample]:
         try:
             if "jpg" not in raw or "json" not in raw:
                 raise ValueError(f"missing {'jpg' if 'jpg' not in raw else 'json'} member")
-            image = Image.open(io.BytesIO(raw["jpg"]))
-            image.load()
+            image = decode_image(io.BytesIO(raw["jpg"]))
             yield sample_from_metadata(key, image if image.mode == "RGB" else image.convert("RGB"), raw["json"])
-        except (OSError, ValueError, SyntaxError) as error:
+        except ValueError as error:
             issues["corrupt_sample"] += 1
             log.warning("shard %s, sample %r skipped: %s", url, key, error)

@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from synground.data.schema import GroundingSample, Region
+from synground.data.schema import GroundingSample, Region, decode_image
 from synground.data.transforms import clean_regions
 
 log = logging.getLogger(__name__)
@@ -46,9 +44,8 @@ def load_record(record: Record, issues: Counter[str]) -> GroundingSample | None:
         log.warning("%s: image %s not found; skipped", record.key, record.image_path)
         return None
     try:
-        image = Image.open(record.image_path)
-        image.load()  # decodes now: a truncated or corrupt file fails here, not in training
-    except (OSError, SyntaxError, ValueError) as error:
+        image = decode_image(record.image_path)  # decodes now: a truncated, corrupt or bomb file fails here, not in training
+    except ValueError as error:
         issues["unreadable_image"] += 1
         log.warning("%s: cannot read image %s (%s); skipped", record.key, record.image_path, error)
         return None
