@@ -16,6 +16,7 @@ from PIL import Image
 
 from synground import Grounder
 from synground.app import load_models
+from synground.callbacks.map_metrics import GroundingMetrics, GroundingMetricsCallback
 from synground.export import export_model
 from synground.models.builders import UnsafeConfigError, build_net
 from synground.models.checkpoints import CheckpointError
@@ -221,3 +222,20 @@ def test_export_overwrite_replaces_only_an_earlier_export_never_the_training_run
     export_model(checkpoint, tmp_path / "export")
     export_model(checkpoint, tmp_path / "export", overwrite=True)  # an earlier export is replaced
     assert json.loads((tmp_path / "export" / "synground.json").read_text())["global_step"] == 3
+
+
+def test_an_evaluation_split_with_no_items_reports_no_score_and_stays_out_of_the_mean():
+    """A converted set whose images were all missing once scored pointing game 0.0 (items 0) and dragged the mean."""
+    logged = {}
+    module = type("Module", (), {"log_dict": lambda self, values, **options: logged.update(values)})()
+    callback = GroundingMetricsCallback()
+    scored, empty = GroundingMetrics(), GroundingMetrics()
+    maps = torch.zeros(1, 10, 10)
+    maps[0, 4, 4] = 1.0
+    scored.update(maps, [torch.tensor([[3.0, 3.0, 6.0, 6.0]])], torch.tensor([[10, 10]]))
+    callback.metrics["test"] = {"refcoco_plus_testA": scored, "visual_genome_empty": empty}
+    with pytest.warns(UserWarning, match="test split visual_genome_empty: no item was scored"):
+        callback._end(module, "test")
+    assert logged["test/pointing_game/mean"] == logged["test/pointing_game/refcoco_plus_testA"] == 1.0
+    assert "test/pointing_game/visual_genome_empty" not in logged
+    assert logged["test/items/visual_genome_empty"] == 0

@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric
 
 from synground.models.map_metrics import BOX_THRESHOLD, TOLERANCE, map_scores
@@ -43,7 +44,10 @@ class GroundingMetrics(Metric):
             self.proposal_items += len(maps)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        values = {name: getattr(self, name) / self.total.clamp(min=1) for name in self.names if name != PROPOSALS}
+        """Each metric's mean; nothing for a split where no item was scored (an empty set is not a score of 0)."""
+        if self.total == 0:
+            return {}
+        values = {name: getattr(self, name) / self.total for name in self.names if name != PROPOSALS}
         if self.proposal_items > 0:
             values[PROPOSALS] = getattr(self, PROPOSALS) / self.proposal_items
         return {name: value.float() for name, value in values.items()}
@@ -96,6 +100,11 @@ class GroundingMetricsCallback(L.Callback):
         per_split = {name: metric.compute() for name, metric in self.metrics[stage].items()}
         if not per_split:
             return
+        for split in [split for split, scores in per_split.items() if not scores]:
+            rank_zero_warn(
+                f"{stage} split {split}: no item was scored (its set is empty, or every sample was unreadable: see "
+                f"data/skipped); its metrics are not reported and not in the {stage}/<metric>/mean"
+            )
         values = with_split_means(
             {f"{stage}/{metric}/{split}": value for split, scores in per_split.items() for metric, value in scores.items()}
         )
