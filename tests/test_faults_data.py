@@ -2,7 +2,9 @@
 refused or skipped and counted once, naming the shard and key, whatever the number of workers."""
 
 import io
+import json
 import logging
+import math
 import struct
 import tarfile
 import zlib
@@ -12,10 +14,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from raw_datasets import write_visual_genome
+from synground.data import GroundingDataModule, GroundingSample, Region
+from synground.data.convert import convert_records
 from synground.data.leakage import leakage_report
-from synground.data.readers import Record, load_record
-from synground.data.shards import Manifest, iterate_shard, write_shard
+from synground.data.readers import Record, load_record, visual_genome_records
+from synground.data.shards import Manifest, iterate_shard, resolve_shards, write_shard
+from synground.data.transforms import clean_regions
 from test_shards import shapes
+from test_skip_counts import GOOD, image
 
 
 def replace_members(source: Path, target: Path, payloads: dict[str, bytes]) -> None:
@@ -43,6 +50,102 @@ def jpeg(size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (90, 120, 30)).save(buffer, format="JPEG")
     return buffer.getvalue()
+
+
+def listed_set(directory: Path, shards: dict[str, Path]) -> str:
+    """A shard set at `directory` whose manifest lists these tar files as they are (each entry's sample count read from
+    the file), as a writer that planted their faults would have listed them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(directory)
+    for name, path in shards.items():
+        if path != directory / name:
+            (directory / name).write_bytes(path.read_bytes())
+        with tarfile.open(path) as tar:
+            keys = {member.name.split(".", 1)[0] for member in tar.getmembers()}
+        manifest.add({"name": name, "samples": len(keys), "sha256": ""})
+    manifest.finish({})
+    return str(directory)
+
+
+def with_boxes(path: Path, boxes: dict[str, list]) -> dict[str, bytes]:
+    """The `<key>.json` payloads of the shard at `path` with their first region's boxes replaced, as raw JSON text."""
+    payloads = {}
+    with tarfile.open(path) as tar:
+        for key, replacement in boxes.items():
+            record = json.loads(tar.extractfile(f"{key}.json").read())
+            record["regions"][0]["boxes"] = replacement
+            payloads[f"{key}.json"] = json.dumps(record).encode()  # NaN and inf as JSON's NaN / Infinity
+    return payloads
+
+
+# 2. non-finite boxes are refused where samples are made and skipped, counted, where they are read
+
+
+def test_a_non_finite_box_in_a_shard_skips_its_sample_naming_shard_and_key(tmp_path, caplog):
+    write_shard(tmp_path / "clean.tar", shapes(4))
+    nan_box, inf_box = [["nan", 2, 30, 30]], [[2.0, 2.0, float("inf"), 30.0]]
+    replace_members(
+        tmp_path / "clean.tar", tmp_path / "nan.tar", with_boxes(tmp_path / "clean.tar", {"s-1": nan_box, "s-2": inf_box})
+    )
+    issues = Counter()
+    with caplog.at_level(logging.WARNING):
+        keys = [sample.key for sample in iterate_shard(str(tmp_path / "nan.tar"), issues)]
+    assert keys == ["s-0", "s-3"]
+    assert issues == {"corrupt_sample": 2}
+    assert "nan.tar" in caplog.text and "'s-1'" in caplog.text and "'s-2'" in caplog.text and "not finite" in caplog.text
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_the_writer_refuses_a_non_finite_box_naming_shard_and_key(tmp_path, value):
+    samples = shapes(2)
+    samples[1].regions[0].boxes[0][2] = value
+    with pytest.raises(ValueError, match=r"a\.tar.*'s-1'.*not finite"):
+        write_shard(tmp_path / "a.tar", samples)
+    assert not (tmp_path / "a.tar").exists()
+
+
+def test_non_finite_boxes_from_a_generator_or_a_reader_are_dropped_as_malformed():
+    sample = GroundingSample(
+        "k",
+        image(0),
+        "",
+        [Region("a", [[float("nan"), 8.0, 40.0, 40.0], *GOOD]), Region("b", [[0.0, 0.0, float("inf"), 9.0]])],
+        "x",
+    )
+    issues = Counter()
+    assert [(r.phrase, r.boxes) for r in clean_regions(sample, issues)] == [("a", GOOD)]
+    assert issues == {"box_malformed": 2, "region_dropped": 1}
+
+
+def test_a_conversion_never_writes_a_non_finite_box(tmp_path):
+    write_visual_genome(tmp_path / "vg", count=3, regions_per_image=2)
+    descriptions = json.loads((tmp_path / "vg" / "region_descriptions.json").read_text())
+    descriptions[0]["regions"][0]["x"] = "nan"
+    descriptions[1]["regions"][1]["width"] = "inf"
+    (tmp_path / "vg" / "region_descriptions.json").write_text(json.dumps(descriptions))
+    issues = Counter()
+    report = convert_records(
+        visual_genome_records(tmp_path / "vg", issues=issues), tmp_path / "shards", "vg", reader_issues=issues
+    )
+    assert report["skipped"] == {"box_malformed": 2, "region_dropped": 2}
+    read_issues = Counter()
+    samples = [s for shard in resolve_shards(str(tmp_path / "shards")) for s in iterate_shard(shard, read_issues)]
+    assert len(samples) == 3 and not read_issues
+    assert all(math.isfinite(v) for s in samples for r in s.regions for box in r.boxes for v in box)
+
+
+def test_training_and_evaluation_skip_a_sample_with_a_nan_box_and_count_it(tmp_path):
+    write_shard(tmp_path / "clean.tar", shapes(4))
+    replace_members(tmp_path / "clean.tar", tmp_path / "a.tar", with_boxes(tmp_path / "clean.tar", {"s-2": [["nan"] * 4]}))
+    source = listed_set(tmp_path / "set", {"a.tar": tmp_path / "a.tar"})
+    datamodule = GroundingDataModule(
+        train={"real": source}, test={"set": source}, image_size=32, batch_size=3, batches_per_epoch=2, num_workers=0
+    )
+    batches = list(datamodule.train_dataloader())  # 6 samples of 3 readable: the shard read twice
+    assert {key for batch in batches for key in batch["keys"]} == {"s-0", "s-1", "s-3"}
+    assert sum(batch["data_issues"].get("corrupt_sample", 0) for batch in batches) == 2
+    test = list(datamodule.test_dataloader()[0])
+    assert {key for batch in test for key in batch["image_keys"]} == {"s-0", "s-1", "s-3"}
 
 
 # 10. decompression bombs are unreadable samples: skipped and counted, naming shard and key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -50,6 +51,19 @@ class TripletGenerator(Protocol):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GroundingSample]: ...
 
 
+def box_problem(box: Sequence[float]) -> str | None:
+    """What makes a stored box unusable, or None: it must be 4 finite numbers. NaN compares false with every bound and
+    inf clips to an edge, so no later check (clipping, degenerate size) would catch either."""
+    try:
+        if len(box) != 4:
+            return f"{len(box)} numbers instead of 4"
+        if not all(math.isfinite(value) for value in box):
+            return "not finite"
+    except TypeError:
+        return "not numbers"
+    return None
+
+
 def validate_key(key: str) -> str:
     # WebDataset groups the files of one sample by the name before the first dot.
     if not key or "." in key or "/" in key:
@@ -72,7 +86,12 @@ def decode_image(file: str | os.PathLike | BinaryIO) -> Image.Image:
 
 
 def sample_metadata(sample: GroundingSample) -> dict[str, Any]:
-    """The `<key>.json` record of a sample in a shard."""
+    """The `<key>.json` record of a sample in a shard; ValueError naming the key for a box that is not 4 finite numbers."""
+    for index, region in enumerate(sample.regions):
+        for box in region.boxes:
+            problem = box_problem(box)
+            if problem:
+                raise ValueError(f"sample {sample.key!r}, region {index} ({region.phrase!r}): box {box} is {problem}")
     return {
         "caption": sample.caption,
         "regions": [{"phrase": r.phrase, "boxes": r.boxes, "score": r.score} for r in sample.regions],
@@ -88,6 +107,10 @@ def sample_from_metadata(key: str, image: Image.Image, raw_json: bytes) -> Groun
     try:
         record = json.loads(raw_json)
         regions = [Region(str(r["phrase"]), [list(map(float, b)) for b in r["boxes"]], r.get("score")) for r in record["regions"]]
+        for index, region in enumerate(regions):  # a box of another length is the reader's to count (box_malformed)
+            for box in region.boxes:
+                if not all(math.isfinite(value) for value in box):
+                    raise ValueError(f"region {index} ({region.phrase!r}) has a box that is not finite: {box}")
         return GroundingSample(
             key=key,
             image=image,

@@ -69,11 +69,15 @@ def _write_tar(file: BinaryIO, destination: str | os.PathLike, samples: Iterable
     hashed = _HashingWriter(file)
     with tarfile.open(fileobj=hashed, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for sample in samples:
-            key = validate_key(sample.key)
-            if key in seen:
-                raise ValueError(f"shard {destination}: duplicate sample key {key!r}")
+            try:
+                key = validate_key(sample.key)
+                if key in seen:
+                    raise ValueError(f"duplicate sample key {key!r}")
+                members = encode_sample(sample)
+            except ValueError as error:
+                raise ValueError(f"shard {destination}: {error}") from error
             seen.add(key)
-            for extension, payload in encode_sample(sample).items():
+            for extension, payload in members.items():
                 info = tarfile.TarInfo(f"{key}.{extension}")
                 info.size = len(payload)
                 info.mode = 0o644

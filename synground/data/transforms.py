@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synground.data.schema import GroundingSample, Region
+from synground.data.schema import GroundingSample, Region, box_problem
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -34,13 +34,14 @@ def swap_left_right(text: str) -> str:
 
 
 def clean_regions(sample: GroundingSample, issues: Counter[str], min_box_size: float = 1.0) -> list[Region]:
-    """Clip boxes to the image, drop degenerate boxes and regions left without boxes; count each."""
+    """Clip boxes to the image, drop malformed (not 4 finite numbers) and degenerate boxes and regions left without
+    boxes; count each."""
     width, height = sample.image.size
     regions = []
     for region in sample.regions:
         boxes = []
         for box in region.boxes:
-            if len(box) != 4:
+            if box_problem(box):  # NaN or inf would pass every bound check below
                 issues["box_malformed"] += 1
                 continue
             x0, y0, x1, y1 = box
