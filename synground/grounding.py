@@ -120,6 +120,12 @@ def open_image(image: ImageInput, name: str) -> Image.Image:
         raise ValueError(f"{name}: {path} is not an image PIL can read ({error})") from error
 
 
+def check_setting(key: str, value: Any, meaning: str) -> None:
+    """Refuse a count setting that is not a whole number of at least 1, naming its key."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{key}={value!r}: {meaning}, must be a whole number, 1 or more")
+
+
 class Grounder:
     """A grounding model ready for inference: eval mode (dropout off), on the GPU when there is one.
 
@@ -138,6 +144,7 @@ class Grounder:
         batch_size: int = 16,
         name: str = "model",
     ):
+        check_setting("batch_size", batch_size, "pairs per forward pass")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = net.eval().to(self.device)
         self.image_size = image_size or net.image_size

@@ -3,13 +3,15 @@
 Pairs: `images` is a file, a folder (its images, sorted) or a glob; `phrases` is one phrase or a list (each grounded
 in every image), or a .txt file whose lines are either a phrase (for every image) or `<image file name><TAB><phrase>`
 (for that image only). results.jsonl gets one line per pair as it is done, so a stopped run keeps its results, and a
-rerun into the same output directory skips the pairs already there.
+rerun into the same output directory skips the pairs already there: an image is known by its absolute path, however
+it was spelt (a file of an earlier version, with the paths as given, resumes when run from the same directory).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator, Sequence
 from glob import glob
@@ -86,7 +88,7 @@ def ground_files(
     output_dir.mkdir(parents=True, exist_ok=True)
     results_path = output_dir / RESULTS_NAME
     done = _done_pairs(results_path)
-    todo = [(index, image, phrase) for index, (image, phrase) in enumerate(pairs) if (str(image), phrase) not in done]
+    todo = [(index, image, phrase) for index, (image, phrase) in enumerate(pairs) if (_identity(image), phrase) not in done]
     if done:
         log.info("%d of %d pairs already in %s: skipped", len(pairs) - len(todo), len(pairs), results_path)
     if overlays:
@@ -96,7 +98,7 @@ def ground_files(
             opened = {image: open_image(image, str(image)) for _, image, _ in batch}
             found = grounder([opened[image] for _, image, _ in batch], [phrase for _, _, phrase in batch], boxes, box_threshold)
             for (index, image, phrase), result in zip(batch, found):
-                record = {**result.to_dict(), "image": str(image), "model": grounder.name}
+                record = {**result.to_dict(), "image": _identity(image), "model": grounder.name}
                 if overlays:
                     overlay = output_dir / "overlays" / f"{index:06d}_{image.stem}_{_slug(phrase)}.png"
                     render_overlay(opened[image], result).save(overlay)
@@ -108,16 +110,39 @@ def ground_files(
 
 
 def _done_pairs(results_path: Path) -> set[tuple[str, str]]:
+    """The (image, phrase) pairs results_path holds. A last line without its newline (a run stopped or a disk filled
+    while writing it) is cut off, so its pair is grounded again and the next record starts a line of its own."""
     if not results_path.is_file():
         return set()
+    text = results_path.read_bytes()
+    complete = text.rfind(b"\n") + 1
+    if complete < len(text):
+        log.warning(
+            "%s: its last line is torn (%d bytes without a newline, a run stopped while writing it): cut off, its pair "
+            "is grounded again: %s",
+            results_path,
+            len(text) - complete,
+            text[complete:].decode("utf-8", "replace"),
+        )
+        with results_path.open("r+b") as results:
+            results.truncate(complete)
     done = set()
-    for line in results_path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(text[:complete].split(b"\n")[:-1], 1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # the last line of a run killed while writing it: grounded again
-            continue
-        done.add((record["image"], record["phrase"]))
+            done.add((_identity(record["image"]), record["phrase"]))
+        except (ValueError, TypeError, KeyError) as error:  # not JSON, not UTF-8, not a record
+            raise ValueError(
+                f"{results_path}:{number}: not a result record with an image and a phrase ({error}): delete that line "
+                "(its pair is grounded again) or give another output directory"
+            ) from error
     return done
+
+
+def _identity(image: str | Path) -> str:
+    """An image's name in results.jsonl: its absolute path, so a rerun finds it however the path was spelt (not
+    resolved: two links to one file, as git-annex or DVC make, stay two images)."""
+    return os.path.abspath(Path(image).expanduser())
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
