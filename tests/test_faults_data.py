@@ -1,6 +1,7 @@
 """Fault injections on the data side: hostile or damaged shards, records and images are planted, and each must be
 refused or skipped and counted once, naming the shard and key, whatever the number of workers."""
 
+import hashlib
 import io
 import json
 import logging
@@ -19,10 +20,13 @@ from synground.data import GroundingDataModule, GroundingSample, Region
 from synground.data.convert import convert_records
 from synground.data.leakage import leakage_report
 from synground.data.readers import Record, load_record, visual_genome_records
-from synground.data.shards import Manifest, iterate_shard, resolve_shards, write_shard
+from synground.data.shards import Manifest, iterate_shard, listed_shards, resolve_shards, write_shard
 from synground.data.transforms import clean_regions
+from synground.data.verify import main as verify_main
+from synground.generation import ShapesGenerator
+from synground.generation.writing import generate_shards
 from test_shards import shapes
-from test_skip_counts import GOOD, image
+from test_skip_counts import GOOD, image, shard_set
 
 
 def replace_members(source: Path, target: Path, payloads: dict[str, bytes]) -> None:
@@ -50,21 +54,6 @@ def jpeg(size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (90, 120, 30)).save(buffer, format="JPEG")
     return buffer.getvalue()
-
-
-def listed_set(directory: Path, shards: dict[str, Path]) -> str:
-    """A shard set at `directory` whose manifest lists these tar files as they are (each entry's sample count read from
-    the file), as a writer that planted their faults would have listed them."""
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(directory)
-    for name, path in shards.items():
-        if path != directory / name:
-            (directory / name).write_bytes(path.read_bytes())
-        with tarfile.open(path) as tar:
-            keys = {member.name.split(".", 1)[0] for member in tar.getmembers()}
-        manifest.add({"name": name, "samples": len(keys), "sha256": ""})
-    manifest.finish({})
-    return str(directory)
 
 
 def with_boxes(path: Path, boxes: dict[str, list]) -> dict[str, bytes]:
@@ -137,7 +126,7 @@ def test_a_conversion_never_writes_a_non_finite_box(tmp_path):
 def test_training_and_evaluation_skip_a_sample_with_a_nan_box_and_count_it(tmp_path):
     write_shard(tmp_path / "clean.tar", shapes(4))
     replace_members(tmp_path / "clean.tar", tmp_path / "a.tar", with_boxes(tmp_path / "clean.tar", {"s-2": [["nan"] * 4]}))
-    source = listed_set(tmp_path / "set", {"a.tar": tmp_path / "a.tar"})
+    source = shard_set(tmp_path / "set", {"a.tar": (tmp_path / "a.tar").read_bytes()})
     datamodule = GroundingDataModule(
         train={"real": source}, test={"set": source}, image_size=32, batch_size=3, batches_per_epoch=2, num_workers=0
     )
@@ -146,6 +135,124 @@ def test_training_and_evaluation_skip_a_sample_with_a_nan_box_and_count_it(tmp_p
     assert sum(batch["data_issues"].get("corrupt_sample", 0) for batch in batches) == 2
     test = list(datamodule.test_dataloader()[0])
     assert {key for batch in test for key in batch["image_keys"]} == {"s-0", "s-1", "s-3"}
+
+
+# 8. integrity: what a manifest lists is what is read, once
+
+
+def test_a_manifest_listing_a_shard_twice_is_refused_naming_it(tmp_path):
+    manifest = Manifest(tmp_path)
+    manifest.add(write_shard(tmp_path / "a.tar", shapes(2)))
+    manifest.add(write_shard(tmp_path / "b.tar", shapes(2, start=2)))
+    manifest.finish({})
+    record = json.loads((tmp_path / "manifest.json").read_text())
+    record["shards"].append(record["shards"][0])
+    (tmp_path / "manifest.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"manifest\.json lists a\.tar 2 times"):
+        resolve_shards(str(tmp_path))
+
+
+def test_a_key_repeated_in_a_shard_is_read_once_and_counted_once_per_repeat(tmp_path, caplog):
+    write_shard(tmp_path / "clean.tar", shapes(3))
+    with tarfile.open(tmp_path / "clean.tar") as clean, tarfile.open(tmp_path / "repeated.tar", "w") as repeated:
+        members = {member.name: (member, clean.extractfile(member).read()) for member in clean.getmembers()}
+        # s-0 again after s-1, and s-2 twice in a row (webdataset groups by a change of key: both are two samples)
+        for name in ["s-0.jpg", "s-0.json", "s-1.jpg", "s-1.json", "s-0.jpg", "s-0.json", *["s-2.jpg", "s-2.json"] * 2]:
+            member, payload = members[name]
+            repeated.addfile(member, io.BytesIO(payload))
+    issues = Counter()
+    with caplog.at_level(logging.WARNING):
+        keys = [sample.key for sample in iterate_shard(str(tmp_path / "repeated.tar"), issues)]
+    assert keys == ["s-0", "s-1", "s-2"]
+    assert issues == {"duplicate_key": 2}
+    assert "repeated.tar" in caplog.text and "'s-0'" in caplog.text and "'s-2'" in caplog.text
+
+
+@pytest.fixture
+def written_set(tmp_path) -> Path:
+    """A set of two shards of 3 samples as the writer lists them (size, sample count, sha256)."""
+    manifest = Manifest(tmp_path / "set")
+    manifest.add(write_shard(tmp_path / "set" / "a.tar", shapes(3)))
+    manifest.add(write_shard(tmp_path / "set" / "b.tar", shapes(3, start=3)))
+    manifest.finish({})
+    return tmp_path / "set"
+
+
+def read_set(directory: Path, issues: Counter) -> list[str]:
+    return [sample.key for url, entry in listed_shards(str(directory)).items() for sample in iterate_shard(url, issues, entry)]
+
+
+def test_the_writer_lists_each_shard_s_size(written_set):
+    for entry in json.loads((written_set / "manifest.json").read_text())["shards"]:
+        data = (written_set / entry["name"]).read_bytes()
+        assert entry["bytes"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_shard_of_another_size_than_its_manifest_lists_is_skipped_unread_and_counted(written_set, caplog):
+    write_shard(written_set / "a.tar", shapes(12, start=10))  # replaced after the manifest was written
+    issues = Counter()
+    with caplog.at_level(logging.WARNING):
+        assert read_set(written_set, issues) == ["s-3", "s-4", "s-5"]
+    assert issues == {"shard_mismatch": 1}
+    assert "a.tar" in caplog.text and "bytes" in caplog.text
+
+
+def test_a_shard_holding_another_number_of_samples_than_listed_is_counted_naming_both(written_set, caplog):
+    record = json.loads((written_set / "manifest.json").read_text())
+    for entry in record["shards"]:
+        del entry["bytes"]  # a manifest from before sizes were listed: the count is still checked
+    record["shards"][1]["samples"] = 5
+    (written_set / "manifest.json").write_text(json.dumps(record))
+    issues = Counter()
+    with caplog.at_level(logging.WARNING):
+        assert len(read_set(written_set, issues)) == 6
+    assert issues == {"shard_mismatch": 1}
+    assert "b.tar" in caplog.text and "holds 3 samples" in caplog.text and "lists 5" in caplog.text
+
+
+def tamper(path: Path) -> None:
+    """One byte changed in the middle of the file: the same size, another sha256."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_the_verify_command_names_every_shard_that_is_not_as_listed(written_set, capsys):
+    assert verify_main([str(written_set)]) == 0
+    tamper(written_set / "b.tar")
+    assert verify_main([str(written_set)]) == 1
+    printed = capsys.readouterr().out
+    assert "b.tar" in printed and "sha256" in printed and "a.tar" not in printed
+
+
+def test_resumed_generation_rewrites_a_kept_shard_that_is_not_as_listed(tmp_path, caplog):
+    generator = ShapesGenerator("clean", image_size=48)
+    generate_shards(generator, tmp_path, num_samples=6, samples_per_shard=3, name="x")
+    whole = (tmp_path / "x-000000.tar").read_bytes()
+    tamper(tmp_path / "x-000000.tar")
+    (tmp_path / "x-000001.tar").unlink()  # and a listed shard is gone
+    with caplog.at_level(logging.WARNING):
+        generate_shards(generator, tmp_path, num_samples=6, samples_per_shard=3, name="x")
+    assert (tmp_path / "x-000000.tar").read_bytes() == whole
+    assert (tmp_path / "x-000001.tar").exists()
+    assert "x-000000.tar" in caplog.text and "sha256" in caplog.text
+
+
+def test_resumed_conversion_rewrites_a_kept_shard_that_is_not_as_listed(tmp_path, caplog):
+    write_visual_genome(tmp_path / "vg", count=6, regions_per_image=2)
+
+    def convert():
+        return convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "shards", "vg", samples_per_shard=2)
+
+    convert()
+    whole = (tmp_path / "shards" / "vg-000001.tar").read_bytes()
+    tamper(tmp_path / "shards" / "vg-000001.tar")
+    (tmp_path / "shards" / "vg-000002.tar").unlink()
+    with caplog.at_level(logging.WARNING):
+        report = convert()
+    assert (tmp_path / "shards" / "vg-000001.tar").read_bytes() == whole
+    assert (tmp_path / "shards" / "vg-000002.tar").exists() and report["samples"] == 6
+    assert "vg-000001.tar" in caplog.text and "sha256" in caplog.text
 
 
 # 10. decompression bombs are unreadable samples: skipped and counted, naming shard and key

@@ -1,6 +1,7 @@
 """Counts that add up: known numbers of each fault are planted in raw data and in shard sets, and every skipped
 shard, sample, box and region must appear exactly once in the conversion report and in a DDP run's logged totals."""
 
+import hashlib
 import io
 import json
 import os
@@ -43,7 +44,9 @@ def planted_shard(path: Path, regions: list[list[Region]], broken: dict[int, str
     path.with_suffix(".tmp.tar").unlink()
 
 
-def shard_set(directory: Path, shards: dict[str, tuple[list[list[Region]], dict[int, str]] | bytes]) -> None:
+def shard_set(directory: Path, shards: dict[str, tuple[list[list[Region]], dict[int, str]] | bytes]) -> str:
+    """A finished set of planted shards (see `planted_shard`) or files of the given bytes, its manifest listing each as
+    it is, as the writer that made them would have: only the planted faults are met."""
     directory.mkdir(parents=True)
     manifest = Manifest(directory)
     for name, content in shards.items():
@@ -51,8 +54,20 @@ def shard_set(directory: Path, shards: dict[str, tuple[list[list[Region]], dict[
             (directory / name).write_bytes(content)
         else:
             planted_shard(directory / name, *content)
-        manifest.add({"name": name, "samples": 0, "sha256": ""})
+        manifest.add(listed_entry(directory / name))
     manifest.finish({})
+    return str(directory)
+
+
+def listed_entry(path: Path) -> dict:
+    """A manifest entry for the file as it is: its size, sha256 and, if it is a readable tar, the keys it holds."""
+    data = path.read_bytes()
+    try:
+        with tarfile.open(path) as tar:
+            samples = len({member.name.split(".", 1)[0] for member in tar.getmembers()})
+    except tarfile.TarError:
+        samples = 0
+    return {"name": path.name, "samples": samples, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
 def test_planted_faults_are_counted_once_in_a_ddp_run_s_training_and_test_logs(tmp_path):

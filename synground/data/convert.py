@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from synground.data.readers import Record, load_record
 from synground.data.schema import GroundingSample
-from synground.data.shards import Manifest, ShardStore, write_shard
+from synground.data.shards import Manifest, ShardStore, kept_shards, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ def convert_records(
     `output_dir` is a local directory or an `s3://`, `gs://` prefix (see `ShardStore`).
 
     Shard i always holds records [i * n, (i + 1) * n) of the stream, so a rerun skips finished shards (without
-    opening their images) and the result equals an uninterrupted run. Samples are streamed into the shard one at
+    opening their images; each is checked against its manifest entry first, see `kept_shards`) and the result equals
+    an uninterrupted run. Samples are streamed into the shard one at
     a time: memory does not grow with the dataset. Original JPEG bytes are copied, not re-encoded. Returns the
     report (also written to conversion_report.json): counts of records, samples, regions and skips by reason.
     The manifest says the set is complete only once the whole stream is written; `command` (what reruns this
@@ -58,7 +59,7 @@ def convert_records(
         )
     manifest.config = settings  # a manifest without shards may still hold an older run's settings
     manifest.command = command or manifest.command
-    finished = manifest.finished
+    finished = kept_shards(store, manifest.shards)  # a listed shard that is missing or not as listed is written again
     store.remove_partials()  # half-written by a run that was killed
     with tqdm(desc=f"converting {name}", unit="image") as progress:
         for shard_index in range(1 << 62):

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from synground.data.proposals import ANNOTATIONS, Proposals, load_proposals
 from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator
-from synground.data.shards import iterate_shard, resolve_shards
+from synground.data.shards import iterate_shard, listed_shards, resolve_shards
 from synground.data.transforms import CLIP_MEAN, CLIP_STD, GroundingTransform, clean_regions, collate, normalize_images
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,15 @@ def _endless_samples(
         while True:
             yield from _numbered_samples(source, rng.sample(mine, len(mine)))
     elif isinstance(source, str):
-        shards = resolve_shards(source, allow_partial)
+        listed = listed_shards(source, allow_partial)
+        shards = list(listed)
         dealt = random.Random(partition_seed).sample(shards, len(shards))
         mine = dealt[slot::slots] if len(shards) >= slots else shards
         empty_passes = 0
         while True:
             produced = False
             for shard in rng.sample(mine, len(mine)):
-                for sample in iterate_shard(shard, issues):
+                for sample in iterate_shard(shard, issues, listed[shard]):
                     produced = True
                     yield sample
             empty_passes = 0 if produced else empty_passes + 1
@@ -114,13 +115,14 @@ def _split_samples(
 ) -> Iterator[GroundingSample]:
     """Evaluation stream: every sample exactly once across all workers and ranks, in a fixed order."""
     if isinstance(source, str):
-        shards = resolve_shards(source, allow_partial)
+        listed = listed_shards(source, allow_partial)
+        shards = list(listed)
         if len(shards) >= slots:
             for shard in shards[slot::slots]:
-                yield from iterate_shard(shard, issues)
+                yield from iterate_shard(shard, issues, listed[shard])
         else:  # every slot reads every shard and keeps its share: one of them counts what reading skipped
             reading_issues = issues if slot == 0 else Counter()
-            for index, sample in enumerate(s for shard in shards for s in iterate_shard(shard, reading_issues)):
+            for index, sample in enumerate(s for shard in shards for s in iterate_shard(shard, reading_issues, listed[shard])):
                 if index % slots == slot:
                     yield sample
     else:

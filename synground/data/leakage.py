@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from synground.data.shards import iterate_shard, resolve_shards
+from synground.data.shards import iterate_shard, listed_shards
 
 
 def difference_hash(image: Image.Image) -> int:
@@ -54,8 +54,8 @@ def band_slices(max_distance: int) -> list[tuple[int, int]]:
 def index_split(name: str, source: str, max_distance: int, skipped: Counter[str]) -> ImageIndex:
     """The split's index; what its shards could not give (corrupt samples, unreadable shards) is counted in `skipped`."""
     ids, hashes, seen = set(), [], set()
-    for shard in resolve_shards(source):
-        for sample in iterate_shard(shard, skipped):
+    for shard, entry in listed_shards(source).items():
+        for sample in iterate_shard(shard, skipped, entry):
             ids.update(sample.provenance.get("image_ids", []))
             value = difference_hash(sample.image)
             if value not in seen:
@@ -94,8 +94,8 @@ def leakage_report(
     for train_name, source in train.items():
         counts: dict[str, Counter] = {index.name: Counter() for index in indexes}
         samples = 0
-        for shard in tqdm(resolve_shards(source), desc=f"leakage {train_name}", unit="shard"):
-            for sample in iterate_shard(shard, skipped[train_name]):
+        for shard, entry in tqdm(listed_shards(source).items(), desc=f"leakage {train_name}", unit="shard"):
+            for sample in iterate_shard(shard, skipped[train_name], entry):
                 samples += 1
                 ids, value = set(sample.provenance.get("image_ids", [])), difference_hash(sample.image)
                 for index in indexes:

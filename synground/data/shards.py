@@ -12,7 +12,7 @@ import os
 import tarfile
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -83,17 +83,19 @@ def _write_tar(file: BinaryIO, destination: str | os.PathLike, samples: Iterable
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(payload))  # mtime 0: identical samples give identical shards
             count += 1
-    return {"samples": count, "sha256": hashed.digest.hexdigest()}
+    return {"samples": count, "sha256": hashed.digest.hexdigest(), "bytes": hashed.size}
 
 
 class _HashingWriter:
-    """A write-only file that hashes what passes through it (the shard's checksum without reading it back)."""
+    """A write-only file that hashes and measures what passes through it (the shard's checksum and size without
+    reading it back)."""
 
     def __init__(self, file: BinaryIO):
-        self.file, self.digest = file, hashlib.sha256()
+        self.file, self.digest, self.size = file, hashlib.sha256(), 0
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
+        self.size += len(data)
         return self.file.write(data)
 
     def tell(self) -> int:
@@ -232,10 +234,6 @@ class Manifest:
         self.config = record.get("config", self.config)
         self.complete, self.totals, self.command = record.get("complete"), record.get("totals", {}), record.get("command")
 
-    @property
-    def finished(self) -> set[str]:
-        return {entry["name"] for entry in self.shards}
-
     def add(self, entry: dict[str, Any]) -> None:
         self.shards = [e for e in self.shards if e["name"] != entry["name"]] + [entry]
         self.shards.sort(key=lambda e: e["name"])
@@ -300,12 +298,18 @@ def resolve_shards(spec: str | os.PathLike, allow_partial: bool = False) -> list
 
     Local paths, `s3://`, `gs://` and `http(s)://` URLs are read alike (fsspec); `pipe:<command>` names one shard per
     command (brace patterns expand to several). A set whose manifest says its run did not finish is refused, naming
-    the command that finishes it, unless `allow_partial`; then the shards finished so far are read. Files named by a
-    pattern are taken as they are.
+    the command that finishes it, unless `allow_partial`; then the shards finished so far are read. A manifest that
+    lists a shard twice is refused. Files named by a pattern are taken as they are.
     """
+    return list(listed_shards(spec, allow_partial))
+
+
+def listed_shards(spec: str | os.PathLike, allow_partial: bool = False) -> dict[str, dict[str, Any]]:
+    """{shard: its manifest entry} for the shards `resolve_shards` names, in its order; an empty entry for shards named
+    by a pattern. `iterate_shard` checks a shard against its entry."""
     spec = str(spec)
     if spec.startswith("pipe:"):
-        return list(braceexpand(spec))
+        return {url: {} for url in braceexpand(spec)}
     if is_remote(spec):
         return _remote_shards(spec, allow_partial)
     manifest = manifest_of(spec)
@@ -315,10 +319,10 @@ def resolve_shards(spec: str | os.PathLike, allow_partial: bool = False) -> list
             raise FileNotFoundError(
                 f"no {MANIFEST_NAME} in {manifest_path.parent}: write shards with generate.py or name the .tar files"
             )
-        files = [
-            str(manifest_path.parent / name)
-            for name in _manifest_shards(read_manifest(manifest_path), str(manifest_path), allow_partial)
-        ]
+        files = {
+            str(manifest_path.parent / entry["name"]): entry
+            for entry in _manifest_shards(read_manifest(manifest_path), str(manifest_path), allow_partial)
+        }
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise FileNotFoundError(f"manifest {manifest_path} lists shards that do not exist: {missing[:3]}")
@@ -326,10 +330,10 @@ def resolve_shards(spec: str | os.PathLike, allow_partial: bool = False) -> list
     files = sorted({match for pattern in braceexpand(spec) for match in glob.glob(os.path.expanduser(pattern))})
     if not files:
         raise FileNotFoundError(f"shard path {spec!r} matches no file")
-    return files
+    return {file: {} for file in files}
 
 
-def _remote_shards(spec: str, allow_partial: bool) -> list[str]:
+def _remote_shards(spec: str, allow_partial: bool) -> dict[str, dict[str, Any]]:
     import fsspec
 
     manifest_url = manifest_of(spec)
@@ -342,7 +346,7 @@ def _remote_shards(spec: str, allow_partial: bool) -> list[str]:
         ]
         if not urls:
             raise FileNotFoundError(f"shard pattern {spec!r} matches no object")
-        return urls
+        return {url: {} for url in urls}
     base = manifest_url[: -len(MANIFEST_NAME)].rstrip("/")
     try:
         record = read_manifest(manifest_url)
@@ -350,11 +354,12 @@ def _remote_shards(spec: str, allow_partial: bool) -> list[str]:
         raise FileNotFoundError(
             f"no {MANIFEST_NAME} at {base}: write shards there with generate.py or convert.py, or name the .tar objects"
         ) from error
-    return [f"{base}/{name}" for name in _manifest_shards(record, manifest_url, allow_partial)]
+    return {f"{base}/{entry['name']}": entry for entry in _manifest_shards(record, manifest_url, allow_partial)}
 
 
-def _manifest_shards(record: dict[str, Any], manifest: str, allow_partial: bool) -> list[str]:
-    """The shard names a manifest lists, once it is known to be whole (or a partial set is asked for)."""
+def _manifest_shards(record: dict[str, Any], manifest: str, allow_partial: bool) -> list[dict[str, Any]]:
+    """The shard entries a manifest lists, once it is known to be whole (or a partial set is asked for) and to list
+    each shard once."""
     shards = record["shards"]
     location = manifest[: -len(MANIFEST_NAME)].rstrip("/")
     if record.get("complete") is False and not allow_partial:
@@ -369,12 +374,36 @@ def _manifest_shards(record: dict[str, Any], manifest: str, allow_partial: bool)
         log.warning("%s was written before manifests recorded whether their run finished: taken as complete", manifest)
     if not shards:
         raise ValueError(f"manifest {manifest} lists no shards")
-    return [entry["name"] for entry in shards]
+    repeated = {name: count for name, count in Counter(entry["name"] for entry in shards).items() if count > 1}
+    if repeated:
+        listed = ", ".join(f"{name} {count} times" for name, count in sorted(repeated.items()))
+        raise ValueError(
+            f"manifest {manifest} lists {listed}: every sample of a repeated shard would be read and scored again. "
+            "A writer lists each shard once: remove the repeated entries, or write the set again"
+        )
+    return shards
 
 
-def iterate_shard(url: str, issues: Counter[str]) -> Iterator[GroundingSample]:
-    """The samples of one shard in order; a corrupt image or record is skipped with a warning and counted."""
-    # webdataset's own tar expansion and key grouping; decoding is ours so that nothing is unpickled.
+def iterate_shard(url: str, issues: Counter[str], entry: Mapping[str, Any] | None = None) -> Iterator[GroundingSample]:
+    """The samples of one shard in order; a corrupt image or record, and a key met again, is skipped with a warning
+    and counted. With its manifest `entry` (`listed_shards`), a local shard of another size than listed is not read
+    (counted as `shard_mismatch`), and a shard read whole that holds another number of samples than listed is counted
+    so too; its samples have been read by then. The sha256 is not checked here: that reads the shard twice (see
+    `shard_difference`, checked when a writer resumes and by `python -m synground.data.verify`)."""
+    entry = entry or {}
+    if entry.get("bytes") is not None and not is_remote(url) and not url.startswith("pipe:") and os.path.isfile(url):
+        size = os.path.getsize(url)
+        if size != entry["bytes"]:
+            issues["shard_mismatch"] += 1
+            log.warning(
+                "shard %s is %d bytes, its manifest lists %d: not the shard that was written, so none of it is read. "
+                "Running the command that wrote the set again rewrites it; python -m synground.data.verify checks a set",
+                url,
+                size,
+                entry["bytes"],
+            )
+            return
+    # webdataset's own tar expansion; grouping and decoding are ours (nothing is unpickled, a repeated key is seen)
     failed = False
 
     def warn_tar(error: Exception) -> bool:  # webdataset reports a broken tar at each of its stages: count it once
@@ -396,9 +425,14 @@ def iterate_shard(url: str, issues: Counter[str]) -> Iterator[GroundingSample]:
         finally:
             stream.close()
 
-    files = wds.tariterators.tar_file_expander(opened(), handler=warn_tar)
-    for raw in wds.tariterators.group_by_keys(files, handler=warn_tar):
-        key = raw["__key__"]
+    files = wds.tariterators.tar_file_expander(opened(), handler=warn_tar, eof_value=None)
+    seen: set[str] = set()
+    for key, raw in _by_key(files):
+        if key in seen:  # keys are unique: a repeat would be read, trained on and scored twice
+            issues["duplicate_key"] += 1
+            log.warning("shard %s, sample %r met again; the repeat is skipped", url, key)
+            continue
+        seen.add(key)
         try:
             if "jpg" not in raw or "json" not in raw:
                 raise ValueError(f"missing {'jpg' if 'jpg' not in raw else 'json'} member")
@@ -407,3 +441,69 @@ def iterate_shard(url: str, issues: Counter[str]) -> Iterator[GroundingSample]:
         except ValueError as error:
             issues["corrupt_sample"] += 1
             log.warning("shard %s, sample %r skipped: %s", url, key, error)
+    if not failed and entry.get("samples") is not None and len(seen) != entry["samples"]:  # a broken tar is counted already
+        issues["shard_mismatch"] += 1
+        log.warning(
+            "shard %s holds %d samples, its manifest lists %d: not the shard that was written (its samples were read). "
+            "Running the command that wrote the set again rewrites it; python -m synground.data.verify checks a set",
+            url,
+            len(seen),
+            entry["samples"],
+        )
+
+
+def _by_key(files: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) of consecutive tar members sharing a key, as webdataset groups them; a member name met
+    again within a group starts another sample under the same key (webdataset calls that a broken tar)."""
+    key, members = None, {}
+    for file in files:
+        prefix, extension = wds.tariterators.base_plus_ext(file["fname"])
+        if prefix is None:
+            continue
+        if prefix != key or extension.lower() in members:
+            if members:
+                yield key, members
+            key, members = prefix, {}
+        members[extension.lower()] = file["data"]
+    if members:
+        yield key, members
+
+
+def shard_difference(url: str, entry: Mapping[str, Any], checksum: bool = True) -> str | None:
+    """How the shard at `url` differs from its manifest entry, or None: missing, another size, or (`checksum`, which
+    reads the whole shard) another sha256. Entries written before sizes were listed have their size unchecked."""
+    try:
+        if is_remote(url):
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(url)
+            size = fs.size(path)
+        else:
+            size = os.path.getsize(url)
+    except FileNotFoundError:
+        return "missing"
+    if entry.get("bytes") is not None and size != entry["bytes"]:
+        return f"{size} bytes, the manifest lists {entry['bytes']}"
+    if checksum and entry.get("sha256"):
+        digest = hashlib.sha256()
+        with open_shard(url) as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != entry["sha256"]:
+            return f"sha256 {digest.hexdigest()}, the manifest lists {entry['sha256']}"
+    return None
+
+
+def kept_shards(store: ShardStore, entries: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The names of the listed shards whose files are as listed, which a resumed writer keeps; it writes the others
+    again (it makes each shard the same way every time), with a warning naming each and what differs. Local shards are
+    checked by size and sha256; objects by size only: an object appears only once its upload completed, and hashing
+    would download the whole set."""
+    kept = set()
+    for entry in entries:
+        difference = shard_difference(store.url(entry["name"]), entry, checksum=not store.remote)
+        if difference is None:
+            kept.add(entry["name"])
+        else:
+            log.warning("%s is not the shard its manifest lists (%s): it is written again", store.url(entry["name"]), difference)
+    return kept

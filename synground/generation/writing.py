@@ -6,7 +6,8 @@ takes every world-size-th unfinished shard, generates it in chunks, and writes i
 a local directory, or an `s3://` / `gs://` prefix where a shard object appears only once its upload completes). Its
 manifest entry goes to `manifest.d/<shard>.json` after the shard (one file per shard: ranks never write the same
 file), and rank 0 merges those entries into manifest.json after each of its shards and at the end. A rerun after a
-crash or kill skips finished shards and regenerates the rest with the same seeds: the set equals an uninterrupted run's.
+crash or kill skips finished shards (checked against their entries first: size and sha256) and regenerates the rest
+with the same seeds: the set equals an uninterrupted run's.
 
 Rejected candidates, as they were when rejected (`keep_rejected` per reason and rank, for the dataset report), go to
 `rejected/<reason>/<key>.jpg` and `<key>.json` beside the shards, never into them, before the shard's manifest entry,
@@ -33,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator, validate_key
-from synground.data.shards import Manifest, ShardStore, write_shard
+from synground.data.shards import Manifest, ShardStore, kept_shards, write_shard
 from synground.generation.filters import NearDuplicates
 from synground.generation.runtime import Rejected, StageClock, to_pil
 
@@ -268,8 +269,11 @@ class ShardWriter(BasePredictionWriter):
 
 
 def _finished_and_kept(manifest: Manifest) -> tuple[list[str], dict[str, int]]:
-    """The finished shards' names, and how many rejected candidates their entries list per reason."""
+    """The finished shards' names, and how many rejected candidates their entries list per reason. A shard whose file is
+    not as its entry lists (`kept_shards`: size and sha256) is not finished: this run generates it again."""
     entries = finished_shards(manifest)
+    kept_names = kept_shards(manifest.store, entries.values())
+    entries = {name: entry for name, entry in entries.items() if name in kept_names}
     kept: Counter[str] = Counter()
     for entry in entries.values():
         kept.update({reason: len(keys) for reason, keys in entry.get("kept_rejected", {}).items()})
