@@ -5,7 +5,7 @@ import torch
 
 from synground.generation.layout import parse_layout
 from synground.generation.phrases import parse_phrases
-from synground.generation.runtime import StageClock, run_batched
+from synground.generation.runtime import OUT_OF_MEMORY, StageClock, run_batched
 
 
 def test_phrases_are_parsed_from_numbered_bulleted_and_inline_lists():
@@ -43,7 +43,7 @@ def test_an_out_of_memory_batch_is_retried_at_half_size_then_skipped():
 
     clock = StageClock()
     results = run_batched(stage, list(range(10, 18)), batch_size=4, clock=clock, stage="text_to_image")
-    assert results == [100, 110, None, None, 140, 150, 160, 170]  # 12 shared the failing half with 13
+    assert results == [100, 110, OUT_OF_MEMORY, OUT_OF_MEMORY, 140, 150, 160, 170]  # 12 shared the failing half with 13
     assert calls == [4, 2, 2, 4, 2, 2]
     assert clock.rejections == {"out_of_memory": 2} and clock.events == {"text_to_image/out_of_memory_retry": 2}
     assert clock.items["text_to_image"] == 6

@@ -21,6 +21,7 @@ from synground.data.schema import GenerationRequest, GroundingSample, sample_fro
 from synground.data.shards import resolve_shards
 from synground.generation.llm import LanguageModel
 from synground.generation.runtime import (
+    OUT_OF_MEMORY,
     LazyModels,
     StageClock,
     load_pretrained,
@@ -174,6 +175,8 @@ class Image2Text(LazyModels):
         return [
             Description(caption.strip(), {"source": "image2text", **provenance, **_seed_provenance(seed)})
             if caption and caption.strip()
+            else OUT_OF_MEMORY
+            if caption is OUT_OF_MEMORY
             else None
             for caption, seed in zip(captions, seeds)
         ]
@@ -243,7 +246,11 @@ class RegionSummary:
         texts = [next(found) if seed else None for seed in seeds]
         provenance = {"source": "region_summary", "llm": self.llm.provenance, "prompt_version": prompt_version(self.prompt)}
         return [
-            Description(text.strip(), {**provenance, **_seed_provenance(seed)}) if text and text.strip() else None
+            Description(text.strip(), {**provenance, **_seed_provenance(seed)})
+            if text and text.strip()
+            else OUT_OF_MEMORY
+            if text is OUT_OF_MEMORY
+            else None
             for text, seed in zip(texts, seeds)
         ]
 
@@ -293,7 +300,11 @@ class Concept2Text:
             "do_sample": self.do_sample,
         }
         return [
-            Description(text.strip(), {**provenance, "concepts": concepts}) if text and text.strip() else None
+            Description(text.strip(), {**provenance, "concepts": concepts})
+            if text and text.strip()
+            else OUT_OF_MEMORY
+            if text is OUT_OF_MEMORY
+            else None
             for text, concepts in zip(texts, chosen)
         ]
 

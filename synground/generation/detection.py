@@ -96,7 +96,7 @@ class OpenVocabularyDetector(LazyModels):
         found = run_batched(self._detect_batch, list(zip(images, phrases)), self.batch_size, clock, "detect")
         results: list[list[Region] | None] = []
         for detected, asked, candidate in zip(found, phrases, candidates or [None] * len(found)):
-            if detected is None:
+            if not detected:  # lost to memory: counted there
                 results.append(None)
                 continue
             regions, best_boxes = detected

@@ -70,9 +70,9 @@ class ClipScore(LazyModels):
         counted by `score`)."""
         scores = self.score(images, texts, clock)
         for score, candidate in zip(scores, candidates or [None] * len(scores)):
-            if score is not None and score < self.min_score:
+            if isinstance(score, float) and score < self.min_score:
                 clock.reject("low_clip_score", candidate=candidate, score=round(score, 4), threshold=self.min_score)
-        return [score if score is not None and score >= self.min_score else None for score in scores]
+        return [score if isinstance(score, float) and score >= self.min_score else None for score in scores]
 
     @torch.inference_mode()
     def _score_batch(self, batch: Sequence[tuple[torch.Tensor, str]]) -> list[float]:

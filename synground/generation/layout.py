@@ -15,7 +15,7 @@ import torch
 from synground.data.schema import GenerationRequest, GroundingSample, Region
 from synground.generation.filters import ClipScore
 from synground.generation.llm import LanguageModel
-from synground.generation.runtime import Rejected, StageClock, load_stages, prompt_version, run_batched, to_pil
+from synground.generation.runtime import OUT_OF_MEMORY, Rejected, StageClock, load_stages, prompt_version, run_batched, to_pil
 from synground.generation.text_to_image import StableDiffusion, checked_image
 
 LAYOUT_PROMPT = (
@@ -120,13 +120,15 @@ class LayoutGenerator:
         for request, description in zip(requests, self.descriptions.describe(requests, clock)):
             if description is None:
                 clock.reject("no_description", candidate=Rejected(request.key))
-            else:
+            elif description:  # not lost to memory (counted there)
                 described.append((request, description))
         layouts = self._layouts([d.text for _, d in described], [r.seed for r, _ in described], clock)
         planned = []
         for (request, description), layout in zip(described, layouts):
-            if not layout:
+            if layout is not OUT_OF_MEMORY and not layout:
                 clock.reject("no_layout", candidate=Rejected(request.key, description.text))
+            elif not layout:
+                continue
             else:
                 planned.append((request, description, layout))
         size = (self.text_to_image.width, self.text_to_image.height)  # of the images to be drawn

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from synground.generation.runtime import (
+    OUT_OF_MEMORY,
     LazyModels,
     StageClock,
     load_pretrained,
@@ -93,11 +94,11 @@ class LanguageModel(LazyModels):
         """`parse` of each completion. An answer that parses to nothing is asked once more, sampled with seed + 1
         (counted as `<stage>_retried`); if that parses to nothing too, so be it."""
         answers = self.complete_all(prompts, seeds, clock, stage)
-        parsed = [parse(answer or "") for answer in answers]
-        retry = [i for i, found in enumerate(parsed) if not found and answers[i] is not None]
+        parsed = [OUT_OF_MEMORY if answer is OUT_OF_MEMORY else parse(answer or "") for answer in answers]
+        retry = [i for i, found in enumerate(parsed) if not found and found is not OUT_OF_MEMORY]
         if retry:
             clock.events[f"{stage}_retried"] += len(retry)
             again = self.complete_all([prompts[i] for i in retry], [seeds[i] + 1 for i in retry], clock, stage, do_sample=True)
             for i, answer in zip(retry, again):
-                parsed[i] = parse(answer or "")
+                parsed[i] = OUT_OF_MEMORY if answer is OUT_OF_MEMORY else parse(answer or "")
         return parsed

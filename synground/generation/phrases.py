@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from synground.generation.llm import LanguageModel
-from synground.generation.runtime import Rejected, StageClock, prompt_version
+from synground.generation.runtime import OUT_OF_MEMORY, Rejected, StageClock, prompt_version
 
 PROMPTS = {
     "short": (
@@ -74,14 +74,18 @@ class PhraseExtractor:
         kept by `clock` when it has none)."""
         kinds = ("short", "long") if self.style == "both" else (self.style,)
         found: list[list[str]] = [[] for _ in descriptions]
+        lost = [False] * len(descriptions)  # to memory in any kind's request: counted once, there
         for kind in kinds:
-            for phrases, new in zip(found, self._ask(kind, descriptions, seeds, clock)):
-                phrases += [phrase for phrase in new if phrase not in phrases]
+            for index, new in enumerate(self._ask(kind, descriptions, seeds, clock)):
+                if new is OUT_OF_MEMORY:
+                    lost[index] = True
+                else:
+                    found[index] += [phrase for phrase in new if phrase not in found[index]]
         results: list[list[str] | None] = []
-        for phrases, candidate in zip(found, candidates or [None] * len(found)):
-            if not phrases:
+        for phrases, gone, candidate in zip(found, lost, candidates or [None] * len(found)):
+            if not phrases and not gone:
                 clock.reject("no_phrases", candidate=candidate)
-            results.append(phrases[: self.max_phrases] or None)
+            results.append(None if gone else phrases[: self.max_phrases] or None)
         return results
 
     def _ask(self, kind: str, descriptions: Sequence[str], seeds: Sequence[int], clock: StageClock) -> list[list[str]]:

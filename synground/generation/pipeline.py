@@ -56,7 +56,7 @@ class SynGroundGenerator:
         for request, description in zip(requests, descriptions):
             if description is None:
                 clock.reject("no_description", candidate=Rejected(request.key))
-        drafts = [Draft(request, description) for request, description in zip(requests, descriptions) if description is not None]
+        drafts = [Draft(request, description) for request, description in zip(requests, descriptions) if description]
 
         drawn = self.text_to_image.generate(
             [d.description.text for d in drafts], [d.request.seed for d in drafts], clock, [d.candidate() for d in drafts]

@@ -99,17 +99,32 @@ class LazyModels:
         return self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
 
 
+class OutOfMemory:
+    """What `run_batched` gives for an item skipped for lack of memory, which it counted as `out_of_memory`. Falsy
+    like None, but told apart from "nothing found", so that no later stage counts the same lost request again
+    (e.g. as no_phrases or no_description)."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "OUT_OF_MEMORY"
+
+
+OUT_OF_MEMORY = OutOfMemory()
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 def run_batched(
     function: Callable[[Sequence[Item]], list[Result]], items: Sequence[Item], batch_size: int, clock: StageClock, stage: str
-) -> list[Result | None]:
+) -> list[Result | OutOfMemory]:
     """`function` over `items` in batches of `batch_size`, one result per item.
 
     A batch that runs out of memory is retried as two halves; a half that runs out again is skipped: its items
-    get None and are counted as `out_of_memory`, and the run goes on.
+    get OUT_OF_MEMORY and are counted (once, here) as `out_of_memory`, and the run goes on.
     """
     results: list[Result | None] = []
     for start in range(0, len(items), batch_size):
@@ -133,7 +148,7 @@ def run_batched(
                         raise
                     log.warning("%s: out of memory again at %d items; skipping them", stage, len(part))
                     clock.reject("out_of_memory", len(part))
-                    results += [None] * len(part)
+                    results += [OUT_OF_MEMORY] * len(part)
     return results
 
 

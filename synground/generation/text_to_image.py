@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from synground.generation.runtime import (
+    OUT_OF_MEMORY,
     LazyModels,
     Rejected,
     StageClock,
@@ -157,7 +158,7 @@ def checked_image(image: torch.Tensor | None, clock: StageClock, candidate: Reje
 
     A rejected `candidate` is kept with its score: the fraction of non-finite values, or the brightest pixel value
     (threshold `BLACK`) with the black image itself."""
-    if image is None:
+    if image is None or image is OUT_OF_MEMORY:  # counted where memory ran out
         return None
     finite = torch.isfinite(image)
     if not finite.all():
