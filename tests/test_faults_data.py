@@ -12,11 +12,15 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 from PIL import Image
 
 from raw_datasets import write_visual_genome
+from synground.callbacks import DataIssueCounts
 from synground.data import GroundingDataModule, GroundingSample, Region
+from synground.data import datamodule as datamodule_code
 from synground.data.convert import convert_records
 from synground.data.leakage import leakage_report
 from synground.data.readers import Record, load_record, visual_genome_records
@@ -135,6 +139,85 @@ def test_training_and_evaluation_skip_a_sample_with_a_nan_box_and_count_it(tmp_p
     assert sum(batch["data_issues"].get("corrupt_sample", 0) for batch in batches) == 2
     test = list(datamodule.test_dataloader()[0])
     assert {key for batch in test for key in batch["image_keys"]} == {"s-0", "s-1", "s-3"}
+
+
+# 7. skips are counted alike whatever the number of workers
+
+
+class KeysSeen(L.LightningModule):
+    """Learns nothing: keeps the sample keys of every batch it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.keys = {"train": [], "val": [], "test": []}
+
+    def training_step(self, batch, batch_idx):
+        self.keys["train"] += batch["keys"]
+        return self.weight * 0.0
+
+    def validation_step(self, batch, batch_idx):
+        self.keys["val"] += batch["image_keys"]
+
+    def test_step(self, batch, batch_idx):
+        self.keys["test"] += batch["image_keys"]
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+@pytest.fixture
+def damaged_set(tmp_path) -> str:
+    """8 good samples in d-000000.tar, and d-000001.tar of 0 bytes."""
+    return shard_set(tmp_path / "damaged", {"d-000000.tar": ([[Region("a square", GOOD)]] * 8, {}), "d-000001.tar": b""})
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_zero_byte_shard_beside_a_good_one_is_counted_once_and_training_goes_on_with_any_number_of_workers(
+    damaged_set, workers
+):
+    source = damaged_set
+    datamodule = GroundingDataModule(
+        train={"real": source},
+        val={"damaged": source},
+        test={"damaged": source},
+        image_size=32,
+        batch_size=4,
+        eval_batch_size=4,
+        batches_per_epoch=3,  # 12 samples of 8: every worker needs more than its share of the dealt shards
+        num_workers=workers,
+    )
+    module = KeysSeen()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[DataIssueCounts()],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    logged = {name: value.item() for name, value in trainer.callback_metrics.items()}
+    (tested,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    good = {f"d-000000-{i}" for i in range(8)}
+    assert len(module.keys["train"]) == 12 and set(module.keys["train"]) == good
+    assert logged["data/corrupt_shard"] >= 1  # training counts every read of the shard
+    assert sorted(module.keys["val"]) == sorted(module.keys["test"]) == sorted(good)
+    assert {name: value for name, value in logged.items() if name.startswith("val/data/")} == {
+        "val/data/damaged/corrupt_shard": 1
+    }
+    assert {name: value for name, value in tested.items() if name.startswith("test/data/")} == {
+        "test/data/damaged/corrupt_shard": 1
+    }
+
+
+def test_a_rank_whose_whole_share_is_unreadable_still_reports_it(damaged_set, monkeypatch):
+    monkeypatch.setattr(datamodule_code, "_worker_slot", lambda worker=None: (1, 2))  # rank 1 of 2: d-000001.tar alone
+    loader = GroundingDataModule(test={"damaged": damaged_set}, image_size=32, num_workers=0).test_dataloader()[0]
+    assert list(loader) == []
+    assert loader.data_issues == {"corrupt_shard": 1}
 
 
 # 8. integrity: what a manifest lists is what is read, once

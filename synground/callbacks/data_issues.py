@@ -1,9 +1,11 @@
 """What the data pipeline skipped, summed over an epoch and over every rank: `data/<reason>` for training and
 `<stage>/data/<split>/<reason>` for each evaluation split (`val`, `test`).
 
-Batches carry `data_issues` ({reason: count}, see `GroundingDataModule`): a training batch what was skipped while it
-was built, an evaluation batch what was skipped before each of its items. Training counts every read (a corrupt
-sample met in two passes counts twice); an evaluation split counts each sample once.
+Training batches carry `data_issues` ({reason: count}, see `GroundingDataModule`): what was skipped while each was
+built, counted once the model has trained on it (a run resumed mid-epoch counts no batch twice). An evaluation split's
+loader (`EvalLoader`) keeps what its workers skipped over the pass, which may have no batch at all: a worker or a rank
+whose share was all unreadable still reports. Training counts every read (a corrupt sample met in two passes counts
+twice); an evaluation split counts each sample once, whatever the number of workers and ranks.
 """
 
 from __future__ import annotations
@@ -18,60 +20,52 @@ from synground.callbacks.map_metrics import split_names
 
 
 class DataIssueCounts(L.Callback):
-    """Sums each batch's `data_issues` and logs the totals of all ranks at the end of each epoch."""
+    """Sums each training batch's `data_issues` and takes each evaluation loader's; logs the totals of all ranks at the
+    end of each epoch."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, dict[str, Counter[str]]] = {"train": {}, "val": {}, "test": {}}  # stage -> split -> counts
+        self.train_counts: Counter[str] = Counter()
 
     def state_dict(self) -> dict[str, Any]:
         """The training epoch's counts so far: a run resumed mid-epoch goes on counting from them (Lightning does
         not start that epoch again, and starts every later one with on_train_epoch_start)."""
-        return {name: dict(counts) for name, counts in self.counts["train"].items()}
+        return {"train": dict(self.train_counts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.counts["train"] = {name: Counter(counts) for name, counts in state.items()}
-
-    def _start(self, trainer: L.Trainer, stage: str) -> None:
-        self.counts[stage] = {name: Counter() for name in (["train"] if stage == "train" else split_names(trainer, stage))}
-
-    def _add(self, stage: str, batch: Any, dataloader_idx: int = 0) -> None:
-        if isinstance(batch, dict) and self.counts[stage]:
-            list(self.counts[stage].values())[dataloader_idx].update(batch.get("data_issues", {}))
-
-    def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        totals = all_ranks(trainer, [dict(counts) for counts in self.counts[stage].values()])
-        for name, counts in zip(self.counts[stage], totals):
-            prefix = "data" if stage == "train" else f"{stage}/data/{name}"
-            for reason, count in sorted(counts.items()):
-                # the same keys and values on every rank (already summed): nothing to reduce, nobody waits
-                pl_module.log(f"{prefix}/{reason}", float(count), on_step=False, on_epoch=True, batch_size=1)
+        self.train_counts = Counter(state.get("train", {}))
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._start(trainer, "train")
+        self.train_counts = Counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._add("train", batch)
+        if isinstance(batch, dict):
+            self.train_counts.update(batch.get("data_issues", {}))
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self._end(trainer, pl_module, "train")
-
-    def on_validation_epoch_start(self, trainer, pl_module):
-        self._start(trainer, "val")
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._add("val", batch, dataloader_idx)
+        _log(trainer, pl_module, {"data": self.train_counts})
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        self._end(trainer, pl_module, "val")
-
-    def on_test_epoch_start(self, trainer, pl_module):
-        self._start(trainer, "test")
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._add("test", batch, dataloader_idx)
+        _log(trainer, pl_module, _eval_counts(trainer, "val"))
 
     def on_test_epoch_end(self, trainer, pl_module):
-        self._end(trainer, pl_module, "test")
+        _log(trainer, pl_module, _eval_counts(trainer, "test"))
+
+
+def _eval_counts(trainer: L.Trainer, stage: str) -> dict[str, Counter[str]]:
+    """{`<stage>/data/<split>`: what the split's loader skipped over its pass}."""
+    loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    return {
+        f"{stage}/data/{name}": Counter(getattr(loader, "data_issues", {}))
+        for name, loader in zip(split_names(trainer, stage), loaders)
+    }
+
+
+def _log(trainer: L.Trainer, pl_module: L.LightningModule, counts: dict[str, Counter[str]]) -> None:
+    for prefix, total in zip(counts, all_ranks(trainer, [dict(c) for c in counts.values()])):
+        for reason, count in sorted(total.items()):
+            # the same keys and values on every rank (already summed): nothing to reduce, nobody waits
+            pl_module.log(f"{prefix}/{reason}", float(count), on_step=False, on_epoch=True, batch_size=1)
 
 
 def all_ranks(trainer: L.Trainer, counts: list[dict[str, int]]) -> list[Counter[str]]:

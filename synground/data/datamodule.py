@@ -78,7 +78,8 @@ def _endless_samples(
 
     With at least as many shards (pool samples) as slots (ranks x workers), they are dealt to the slots (a new deal
     each epoch: `partition_seed` is the same on every slot), so no sample is seen by two ranks in one epoch; a slot
-    repeats a sample only after reading all of its share. With fewer, every slot reads all of them, in its own order.
+    repeats a sample only after reading all of its share. With fewer, every slot reads all of them, in its own order;
+    so does a slot whose share gave no readable sample in a whole pass (its shards were dealt before they were read).
     """
     if isinstance(source, GeneratorSource) and source.num_samples is not None:
         indices = range(source.num_samples)
@@ -98,6 +99,9 @@ def _endless_samples(
                 for sample in iterate_shard(shard, issues, listed[shard]):
                     produced = True
                     yield sample
+            if not produced and len(mine) < len(shards):
+                mine = shards
+                continue
             empty_passes = 0 if produced else empty_passes + 1
             if empty_passes > 3:
                 raise RuntimeError(f"no readable sample in the shards of {source!r}")
@@ -270,21 +274,16 @@ class EvalSplit(IterableDataset):
         self.proposals, self.proposals_name = proposals, proposals_name
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Items, each carrying in `data_issues` what was skipped since the one before (the last item also what was
-        skipped after it), so every skip reaches the logs once; a worker left with no item only warns."""
+        """Items, each carrying in `data_issues` what was skipped since the one before; what was skipped after the last
+        one goes out in an item that carries nothing else. A worker process's counter dies with it, so a worker whose
+        whole share was unreadable reports it that way; `EvalLoader` takes the counts off the batches."""
         issues: Counter[str] = Counter()
-        pending = None
         for item in self._items(issues):
-            if pending is not None:
-                pending["data_issues"] = dict(issues)
-                issues.clear()
-                yield pending
-            pending = item
+            item["data_issues"] = dict(issues)
+            issues.clear()
+            yield item
         if issues:
-            log.warning("eval split %r: %s", self.name, dict(issues))
-        if pending is not None:
-            pending["data_issues"] = dict(issues)
-            yield pending
+            yield {"data_issues": dict(issues)}
 
     def _items(self, issues: Counter[str]) -> Iterator[dict[str, Any]]:
         slot, slots = _worker_slot()
@@ -316,6 +315,27 @@ class EvalSplit(IterableDataset):
                 "an empty list if it has no candidate)"
             )
         return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
+class EvalLoader(DataLoader):
+    """An evaluation split's loader: passes on the batches that hold items, and keeps in `data_issues` what its
+    workers skipped during the current pass, complete once the pass has ended (`DataIssueCounts` logs it). The counts
+    travel from the workers inside the batches and are summed here, in the main process, so every skip is counted once
+    whatever the number of workers, also when a worker (or a rank) is left with no item at all."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_issues: Counter[str] = Counter()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.data_issues = Counter()
+        return self._batches(super().__iter__())
+
+    def _batches(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for batch in batches:
+            self.data_issues.update(batch.pop("data_issues", {}))
+            if "images" in batch:  # not a worker's last word, which carries counts only
+                yield batch
 
 
 class _TrainLoader(DataLoader):
@@ -507,14 +527,14 @@ class GroundingDataModule(L.LightningDataModule):
             multiprocessing_context=self._worker_start([*self.train_sources["synthetic"], *self.train_sources["real"]]),
         )
 
-    def val_dataloader(self) -> list[DataLoader]:
+    def val_dataloader(self) -> list[EvalLoader]:
         return [self._eval_loader(name, source) for name, source in self.val_sources.items()]
 
-    def test_dataloader(self) -> list[DataLoader]:
+    def test_dataloader(self) -> list[EvalLoader]:
         return [self._eval_loader(name, source) for name, source in self.test_sources.items()]
 
-    def _eval_loader(self, name: str, source: str | GeneratorSource) -> DataLoader:
-        return DataLoader(
+    def _eval_loader(self, name: str, source: str | GeneratorSource) -> EvalLoader:
+        return EvalLoader(
             EvalSplit(name, source, self.eval_transforms[name], self.allow_partial, *self.proposals.get(name, (None, ""))),
             batch_size=self.eval_batch_size,
             num_workers=self.num_workers,

@@ -139,7 +139,15 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     Items with the same `image_key` (the phrases of one evaluation image) share one row of `images`: the batch
     holds each image once and `image_index` [B] gives each item's row, so no image is copied, moved to the device or
     encoded once per phrase. Training items, which carry no image_key, each have their own row.
+
+    Evaluation items carry `data_issues` (what was skipped before each): the batch carries their sum. An item with
+    nothing else (what a worker skipped after its last item) adds its counts only; a batch of such items is
+    `{"data_issues": ...}` alone, which `EvalLoader` keeps from the model.
     """
+    issues = [item["data_issues"] for item in items if "data_issues" in item]
+    items = [item for item in items if "image" in item]
+    if not items:
+        return {"data_issues": dict(sum((Counter(counts) for counts in issues), Counter()))}
     rows: dict[Any, int] = {}
     images, image_index = [], []
     for item in items:
@@ -162,6 +170,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         batch["candidate_boxes"] = [item["candidate_boxes"] for item in items]
     if all("mask" in item for item in items):  # training batches; evaluation items carry none
         batch["masks"] = torch.stack([item["mask"] for item in items])
-    if any("data_issues" in item for item in items):  # evaluation items: what was skipped before each
-        batch["data_issues"] = dict(sum((Counter(item.get("data_issues", {})) for item in items), Counter()))
+    if issues:  # evaluation items: what was skipped before each
+        batch["data_issues"] = dict(sum((Counter(counts) for counts in issues), Counter()))
     return batch
