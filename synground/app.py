@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +26,15 @@ from omegaconf import DictConfig, ListConfig
 from PIL import Image
 
 from synground.generation.shapes import ShapesGenerator
-from synground.grounding import Grounder, demo_checkpoint, open_image
+from synground.grounding import (
+    MAX_IMAGE_PIXELS,
+    Grounder,
+    Grounding,
+    ImageTooLargeError,
+    check_setting,
+    demo_checkpoint,
+    open_image,
+)
 from synground.visualise import render_overlay
 
 try:
@@ -43,6 +52,11 @@ EXAMPLE_SCENES = [("textured", 3000002), ("clean", 2000001), ("textured", 300000
 # small images are enlarged (by a whole factor, nearest neighbour) to about this side, so that the browser shows the
 # map and the cross sharp instead of blurring a 128 px picture
 DISPLAY_SIDE = 384
+# large images are drawn at most this large (longer side) on the page, which shows them smaller anyway: an overlay of
+# a 40 megapixel photo takes seconds and gigabytes to draw at full size. The table's points stay in the image's pixels.
+DISPLAY_MAX_SIDE = 1024
+# phrases per request (max_phrases in conf/app.yaml): each is a Grad-CAM pass per checkpoint
+MAX_PHRASES = 32
 
 
 def split_phrases(text: str | None) -> list[str]:
@@ -51,13 +65,13 @@ def split_phrases(text: str | None) -> list[str]:
     return [phrase.strip() for phrase in PHRASE_SEPARATOR.split(text or "") if phrase.strip()]
 
 
-def load_models(sources: Sequence[str | Path]) -> dict[str, Grounder]:
+def load_models(sources: Sequence[str | Path], max_image_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, Grounder]:
     """One Grounder per checkpoint or export directory, loaded once for the life of the app (on the GPU when there is
     one), keyed by the name the page shows: the Grounder's own (run/checkpoint or export directory), or the path
-    as given when two sources share a name."""
+    as given when two sources share a name. Uploads of more than `max_image_pixels` pixels are refused."""
     models: dict[str, Grounder] = {}
     for source in dict.fromkeys(str(source) for source in sources):
-        grounder = Grounder.load(source)
+        grounder = Grounder.load(source, max_image_pixels=max_image_pixels)
         models[source if grounder.name in models else grounder.name] = grounder
         log.info("loaded %s on %s", source, grounder.device)
     return models
@@ -100,45 +114,85 @@ def enlarged(picture: Image.Image) -> Image.Image:
     return picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST) if factor > 1 else picture
 
 
+def shrunk(picture: Image.Image) -> Image.Image:
+    """`picture` scaled down to at most `DISPLAY_MAX_SIDE` px on its longer side; a smaller one as it is."""
+    scale = DISPLAY_MAX_SIDE / max(picture.size)
+    if scale >= 1:
+        return picture
+    return picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.Resampling.BICUBIC)
+
+
+def drawn_at(result: Grounding, size: tuple[int, int]) -> Grounding:
+    """`result` to draw on its image scaled to `size`: the same raw map (upsampled to that size when drawn), the point
+    scaled."""
+    if tuple(size) == tuple(result.image_size):
+        return result
+    (x, y), (width, height) = result.point, result.image_size
+    point = (min(int((x + 0.5) * size[0] / width), size[0] - 1), min(int((y + 0.5) * size[1] / height), size[1] - 1))
+    return replace(result, image_size=size, point=point)
+
+
 def input_error(message: str) -> gr.Error:
     """A message for the page about what the user gave (its traceback would only clutter the server's log)."""
     return gr.Error(html.escape(message), print_exception=False)
 
 
-def ground(models: dict[str, Grounder], image: dict | None, text: str | None, chosen: Sequence[str] | None) -> tuple:
+def ground(
+    models: dict[str, Grounder],
+    image: dict | None,
+    text: str | None,
+    chosen: Sequence[str] | None,
+    max_phrases: int = MAX_PHRASES,
+) -> tuple:
     """What the Ground button does: the overlays (one per phrase and checkpoint, checkpoints side by side) with their
     captions, and the table of points and scores. `image` is the upload as the page sends it (its file in gradio's
     upload folder); it is opened here rather than by gradio, so that a file that is not an image gets the message
-    below instead of a failure inside gradio. Input problems raise gr.Error, which the page shows."""
+    below instead of a failure inside gradio. Input problems raise gr.Error, which the page shows: among them more
+    than `max_phrases` phrases, or an image larger than the chosen checkpoints' Grounders take."""
     if not image or not image.get("path"):
         raise input_error("No image: upload one, or pick one of the examples below.")
     phrases = split_phrases(text)
     if not phrases:
         raise input_error("No phrase: type one or more phrases, one per line or separated by ';', e.g. 'the red circle'.")
+    if len(phrases) > max_phrases:
+        raise input_error(
+            f"{len(phrases)} phrases: this page grounds at most {max_phrases} at a time (max_phrases in the app's "
+            "config): split them over several requests."
+        )
     if not chosen:
         raise input_error("No checkpoint chosen: pick one or more under 'Checkpoints'.")
     name = image.get("orig_name") or Path(image["path"]).name
     try:
-        picture = open_image(image["path"], name)
+        picture = open_image(image["path"], name, min(models[checkpoint].max_image_pixels for checkpoint in chosen))
+    except ImageTooLargeError as error:
+        raise input_error(
+            f"{name} is {error.size}, more than the {error.limit} pixels this page takes (max_image_pixels in the app's "
+            "config): upload a smaller image."
+        ) from error
     except ValueError as error:
         raise input_error(f"{name} is not an image that can be read: upload a PNG, JPEG or other image file.") from error
     results = {checkpoint: models[checkpoint](picture, phrases) for checkpoint in chosen}
+    shown = shrunk(picture)
     overlays, rows = [], []
     for index, phrase in enumerate(phrases):
         for checkpoint in chosen:
             result = results[checkpoint][index]
             x, y = result.point
             caption = f"{phrase}: match {result.score:.2f} at ({x}, {y})" + (f" [{checkpoint}]" if len(chosen) > 1 else "")
-            overlays.append((enlarged(render_overlay(picture, result, caption=False)), caption))
+            overlays.append((enlarged(render_overlay(shown, drawn_at(result, shown.size), caption=False)), caption))
             rows.append([phrase, checkpoint, x, y, round(result.score, 4)])
     columns = len(chosen) if len(chosen) > 1 else min(len(phrases), 3)
     return gr.Gallery(value=overlays, columns=columns), rows
 
 
-def build_app(models: dict[str, Grounder], examples: Sequence[tuple[Path, str]] = ()) -> gr.Blocks:
-    """The page: image, phrases and checkpoints on the left, the overlays and the table on the right, examples below."""
+def build_app(
+    models: dict[str, Grounder], examples: Sequence[tuple[Path, str]] = (), max_phrases: int = MAX_PHRASES
+) -> gr.Blocks:
+    """The page: image, phrases and checkpoints on the left, the overlays and the table on the right, examples below;
+    a request of more than `max_phrases` phrases is refused."""
     if not models:
         raise ValueError("build_app needs at least one model: load_models([checkpoint or export directory, ...])")
+    check_setting("max_phrases", max_phrases, "phrases per request")
     names = list(models)
     with gr.Blocks(title="synground: visual grounding") as demo:
         gr.Markdown(
@@ -174,7 +228,12 @@ def build_app(models: dict[str, Grounder], examples: Sequence[tuple[Path, str]] 
                 label="Examples: shapes scenes held out from training",
             )
         # preprocess=False: ground() opens the upload itself (see there); gradio still checks that the file is an upload
-        run.click(partial(ground, models), inputs=[image, phrases, chosen], outputs=[gallery, table], preprocess=False)
+        run.click(
+            partial(ground, models, max_phrases=max_phrases),
+            inputs=[image, phrases, chosen],
+            outputs=[gallery, table],
+            preprocess=False,
+        )
     return demo
 
 
@@ -186,5 +245,6 @@ def serve(cfg: DictConfig, train_script: Path) -> None:
         sources = [demo_model(cfg.paths.log_dir, train_script)]
     elif not isinstance(sources, ListConfig):
         sources = [sources]
-    demo = build_app(load_models(sources), write_examples(Path(cfg.paths.output_dir) / "examples"))
+    models = load_models(sources, cfg.max_image_pixels)
+    demo = build_app(models, write_examples(Path(cfg.paths.output_dir) / "examples"), max_phrases=cfg.max_phrases)
     demo.launch(server_name=cfg.server_name, server_port=cfg.server_port, share=cfg.share, show_error=True)

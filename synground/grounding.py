@@ -102,22 +102,61 @@ def box_from_heatmap(heatmap: torch.Tensor, point: tuple[int, int], threshold: f
     )
 
 
-def open_image(image: ImageInput, name: str) -> Image.Image:
-    """An RGB PIL image from a path, a PIL image or an [H, W, 3] uint8 array; errors name the input."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
+# the default of the Grounder's max_image_pixels: photos of up to 40 megapixels open (phones take 12, most cameras 24
+# to 36); every pair's map is upsampled to the image, 4 bytes a pixel, so a batch of 16 pairs of one 40 MP image
+# holds 2.6 GB of maps, and ground.py's full-size overlay of it takes about 90 bytes a pixel while it is drawn
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+class ImageTooLargeError(ValueError):
+    """An image refused for its size; `size` says how large it is, `limit` is max_image_pixels."""
+
+    def __init__(self, where: str, size: str, limit: int, advice: str = "downsize it, or raise max_image_pixels"):
+        super().__init__(f"{where} is {size}, more than max_image_pixels={limit}: {advice}")
+        self.size, self.limit = size, limit
+
+
+def open_image(image: ImageInput, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image or an [H, W, 3] uint8 array; errors name the input. An image of more
+    than `max_pixels` pixels is refused (a file before it is decoded); 16-bit greyscale is scaled to 8 bits."""
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"{name}: expected an [H, W, 3] uint8 array, got {image.dtype} of shape {image.shape}")
-        return Image.fromarray(image)
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        _check_pixels(image, name, max_pixels)
+        return _rgb(image, name)
     path = Path(image).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{name}: no such image file: {path}")
     try:
         with Image.open(path) as opened:
-            return opened.convert("RGB")
+            _check_pixels(opened, f"{name}: {path}", max_pixels)
+            return _rgb(opened, f"{name}: {path}")
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"{name}: {path}", f"over PIL's own limit ({error})", max_pixels, "downsize it") from error
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{name}: {path} is not an image PIL can read ({error})") from error
+
+
+def _check_pixels(image: Image.Image, where: str, max_pixels: int) -> None:
+    if image.width * image.height > max_pixels:
+        raise ImageTooLargeError(where, f"{image.width} x {image.height} pixels", max_pixels)
+
+
+def _rgb(image: Image.Image, where: str) -> Image.Image:
+    """`image` as 8-bit RGB. 16-bit greyscale (mode I;16, or I as Pillow before 11 opens a 16-bit PNG) is scaled to 8
+    bits, where PIL's conversion would clip it to white; other integer ranges and floats (mode F) have no agreed
+    scale, so they are refused."""
+    if image.mode == "F":
+        raise ValueError(f"{where}: a floating-point image (mode F) has no agreed range of values: convert it to 8 bits")
+    if image.mode != "I" and not image.mode.startswith("I;16"):
+        return image.convert("RGB")
+    values = np.asarray(image).astype(np.int32)
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise ValueError(f"{where}: mode {image.mode} with values from {low} to {high}, not 16-bit: convert it to 8 bits")
+    return Image.fromarray(((values + 128) // 257).astype(np.uint8)).convert("RGB")  # 0..65535 -> 0..255, rounded
 
 
 def check_setting(key: str, value: Any, meaning: str) -> None:
@@ -143,14 +182,16 @@ class Grounder:
         device: str | torch.device | None = None,
         batch_size: int = 16,
         name: str = "model",
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         check_setting("batch_size", batch_size, "pairs per forward pass")
+        check_setting("max_image_pixels", max_image_pixels, "the most pixels an image may have")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = net.eval().to(self.device)
         self.image_size = image_size or net.image_size
         self.transform = GroundingTransform(self.image_size, flip_prob=0.0)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.batch_size, self.name = batch_size, name
+        self.batch_size, self.name, self.max_image_pixels = batch_size, name, max_image_pixels
         self.global_step: int | None = None  # of the training checkpoint it was loaded from, if any
 
     @classmethod
@@ -266,7 +307,7 @@ class Grounder:
             key = str(image) if isinstance(image, (str, Path)) else id(image)
             if key not in rows:
                 rows[key] = len(opened)
-                opened.append(open_image(image, f"image {offset + index}"))
+                opened.append(open_image(image, f"image {offset + index}", self.max_image_pixels))
                 sources.append(str(image) if isinstance(image, (str, Path)) else None)
             image_rows.append(rows[key])
         image_index = torch.tensor(image_rows, device=self.device)

@@ -95,7 +95,7 @@ def ground_files(
         (output_dir / "overlays").mkdir(exist_ok=True)
     with results_path.open("a", encoding="utf-8") as results, tqdm(total=len(todo), desc="grounding", unit="pair") as bar:
         for batch in _batches(todo, grounder.batch_size):
-            opened = {image: open_image(image, str(image)) for _, image, _ in batch}
+            opened = {image: open_image(image, str(image), grounder.max_image_pixels) for _, image, _ in batch}
             found = grounder([opened[image] for _, image, _ in batch], [phrase for _, _, phrase in batch], boxes, box_threshold)
             for (index, image, phrase), result in zip(batch, found):
                 record = {**result.to_dict(), "image": _identity(image), "model": grounder.name}
@@ -103,6 +103,7 @@ def ground_files(
                     overlay = output_dir / "overlays" / f"{index:06d}_{image.stem}_{_slug(phrase)}.png"
                     render_overlay(opened[image], result).save(overlay)
                     record["overlay"] = str(overlay.relative_to(output_dir))
+                result.__dict__.pop("heatmap", None)  # its full-size map, cached by drawing it: 4 bytes a pixel per pair
                 results.write(json.dumps(record) + "\n")
             results.flush()
             bar.update(len(batch))
@@ -156,7 +157,11 @@ def _slug(text: str, length: int = 40) -> str:
 
 def load_grounder(cfg: DictConfig) -> Grounder:
     """ckpt_path (a .ckpt or an export directory), else model=<name> with its own weights, else the offline demo's."""
-    settings: dict[str, Any] = {"device": cfg.get("device"), "batch_size": cfg.batch_size}
+    settings: dict[str, Any] = {
+        "device": cfg.get("device"),
+        "batch_size": cfg.batch_size,
+        "max_image_pixels": cfg.max_image_pixels,
+    }
     if cfg.get("ckpt_path"):
         return Grounder.load(cfg.ckpt_path, **settings)
     if cfg.get("model"):
