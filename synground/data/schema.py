@@ -91,7 +91,10 @@ def sample_metadata(sample: GroundingSample) -> dict[str, Any]:
         for box in region.boxes:
             problem = box_problem(box)
             if problem:
-                raise ValueError(f"sample {sample.key!r}, region {index} ({region.phrase!r}): box {box} is {problem}")
+                raise ValueError(
+                    f"sample {sample.key!r}, region {index} ({region.phrase!r}): box {box} is {problem}; a box is 4 finite "
+                    "pixel coordinates x0, y0, x1, y1: drop or mend it where the sample is made (clean_regions drops it)"
+                )
     return {
         "caption": sample.caption,
         "regions": [{"phrase": r.phrase, "boxes": r.boxes, "score": r.score} for r in sample.regions],
