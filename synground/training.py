@@ -81,6 +81,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     log.info("data: %s", cfg.data._target_)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    if cfg.get("test"):
+        datamodule.setup("test")  # a missing test set fails now, not after training
     log.info("model: %s", cfg.model.net._target_)
     module: L.LightningModule = hydra.utils.instantiate(cfg.model)
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -17,6 +19,8 @@ from omegaconf import OmegaConf
 from synground.callbacks.requeue import Requeue
 from synground.files import write_atomic
 from synground.training import AtomicCheckpointIO, resume_path, trainer_plugins
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -82,3 +86,21 @@ def test_result_files_are_written_whole_or_keep_their_former_content(small_disk)
     with pytest.raises(OSError, match="No space left"):
         write_atomic(name, "x" * 400_000)
     assert not name.exists()
+
+
+def test_a_missing_test_split_stops_train_py_before_training(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "experiment=shapes",
+            f"+data.test.refcoco_plus_testA={tmp_path / 'not_converted'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0 and "not_converted" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no epoch was spent first
