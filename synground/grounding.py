@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -123,10 +124,14 @@ def open_image(image: ImageInput, name: str, max_pixels: int = MAX_IMAGE_PIXELS)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"{name}: expected an [H, W, 3] uint8 array, got {image.dtype} of shape {image.shape}")
         image = Image.fromarray(image)
+    if not isinstance(image, (str, Path, Image.Image)):
+        raise TypeError(f"{name} is {type(image).__name__}: give an image file's path, a PIL image or an [H, W, 3] uint8 array")
     if isinstance(image, Image.Image):
         _check_pixels(image, name, max_pixels)
         return _rgb(image, name)
     path = Path(image).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{name}: {path} is a folder, not an image file (ground.py's images= takes a folder)")
     if not path.is_file():
         raise FileNotFoundError(f"{name}: no such image file: {path}")
     try:
@@ -213,15 +218,29 @@ class Grounder:
         `.hydra/config.yaml` beside the checkpoints folder. Full-size models are built from their pretrained weights
         first (the hub id or file the config names), then take the checkpoint's; an export needs neither."""
         path = Path(path).expanduser()
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"{path} is a directory, not a checkpoint file: give one of a run's checkpoints, "
+                "<run dir>/checkpoints/<name>.ckpt (an export directory loads with Grounder.load)"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"no such checkpoint file: {path}")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            problem = None if isinstance(checkpoint, dict) else f"it holds a {type(checkpoint).__name__}"
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:  # an empty, cut or foreign file
+            problem = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'the file ends early'}"
+        if problem:
+            raise CheckpointError(
+                f"{path} is not a whole train.py checkpoint ({problem}): it was cut short or damaged, or is another "
+                "kind of file; give another checkpoint of the run (e.g. last.ckpt)"
+            )
         if isinstance(config, DictConfig):
             cfg, where = config, "the given config"
         else:
             where = str(run_config_path(path) if config is None else Path(config).expanduser())
             cfg = OmegaConf.load(where)
         grounder = cls.from_config(cfg, name=kwargs.pop("name", _checkpoint_name(path)), where=where, **kwargs)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state = {
             key.removeprefix("net."): value for key, value in checkpoint.get("state_dict", {}).items() if key.startswith("net.")
         }
@@ -246,7 +265,7 @@ class Grounder:
         net = build_net(cfg.model.net, where)
         data = cfg.get("data") or {}
         image_size, mean, std = data.get("image_size"), data.get("mean") or CLIP_MEAN, data.get("std") or CLIP_STD
-        check_input_settings(image_size, list(mean), list(std), where)
+        check_input_settings(image_size, mean, std, where, prefix="data.")
         return cls(net, image_size=image_size, mean=mean, std=std, **kwargs)
 
     @classmethod
@@ -271,10 +290,13 @@ class Grounder:
         boxes: bool = False,
         box_threshold: float = 0.5,
     ) -> list[Grounding]:
-        images = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
+        single = isinstance(images, (str, Path, Image.Image, np.ndarray)) or not isinstance(images, Sequence)
+        images = [images] if single else list(images)  # anything else is one image, refused by open_image if not one
         phrases = [phrases] if isinstance(phrases, str) else list(phrases)
         for index, phrase in enumerate(phrases):
-            if not isinstance(phrase, str) or not phrase.strip():
+            if not isinstance(phrase, str):
+                raise ValueError(f"phrase {index} is {phrase!r} ({type(phrase).__name__}), not text: give the words to ground")
+            if not phrase.strip():
                 raise ValueError(f"phrase {index} is empty: give the words to ground, e.g. 'the red circle'")
         if not images or not phrases:
             raise ValueError("give at least one image and one phrase")
@@ -329,17 +351,23 @@ class Grounder:
         ]
 
 
-def check_input_settings(image_size: Any, mean: list[Any], std: list[Any], where: str) -> None:
+def check_input_settings(image_size: Any, mean: Any, std: Any, where: str, prefix: str = "") -> None:
     """The input size and normalisation a run config or an export gives: a positive size (or None) and three finite
-    means and three positive finite standard deviations (a zero std would make every score NaN)."""
+    means and three positive finite standard deviations (a zero std would make every score NaN). Errors name `where`
+    and the key (`prefix` + image_size, mean or std)."""
     if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
-        raise ValueError(f"{where}: image_size {image_size!r} is not a positive whole number of pixels")
+        raise ValueError(f"{where}: {prefix}image_size {image_size!r} is not a positive whole number of pixels")
     for name, values in (("mean", mean), ("std", std)):
+        if not isinstance(values, Sequence) or isinstance(values, str):
+            raise ValueError(f"{where}: {prefix}{name} {values!r} is not three finite numbers (one per RGB channel)")
+        values = list(values)
         numbers = [value for value in values if isinstance(value, (int, float)) and not isinstance(value, bool)]
         if len(values) != 3 or len(numbers) != 3 or not all(math.isfinite(value) for value in numbers):
-            raise ValueError(f"{where}: {name} {values!r} is not three finite numbers (one per RGB channel)")
+            raise ValueError(f"{where}: {prefix}{name} {values!r} is not three finite numbers (one per RGB channel)")
     if not all(value > 0 for value in std):
-        raise ValueError(f"{where}: std {std!r} has a value that is not positive; the images would be divided by it")
+        raise ValueError(
+            f"{where}: {prefix}std {list(std)!r} has a value that is not positive; the images would be divided by it"
+        )
 
 
 def run_config(checkpoint: Path) -> DictConfig:

@@ -62,6 +62,8 @@ def pairs_of(images: list[Path], phrases: str | Sequence[str]) -> list[tuple[Pat
                 name, phrase = (part.strip() for part in line.split("\t", 1))
                 if Path(name).name not in names:
                     raise ValueError(f"{phrase_file}:{number}: no image named {name!r} among the {len(images)} images given")
+                if not phrase:
+                    raise ValueError(f"{phrase_file}:{number}: the phrase for {name} is empty: write it after the tab")
                 by_name.setdefault(Path(name).name, []).append(phrase)
             else:
                 every.append(line.strip())

@@ -14,9 +14,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from raw_datasets import write_visual_genome
 from synground import Grounder
 from synground.app import load_models
 from synground.callbacks.map_metrics import GroundingMetrics, GroundingMetricsCallback
+from synground.data.convert import convert_records
+from synground.data.readers import visual_genome_records
+from synground.data.shards import IncompleteShardSet, resolve_shards
 from synground.export import export_model
 from synground.models.builders import UnsafeConfigError, build_net
 from synground.models.checkpoints import CheckpointError
@@ -126,7 +130,7 @@ def test_a_run_config_with_unusable_normalisation_or_size_is_refused_naming_it(t
     checkpoint = write_run(tmp_path / "run", TINY_NET)
     config = tmp_path / "run" / ".hydra" / "config.yaml"
     config.write_text(OmegaConf.to_yaml({**OmegaConf.to_container(OmegaConf.load(config)), "data": data}))
-    with pytest.raises(ValueError, match=rf"config\.yaml: {message}"):
+    with pytest.raises(ValueError, match=rf"config\.yaml: data\.{message}"):
         Grounder.load(checkpoint)
 
 
@@ -239,3 +243,13 @@ def test_an_evaluation_split_with_no_items_reports_no_score_and_stays_out_of_the
     assert logged["test/pointing_game/mean"] == logged["test/pointing_game/refcoco_plus_testA"] == 1.0
     assert "test/pointing_game/visual_genome_empty" not in logged
     assert logged["test/items/visual_genome_empty"] == 0
+
+
+def test_a_conversion_whose_images_are_all_missing_is_an_error_not_a_complete_empty_set(tmp_path):
+    write_visual_genome(tmp_path / "vg", count=4)
+    for folder in ("VG_100K", "VG_100K_2"):
+        shutil.rmtree(tmp_path / "vg" / folder)
+    with pytest.raises(ValueError, match=r"every one of the 4 records was skipped \(\{'missing_image': 4\}\).*VG_100K"):
+        convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "shards", "vg")
+    with pytest.raises(IncompleteShardSet):  # evaluation refuses the set instead of scoring 0.0 on 0 items
+        resolve_shards(str(tmp_path / "shards"))
