@@ -77,6 +77,12 @@ def convert_records(
             progress.set_postfix(shards=shard_index + 1)
     report = conversion_report(manifest, reader_issues or Counter())
     store.write_bytes(REPORT_NAME, (json.dumps(report, indent=2) + "\n").encode())
+    if report["samples"] == 0:  # not marked complete: an empty set would be read and scored as if it were data
+        raise ValueError(
+            f"{name}: every one of the {report['records']} records was skipped ({report['skipped']}), so {store} holds "
+            f"no sample and is left unfinished. The first record's image is {first.image_path}: check that the "
+            "dataset's image folders are where the reader's image_root (or root) says, then run the conversion again"
+        )
     manifest.finish({key: value for key, value in report.items() if key != "manifest"})  # last: the set is whole
     return report
 
