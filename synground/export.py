@@ -111,6 +111,11 @@ def verify_files(directory: Path, settings: dict[str, Any]) -> None:
     if files is None:
         log.warning("%s was exported before synground recorded checksums: its files are not verified", directory)
         return
+    if not isinstance(files, dict):
+        raise CheckpointError(
+            f"{directory / SETTINGS_FILE}: files is a {type(files).__name__}, not the sha256 of each file by name: the "
+            "export was edited or damaged; export the checkpoint again"
+        )
     for name, expected in files.items():
         path = directory / name
         if not path.is_file():
@@ -128,17 +133,40 @@ def load_export(directory: Path) -> tuple[GroundingModel, dict[str, Any]]:
     settings_file = directory / SETTINGS_FILE
     if not settings_file.is_file():
         raise FileNotFoundError(f"{directory} is not a synground export: it has no {SETTINGS_FILE} (python -m synground.export)")
-    settings = json.loads(settings_file.read_text())
+    try:
+        settings = json.loads(settings_file.read_text())
+    except (ValueError, OSError) as error:  # empty, cut short, not UTF-8
+        problem = f"{type(error).__name__}: {error}"
+    else:
+        problem = None if isinstance(settings, dict) else f"it holds a {type(settings).__name__}"
+    if problem:
+        raise ValueError(
+            f"{settings_file} is not a JSON object of settings ({problem}): the export is damaged; export the checkpoint "
+            "again (python -m synground.export <checkpoint> <directory>)"
+        )
+    settings = ExportSettings(settings, settings_file)
     if settings.get("format") != FORMAT or settings.get("architecture") not in ARCHITECTURES:
         raise ValueError(
             f"{settings_file}: format {settings.get('format')} of architecture {settings.get('architecture')!r}; this "
             f"synground reads format {FORMAT} of {sorted(ARCHITECTURES)}"
         )
-    check_input_settings(
-        settings.get("image_size"), list(settings.get("mean", [])), list(settings.get("std", [])), str(settings_file)
-    )
+    check_input_settings(settings.get("image_size"), settings.get("mean", []), settings.get("std", []), str(settings_file))
     verify_files(directory, settings)
     return ARCHITECTURES[settings["architecture"]].from_export(directory, settings), settings
+
+
+class ExportSettings(dict):
+    """synground.json's settings; reading one it lacks is an error naming the file and the key."""
+
+    def __init__(self, settings: dict[str, Any], path: Path):
+        super().__init__(settings)
+        self.path = path
+
+    def __missing__(self, key: str) -> Any:
+        raise ValueError(
+            f"{self.path} has no {key!r}: the export is incomplete or was edited; export the checkpoint again "
+            "(python -m synground.export <checkpoint> <directory>)"
+        )
 
 
 def export_command(checkpoint: Path, output_dir: Path) -> str:
