@@ -10,7 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from synground.training import instantiate_group, test_by_checkpoint, test_groups, write_metrics
+from synground.training import instantiate_group, readable_checkpoint, test_by_checkpoint, test_groups, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"ckpt_path={ckpt_path}: no such file or directory (a .ckpt written by train.py, e.g. "
             "logs/train/runs/<date>/checkpoints/last.ckpt, or that run's directory)"
         )
+    if ckpt_path and Path(ckpt_path).is_file() and (problem := readable_checkpoint(Path(ckpt_path))):
+        raise ValueError(f"ckpt_path={ckpt_path} is not a whole checkpoint ({problem}): give another, e.g. last.ckpt")
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     if not datamodule.test_split_names:
         raise ValueError("the data config has no test splits: add one, e.g. +data.test.<name>=<shard directory>")

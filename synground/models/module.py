@@ -38,6 +38,17 @@ class GroundingModule(L.LightningModule):
         min_lr: float = 1e-6,
     ):
         super().__init__()
+        for key, value, positive in (
+            ("amc_weight", amc_weight, False),
+            ("itc_weight", itc_weight, False),
+            ("lr", lr, True),
+            ("weight_decay", weight_decay, False),
+            ("warmup_steps", warmup_steps, False),
+            ("warmup_start_lr", warmup_start_lr, False),
+            ("min_lr", min_lr, False),
+        ):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0 if positive else value >= 0):
+                raise ValueError(f"model.{key}={value!r}: must be a number {'above 0' if positive else '0 or more'}")
         self.save_hyperparameters(ignore=["net"], logger=False)  # train.py logs the whole resolved config once
         self.net = net
         if itc_weight == 0:

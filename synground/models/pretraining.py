@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -67,14 +67,24 @@ def load_vision_weights(net: GroundingModel, vision_weights: str) -> Path:
     """
     path = vision_weights_path(vision_weights, net.architecture)
     command = f"python -m synground.models.pretraining model=... --output {path}"
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"vision_weights={vision_weights!r}: {path} is a folder, not a weights file; give the .safetensors file "
+            f"made by `{command}`"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"vision_weights={vision_weights!r}: {path} does not exist; make it with `{command}`, or set "
             "model.net.vision_weights=null to start from random weights"
         )
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata() or {}
-        weights = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+            weights = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(
+            f"vision_weights={vision_weights!r}: {path} is not a whole safetensors file ({error}); make it again with `{command}`"
+        ) from error
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a synground vision encoder (metadata format {metadata.get('format')!r})")
     made_for = json.loads(metadata["signature"])
