@@ -76,15 +76,38 @@ def collect(run_dirs: list[Path], x: str) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"run": str(run), "x": OmegaConf.select(config, x, default=None)}
         row["seed"] = OmegaConf.select(config, "seed", default=None)
         if (run / "metrics.json").is_file():
-            row["metrics"] = json.loads((run / "metrics.json").read_text())
+            row["metrics"] = read_record(run / "metrics.json", "metrics by name")
         elif (run / "failed.json").is_file():
-            row["error"] = json.loads((run / "failed.json").read_text())["error"]
+            failure = read_record(run / "failed.json", 'the run\'s error, {"error": ...}')
+            if "error" not in failure:
+                raise ValueError(f"{run / 'failed.json'}: no 'error' in it; rerun that run, or leave its directory out")
+            row["error"] = failure["error"]
         else:
             row["error"] = "no metrics.json (still running, or killed)"
         rows.append(row)
     if not rows:
         raise FileNotFoundError(f"no run directory (with .hydra/config.yaml) among {[str(r) for r in run_dirs[:5]]}")
+    if all(row["x"] is None for row in rows):
+        overrides = rows[0]["run"] + "/.hydra/overrides.yaml"
+        swept = list(OmegaConf.load(overrides)) if Path(overrides).is_file() else []
+        raise ValueError(
+            f"--x {x} is in no run's .hydra/config.yaml: give the swept key"
+            + (f"; {overrides} overrides {', '.join(str(item).split('=')[0] for item in swept)}" if swept else "")
+        )
     return sorted(rows, key=lambda row: (row["x"] is None, row["x"] if row["x"] is not None else 0))
+
+
+def read_record(path: Path, holds: str) -> dict[str, Any]:
+    """A run's metrics.json or failed.json as a JSON object; anything else is an error naming the file."""
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, OSError) as error:  # empty, cut short by a kill, not UTF-8
+        problem = f"{type(error).__name__}: {error}"
+    else:
+        problem = None if isinstance(record, dict) else f"a {type(record).__name__}"
+    if problem:
+        raise ValueError(f"{path}: not a JSON object of {holds} ({problem}); rerun that run, or leave its directory out")
+    return record
 
 
 def pointing_game_metrics(rows: list[dict[str, Any]]) -> list[str]:
@@ -128,6 +151,9 @@ def paired_differences(rows: list[dict[str, Any]], baseline: Any, metric: str) -
     """Every swept value other than `baseline` against it, run by run on the same seed: the differences (value minus
     baseline, in points), their statistics, whether the 95% interval excludes 0, and the seeds left without a partner
     (a run missing or failed on one side)."""
+    known = sorted({name for row in rows for name in row.get("metrics", {})})
+    if known and metric not in known:
+        raise ValueError(f"--metric {metric} is in no finished run's metrics.json; they have {', '.join(known)}")
     scores: dict[Any, dict[Any, float]] = {}
     finished: dict[tuple[Any, Any], str] = {}
     for row in rows:
