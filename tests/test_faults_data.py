@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import shutil
 import struct
 import tarfile
 import zlib
@@ -86,6 +87,21 @@ def test_a_non_finite_box_in_a_shard_skips_its_sample_naming_shard_and_key(tmp_p
     assert keys == ["s-0", "s-3"]
     assert issues == {"corrupt_sample": 2}
     assert "nan.tar" in caplog.text and "'s-1'" in caplog.text and "'s-2'" in caplog.text and "not finite" in caplog.text
+
+
+def test_a_record_of_another_image_size_than_its_image_is_skipped_naming_both_sizes(tmp_path, caplog):
+    """Its boxes are in the coordinates of an image that is not the one stored: scored, they would be wrong."""
+    write_shard(tmp_path / "clean.tar", shapes(3))
+    with tarfile.open(tmp_path / "clean.tar") as tar:
+        record = json.loads(tar.extractfile("s-1.json").read())
+    width, height = record["width"], record["height"]
+    record.update(width=2 * width)
+    replace_members(tmp_path / "clean.tar", tmp_path / "resized.tar", {"s-1.json": json.dumps(record).encode()})
+    issues = Counter()
+    with caplog.at_level(logging.WARNING):
+        keys = [sample.key for sample in iterate_shard(str(tmp_path / "resized.tar"), issues)]
+    assert keys == ["s-0", "s-2"] and issues == {"corrupt_sample": 1}
+    assert f"a {2 * width} x {height} image, the image is {width} x {height}" in caplog.text and "'s-1'" in caplog.text
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
@@ -232,6 +248,18 @@ def test_a_manifest_listing_a_shard_twice_is_refused_naming_it(tmp_path):
     record["shards"].append(record["shards"][0])
     (tmp_path / "manifest.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"manifest\.json lists a\.tar 2 times"):
+        resolve_shards(str(tmp_path))
+
+
+def test_a_shard_copied_under_another_name_into_a_manifest_is_refused_naming_both(tmp_path):
+    manifest = Manifest(tmp_path)
+    manifest.add(write_shard(tmp_path / "a.tar", shapes(2)))
+    manifest.finish({})
+    shutil.copy(tmp_path / "a.tar", tmp_path / "b.tar")
+    record = json.loads((tmp_path / "manifest.json").read_text())
+    record["shards"].append({**record["shards"][0], "name": "b.tar"})
+    (tmp_path / "manifest.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"same content \(sha256\) under different names: a\.tar = b\.tar"):
         resolve_shards(str(tmp_path))
 
 

@@ -114,6 +114,9 @@ def sample_from_metadata(key: str, image: Image.Image, raw_json: bytes) -> Groun
             for box in region.boxes:
                 if not all(math.isfinite(value) for value in box):
                     raise ValueError(f"region {index} ({region.phrase!r}) has a box that is not finite: {box}")
+        stated = (record.get("width"), record.get("height"))
+        if stated != (None, None) and stated != image.size:  # its boxes are in the coordinates of another image
+            raise ValueError(f"the record is of a {stated[0]} x {stated[1]} image, the image is {image.width} x {image.height}")
         return GroundingSample(
             key=key,
             image=image,

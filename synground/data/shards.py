@@ -381,6 +381,17 @@ def _manifest_shards(record: dict[str, Any], manifest: str, allow_partial: bool)
             f"manifest {manifest} lists {listed}: every sample of a repeated shard would be read and scored again. "
             "A writer lists each shard once: remove the repeated entries, or write the set again"
         )
+    by_content: dict[str, list[str]] = {}
+    for entry in shards:
+        if entry.get("sha256") and entry.get("samples"):
+            by_content.setdefault(entry["sha256"], []).append(entry["name"])
+    copies = [names for names in by_content.values() if len(names) > 1]
+    if copies:  # one shard under two names: its samples would be read and scored twice
+        raise ValueError(
+            f"manifest {manifest} lists shards with the same content (sha256) under different names: "
+            + "; ".join(" = ".join(names) for names in copies[:3])
+            + ". A writer never writes the same samples twice: remove the copies, or write the set again"
+        )
     return shards
 
 
