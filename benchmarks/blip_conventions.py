@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from synground.files import write_atomic
 from synground.results import describe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,14 +149,14 @@ def main() -> None:
         "summary": summary,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "blip_conventions.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(RESULTS / "blip_conventions.json", json.dumps(record, indent=2) + "\n")
     table = markdown(summary)
     intro = (
         f"`{record['command'].strip()}`: make demo's tiny BLIP (experiment=shapes) trained per seed ({args.seeds}) and "
         "convention, the best checkpoint by validation pointing game evaluated on the held-out test scenes (300 per "
         f"style) under both token averages; {record['machine']}.\n\n"
     )
-    (RESULTS / "blip_conventions.md").write_text(intro + table + "\n")
+    write_atomic(RESULTS / "blip_conventions.md", intro + table + "\n")
     print(table)
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageFilter
 
+from synground.files import write_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "tests"))
@@ -196,7 +198,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "torch": torch.__version__},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(RESULTS / "data_throughput.json", json.dumps(result, indent=2) + "\n")
     lines = [
         f"| reading {args.images} shard images (640x480 JPEG -> {args.image_size} px) | images/s | of bare loop |",
         "|---|---|---|",
@@ -213,7 +215,7 @@ def main() -> None:
         for c in conversion
     ]
     table = "\n".join(lines)
-    (RESULTS / "data_throughput.md").write_text(table + "\n")
+    write_atomic(RESULTS / "data_throughput.md", table + "\n")
     print(table)
 
 

@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the writers of upstream formats that 
 
 from raw_datasets import write_flickr30k, write_refcoco, write_visual_genome  # noqa: E402
 from released_checkpoints import bert_vocabulary, save_released_albef  # noqa: E402
+from synground.files import write_atomic  # noqa: E402
 
 EXPERIMENTS = [
     "albef_off_the_shelf",
@@ -329,8 +330,8 @@ def main() -> None:
     print(report)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.with_suffix(".json").write_text(json.dumps({"machine": machine, "runs": rows}, indent=2))
-    args.results.with_suffix(".md").write_text(f"# Dry run of the paper ({machine})\n\n{report}\n")
+    write_atomic(args.results.with_suffix(".json"), json.dumps({"machine": machine, "runs": rows}, indent=2))
+    write_atomic(args.results.with_suffix(".md"), f"# Dry run of the paper ({machine})\n\n{report}\n")
     failed = [r["experiment"] for r in rows if not r["ok"]]
     if failed:
         sys.exit(f"{len(failed)} of {len(rows)} runs failed: {', '.join(failed)}")

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from synground.files import write_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 GPU_BYTES = 80e9
@@ -203,10 +205,10 @@ def main() -> None:
     print(report)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "full_size_cost.json").write_text(
-        json.dumps({"machine": machine, "batch_sizes": args.batch_sizes, "rows": rows}, indent=2)
+    write_atomic(
+        RESULTS / "full_size_cost.json", json.dumps({"machine": machine, "batch_sizes": args.batch_sizes, "rows": rows}, indent=2)
     )
-    (RESULTS / "full_size_cost.md").write_text(f"# Full-size training step cost ({machine})\n\n{report}\n")
+    write_atomic(RESULTS / "full_size_cost.md", f"# Full-size training step cost ({machine})\n\n{report}\n")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from synground.data.shards import write_shard
+from synground.files import write_atomic
 from synground.generation.descriptions import Concept2Text
 from synground.generation.detection import OpenVocabularyDetector
 from synground.generation.filters import ClipScore, NearDuplicates
@@ -178,7 +179,7 @@ def main() -> None:
         "machine": platform.platform(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "generation_pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(RESULTS / "generation_pipeline.json", json.dumps(result, indent=2) + "\n")
     lines = ["| stage | alone (s) | in the pipeline (s) | items/s in the pipeline |", "|---|---|---|---|"]
     for stage, seconds in alone.items():
         inside = pipeline["stage_seconds"].get(stage)
@@ -195,7 +196,7 @@ def main() -> None:
             f"{pipeline['samples']} samples kept, {args.steps} diffusion steps at 64 px, best of {args.repeats}."
         ),
     ]
-    (RESULTS / "generation_pipeline.md").write_text("\n".join(lines) + "\n")
+    write_atomic(RESULTS / "generation_pipeline.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
 

@@ -28,6 +28,7 @@ import hydra
 import torch
 from hydra import compose, initialize_config_dir
 
+from synground.files import write_atomic
 from synground.generation.runtime import StageClock
 from synground.generation.writing import ShardPlan, generate_shards
 
@@ -130,7 +131,7 @@ def main() -> None:
     }
     path = args.output or RESULTS / ("tiny_generation.json" if args.tiny else "gpu_generation.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_atomic(path, json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(result, indent=2, default=str))
     print(f"written to {path}")
     shutil.rmtree(work, ignore_errors=True)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from synground.files import write_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = {"blip_tiny": "BLIP (tiny)", "albef_tiny": "ALBEF (tiny)"}
@@ -176,9 +178,9 @@ def main() -> None:
         "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gradcam_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(RESULTS / "gradcam_throughput.json", json.dumps(result, indent=2) + "\n")
     table = markdown(rows, args.batch_size)
-    (RESULTS / "gradcam_throughput.md").write_text(table + "\n")
+    write_atomic(RESULTS / "gradcam_throughput.md", table + "\n")
     print(table)
 
 

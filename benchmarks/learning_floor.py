@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from synground.files import write_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "logs" / "benchmarks" / "learning_floor"
@@ -63,14 +65,14 @@ def main() -> None:
         "summary": summary,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "learning_floor.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(RESULTS / "learning_floor.json", json.dumps(record, indent=2) + "\n")
     lines = ["| method | seeds | mean | sd | min | max | minutes per run |", "|---|---|---|---|---|---|---|"]
     for method, s in summary.items():
         minutes = statistics.mean(r["minutes"] for r in runs[method])
         lines.append(
             f"| {method} | {len(runs[method])} | {s['mean']:.1f}% | {s['sd']:.1f} | {s['min']:.1f}% | {s['max']:.1f}% | {minutes:.1f} |"
         )
-    (RESULTS / "learning_floor.md").write_text("\n".join(lines) + "\n")
+    write_atomic(RESULTS / "learning_floor.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

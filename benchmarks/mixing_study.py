@@ -44,6 +44,7 @@ from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from synground.files import write_atomic
 from synground.results import (
     FLAT,
     aggregate,
@@ -245,7 +246,7 @@ def analyse(runs_dir: Path, output: Path, args: argparse.Namespace, record: dict
         lines += ["", f"Wall time: {wall}; {record['machine']}."]
     lines += ["", "![ratio sweep](pointing_game.png)", "", "![learning curve](learning_curve.png)", ""]
     output.mkdir(parents=True, exist_ok=True)
-    (output / "results.md").write_text("\n".join(lines))
+    write_atomic(output / "results.md", "\n".join(lines))
     record |= {
         "metric": METRIC,
         "selection": SELECTION,
@@ -256,7 +257,7 @@ def analyse(runs_dir: Path, output: Path, args: argparse.Namespace, record: dict
         "run_minutes": {"runs": len(minutes), "total": round(sum(minutes), 1)},
         "learning_curve_rise": rise,
     }
-    (output / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(output / "results.json", json.dumps(record, indent=2) + "\n")
     plot(output / "pointing_game.png", sweep, RATIO, [m for m in metrics if m.startswith("test/") and not m.endswith("/mean")])
     learning_curve_plot(output / "learning_curve.png", curve, best, args.pool)
     print("\n".join(lines))

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the S3 server the tests start
 
 from data_throughput import write_shards  # noqa: E402
 from s3_server import start_s3_server  # noqa: E402
+from synground.files import write_atomic  # noqa: E402
 
 
 def read_stream(source: str, images: int, workers: int) -> int:
@@ -87,8 +88,8 @@ def main() -> None:
     print(report)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "remote_throughput.json").write_text(json.dumps({"machine": machine, "images": images, "rows": rows}, indent=2))
-    (RESULTS / "remote_throughput.md").write_text(f"# Remote vs local shard reading ({machine})\n\n{report}\n")
+    write_atomic(RESULTS / "remote_throughput.json", json.dumps({"machine": machine, "images": images, "rows": rows}, indent=2))
+    write_atomic(RESULTS / "remote_throughput.md", f"# Remote vs local shard reading ({machine})\n\n{report}\n")
 
 
 if __name__ == "__main__":

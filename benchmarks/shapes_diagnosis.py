@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from synground import Grounder
+from synground.files import write_atomic
 from synground.generation import ShapesGenerator
 from synground.generation.shapes import COLOURS, SHAPES
 from synground.grounding import demo_checkpoint
@@ -180,8 +181,8 @@ def main() -> None:
     report = table(rows)
     print(report)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    args.results.with_suffix(".md").write_text(f"# Shapes diagnosis\n\n{report}\n")
+    write_atomic(args.results.with_suffix(".json"), json.dumps(rows, indent=2))
+    write_atomic(args.results.with_suffix(".md"), f"# Shapes diagnosis\n\n{report}\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from synground.files import write_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "logs" / "benchmarks"
@@ -125,7 +127,7 @@ def main() -> None:
         "by_colour_sharing": breakdown,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "shapes_grounding.json").write_text(json.dumps(record, indent=2))
+    write_atomic(RESULTS / "shapes_grounding.json", json.dumps(record, indent=2))
     splits = ["shapes_clean", "shapes_textured"]
     lines = ["| method | " + " | ".join(f"test {s}" for s in splits) + " | wall time |", "|---" * (len(splits) + 2) + "|"]
     for method, metrics in rows.items():
@@ -139,7 +141,7 @@ def main() -> None:
             f"| {method} | " + " | ".join(f"{100 * result[g]['accuracy']:.1f}% of {result[g]['items']}" for g in groups) + " |"
         )
     table = "\n".join(lines)
-    (RESULTS / "shapes_grounding.md").write_text(table + "\n")
+    write_atomic(RESULTS / "shapes_grounding.md", table + "\n")
     print(table)
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from synground.data.shards import iterate_shard, listed_shards
+from synground.files import write_atomic
 
 
 def difference_hash(image: Image.Image) -> int:
@@ -141,10 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, counts in skipped.items():
         print(f"{name}: skipped while reading (not compared): {counts}")
     if args.exclude_file:
-        Path(args.exclude_file).write_text("".join(f"{key}\n" for key in sorted(leaked)))
+        write_atomic(args.exclude_file, "".join(f"{key}\n" for key in sorted(leaked)))
         print(f"their keys: {args.exclude_file} (train with data.exclude_keys={args.exclude_file})")
     if args.output:
-        Path(args.output).write_text(json.dumps({"report": report, "leaked": len(leaked), "skipped": skipped}, indent=2) + "\n")
+        write_atomic(args.output, json.dumps({"report": report, "leaked": len(leaked), "skipped": skipped}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
