@@ -194,3 +194,32 @@ def test_an_unreadable_metrics_or_failed_file_is_named(tmp_path, name, metrics, 
     runs = [*two_runs(tmp_path), sweep_run(tmp_path, "2", 1.0, metrics, failed)]
     with pytest.raises(ValueError, match=rf"{tmp_path / '2' / name}: "):
         results.summarize(runs, "data.synthetic_ratio", tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ({"synthetic_ratio": "half"}, r"data\.synthetic_ratio must be a number in \[0, 1\], got 'half'"),
+        ({"batch_size": 0}, r"data\.batch_size must be a whole number, 1 or more; got 0"),
+        ({"eval_batch_size": -2}, r"data\.eval_batch_size must be a whole number, 1 or more; got -2"),
+        ({"num_workers": -1}, r"data\.num_workers must be a whole number, 0 or more"),
+    ],
+)
+def test_a_datamodule_setting_of_the_wrong_type_or_range_is_named(setting, message):
+    from synground.data import GroundingDataModule
+
+    with pytest.raises(ValueError, match=message):
+        GroundingDataModule(**setting)
+
+
+def test_a_shard_set_output_that_is_a_file_is_named_as_such(tmp_path):
+    from synground.data.convert import convert_records
+    from synground.generation.report import dataset_report
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    with pytest.raises(NotADirectoryError, match=r"notes\.txt is a file, not a directory"):
+        convert_records(iter(["record"]), taken, "vg")
+    with pytest.raises(NotADirectoryError, match=r"notes\.txt is a file, not a directory"):
+        dataset_report(taken)
+    assert taken.read_text() == "mine"

@@ -405,8 +405,21 @@ class GroundingDataModule(L.LightningDataModule):
         std: Sequence[float] = CLIP_STD,
     ):
         super().__init__()
+        if not isinstance(synthetic_ratio, (int, float)) or isinstance(synthetic_ratio, bool):
+            raise ValueError(f"data.synthetic_ratio must be a number in [0, 1], got {synthetic_ratio!r}")
         if not 0.0 <= synthetic_ratio <= 1.0:
             raise ValueError(f"data.synthetic_ratio must lie in [0, 1], got {synthetic_ratio}")
+        for key, value in (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("batches_per_epoch", batches_per_epoch),
+        ):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"data.{key} must be a whole number, 1 or more; got {value!r}")
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise ValueError(
+                f"data.num_workers must be a whole number, 0 or more (0: load in the main process); got {num_workers!r}"
+            )
         unknown = set(train or {}) - {"synthetic", "real"}
         if unknown:
             raise ValueError(f"data.train has unknown keys {sorted(unknown)}: use 'synthetic' and/or 'real'")

@@ -135,6 +135,11 @@ class ShardStore:
             import fsspec
 
             self.fs, self.root = fsspec.core.url_to_fs(self.location)
+        elif Path(self.location).is_file():
+            raise NotADirectoryError(
+                f"{self.location} is a file, not a directory: a shard set is a directory of shards and its manifest; "
+                "give another output directory"
+            )
 
     def url(self, name: str) -> str:
         return f"{self.location}/{name}" if self.remote else str(Path(self.location) / name)
@@ -264,6 +269,11 @@ def read_manifest(location: str | os.PathLike) -> dict[str, Any]:
         shards = record["shards"]
     except FileNotFoundError:
         raise
+    except NotADirectoryError as error:
+        raise NotADirectoryError(
+            f"{Path(location).parent} is a file, not a directory: a shard set is a directory of shards and its "
+            "manifest; give the set's directory"
+        ) from error
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"manifest {location} is unreadable: {error}") from error
     if not isinstance(shards, list):
