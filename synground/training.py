@@ -145,6 +145,8 @@ def test_groups(
         path = str(dirpath / f"best-{selection[split]}.ckpt") if split in selection else default
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"test split {split}: no checkpoint {path} (did validation on {selection.get(split)} run?)")
+        if path is not None and (problem := readable_checkpoint(Path(path))):
+            raise ValueError(f"test split {split}: {path} is not a whole checkpoint ({problem}); train the run again")
         groups.setdefault(path, []).append(split)
     return dict(sorted(groups.items(), key=lambda group: group[0] is not None))
 

@@ -104,3 +104,13 @@ def test_a_missing_test_split_stops_train_py_before_training(tmp_path):
     )
     assert result.returncode != 0 and "not_converted" in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()  # no epoch was spent first
+
+
+def test_a_damaged_checkpoint_chosen_for_a_test_split_is_named_before_testing(tmp_path):
+    from synground.training import test_groups
+
+    (tmp_path / "best-refcoco_plus_val.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(
+        ValueError, match=r"test split refcoco_plus_testA: .*best-refcoco_plus_val\.ckpt is not a whole checkpoint"
+    ):
+        test_groups(["refcoco_plus_testA"], {"refcoco_plus_testA": "refcoco_plus_val"}, None, tmp_path)

@@ -223,3 +223,21 @@ def test_a_shard_set_output_that_is_a_file_is_named_as_such(tmp_path):
     with pytest.raises(NotADirectoryError, match=r"notes\.txt is a file, not a directory"):
         dataset_report(taken)
     assert taken.read_text() == "mine"
+
+
+@pytest.mark.parametrize("builder", ["blip", "albef"])
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ({"heads": 3}, r"model\.net: vision_width 64 does not split into heads=3 attention heads"),
+        ({"dropout": 2.0}, r"model\.net: dropout 2\.0 is not a probability"),
+        ({"image_size": 100}, r"model\.net: image_size 100 is not a whole number of patch_size 16 patches"),
+        ({"max_text_length": 0}, r"model\.net: max_text_length 0 leaves no room"),
+    ],
+)
+def test_a_tiny_models_impossible_sizes_are_named_before_torch_fails_on_them(builder, setting, message):
+    from synground.models import AlbefGroundingModel, BlipGroundingModel
+
+    build = {"blip": BlipGroundingModel.tiny, "albef": AlbefGroundingModel.tiny}[builder]
+    with pytest.raises(ValueError, match=message):
+        build(["the", "red"], **setting)

@@ -124,3 +124,21 @@ class GroundingModel(nn.Module, ABC):
     def contrastive_parameters(self) -> list[nn.Parameter]:
         """The parameters only the contrastive loss trains (projections, a learnt temperature)."""
         return []
+
+
+def check_tiny_architecture(
+    image_size: int, patch_size: int, vision_width: int, text_width: int, heads: int, dropout: float, max_text_length: int
+) -> None:
+    """The sizes of a tiny model's config, refused before torch fails on them with a message that names no key."""
+    problems = []
+    if image_size < 1 or patch_size < 1 or image_size % patch_size:
+        problems.append(f"image_size {image_size} is not a whole number of patch_size {patch_size} patches")
+    for name, width in (("vision_width", vision_width), ("text_width", text_width)):
+        if heads < 1 or width % heads:
+            problems.append(f"{name} {width} does not split into heads={heads} attention heads")
+    if not 0.0 <= dropout < 1.0:
+        problems.append(f"dropout {dropout} is not a probability in [0, 1)")
+    if max_text_length < 3:
+        problems.append(f"max_text_length {max_text_length} leaves no room for a word between [CLS] and [SEP]")
+    if problems:
+        raise ValueError("model.net: " + "; ".join(problems))

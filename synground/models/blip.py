@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval, PreTrainedTokenizerBase
 
-from synground.models.base import GroundingModel, Tokens
+from synground.models.base import GroundingModel, Tokens, check_tiny_architecture
 from synground.models.checkpoints import CheckpointError
 from synground.models.pretraining import load_vision_weights
 from synground.models.text import TextTokenizer, wordpiece_tokenizer
@@ -156,6 +156,7 @@ class BlipGroundingModel(GroundingModel):
         `vision_weights` (a file, or "synground:shapes" for the packaged one) replaces the random vision encoder with
         a pretrained one (synground.models.pretraining).
         """
+        check_tiny_architecture(image_size, patch_size, vision_width, text_width, heads, dropout, max_text_length)
         tokenizer = wordpiece_tokenizer(vocabulary or [])
         special = {
             "pad_token_id": tokenizer.pad_token_id,
