@@ -1,5 +1,6 @@
 import json
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -138,8 +139,9 @@ def test_ranks_read_disjoint_shards_and_no_sample_twice_in_an_epoch(tmp_path, mo
     assert len(set(seen[0])) == 20 and len(set(seen[1])) == 20 and not set(seen[0]) & set(seen[1])
 
 
-def test_every_skipped_sample_reaches_the_batches_counts_exactly_once(tmp_path):
-    """One shard of 8 samples, 2 of them corrupt (first and fifth): 3 batches of 4 read it exactly twice."""
+def test_every_skipped_sample_reaches_the_batches_named_at_each_read(tmp_path):
+    """One shard of 8 samples, 2 of them corrupt (first and fifth): 3 batches of 4 read it exactly twice; each read
+    names the sample in a batch's data_faults (DataIssueCounts counts each name once an epoch)."""
     import io
     import tarfile
 
@@ -165,7 +167,9 @@ def test_every_skipped_sample_reaches_the_batches_counts_exactly_once(tmp_path):
     )
     batches = list(stream)
     assert len(batches) == 3
-    assert sum(batch["data_issues"].get("corrupt_sample", 0) for batch in batches) == 4  # 2 per pass, 2 passes
+    shard = tmp_path / "set" / "x.tar"
+    named = Counter(fault for batch in batches for fault in batch["data_faults"])
+    assert named == {f"corrupt_sample {shard} s-0": 2, f"corrupt_sample {shard} s-4": 2}  # 2 per pass, 2 passes
 
 
 @pytest.mark.parametrize("workers", [0, 2, 3])

@@ -152,7 +152,8 @@ def test_training_and_evaluation_skip_a_sample_with_a_nan_box_and_count_it(tmp_p
     )
     batches = list(datamodule.train_dataloader())  # 6 samples of 3 readable: the shard read twice
     assert {key for batch in batches for key in batch["keys"]} == {"s-0", "s-1", "s-3"}
-    assert sum(batch["data_issues"].get("corrupt_sample", 0) for batch in batches) == 2
+    # met in both passes, named the same each time: DataIssueCounts counts it once
+    assert [fault for batch in batches for fault in batch["data_faults"]] == [f"corrupt_sample {source}/a.tar s-2"] * 2
     test = list(datamodule.test_dataloader()[0])
     assert {key for batch in test for key in batch["image_keys"]} == {"s-0", "s-1", "s-3"}
 
@@ -219,7 +220,7 @@ def test_a_zero_byte_shard_beside_a_good_one_is_counted_once_and_training_goes_o
     (tested,) = trainer.test(module, datamodule=datamodule, verbose=False)
     good = {f"d-000000-{i}" for i in range(8)}
     assert len(module.keys["train"]) == 12 and set(module.keys["train"]) == good
-    assert logged["data/corrupt_shard"] >= 1  # training counts every read of the shard
+    assert logged["data/corrupt_shard"] == 1  # read in several passes, by one worker or by two: counted once
     assert sorted(module.keys["val"]) == sorted(module.keys["test"]) == sorted(good)
     assert {name: value for name, value in logged.items() if name.startswith("val/data/")} == {
         "val/data/damaged/corrupt_shard": 1
@@ -227,6 +228,35 @@ def test_a_zero_byte_shard_beside_a_good_one_is_counted_once_and_training_goes_o
     assert {name: value for name, value in tested.items() if name.startswith("test/data/")} == {
         "test/data/damaged/corrupt_shard": 1
     }
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_sample_met_in_several_training_passes_counts_once_per_epoch_with_any_number_of_workers(tmp_path, workers):
+    # 6 readable samples, 1 unreadable and 1 with a clipped box; 5 batches of 4 read the set three times or more, in
+    # more passes with 2 workers (each worker draws its own batches from its own pass)
+    clipped = [[Region("a square", [[-4.0, 8.0, 40.0, 40.0]])]]
+    source = shard_set(
+        tmp_path / "set",
+        {
+            "t-000000.tar": ([[Region("a square", GOOD)]] * 3 + clipped, {1: "jpg"}),
+            "t-000001.tar": ([[Region("b", GOOD)]] * 4, {}),
+        },
+    )
+    datamodule = GroundingDataModule(
+        train={"real": source}, image_size=32, batch_size=4, batches_per_epoch=5, num_workers=workers
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[DataIssueCounts()],
+    )
+    trainer.fit(KeysSeen(), datamodule=datamodule)
+    logged = {name: value.item() for name, value in trainer.callback_metrics.items() if name.startswith("data/")}
+    assert logged == {"data/corrupt_sample": 1, "data/box_clipped": 1}  # the last epoch's: each bad sample once
 
 
 def test_a_rank_whose_whole_share_is_unreadable_still_reports_it(damaged_set, monkeypatch):

@@ -72,7 +72,7 @@ def listed_entry(path: Path) -> dict:
 
 def test_planted_faults_are_counted_once_in_a_ddp_run_s_training_and_test_logs(tmp_path):
     # training: 2 shards, one per rank, each 8 samples of which 2 unreadable and 1 with a clipped box. 4 batches of 3
-    # per rank read each rank's shard exactly twice, so both ranks together skip 8 samples and clip 4 boxes.
+    # per rank read each rank's shard exactly twice; each bad sample counts once: 4 samples skipped, 2 boxes clipped.
     train_shard = (
         [[Region("a square", GOOD)]] * 5 + [[Region("a square", [[-4.0, 8.0, 40.0, 40.0]])]] + [[Region("a square", GOOD)]] * 2,
         {0: "jpg", 4: "json"},
@@ -139,8 +139,8 @@ def test_planted_faults_are_counted_once_in_a_ddp_run_s_training_and_test_logs(t
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {k.removeprefix("data/"): v for k, v in metrics.items() if k.startswith("data/")} == {
-        "corrupt_sample": 8,
-        "box_clipped": 4,
+        "corrupt_sample": 4,
+        "box_clipped": 2,
     }
     for stage in ("val", "test"):
         prefix = f"{stage}/data/planted/"

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from synground.data.proposals import ANNOTATIONS, Proposals, load_proposals
-from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator
+from synground.data.schema import GenerationRequest, GroundingSample, SkipCounts, TripletGenerator, count_skip
 from synground.data.shards import iterate_shard, listed_shards, resolve_shards
 from synground.data.transforms import CLIP_MEAN, CLIP_STD, GroundingTransform, clean_regions, collate, normalize_images
 
@@ -197,7 +197,7 @@ class MixedTrainStream(IterableDataset):
         worker = (local + self.skip) % workers
         slot, slots = _worker_slot(worker)
         rng = random.Random(f"{self.seed}:{self.epoch}:{slot}")
-        issues: Counter[str] = Counter()
+        issues = SkipCounts()  # each bad sample named, so one met in several passes counts once (DataIssueCounts)
         streams = {
             name: self._interleave(
                 [
@@ -222,18 +222,19 @@ class MixedTrainStream(IterableDataset):
         if skipped >= my_batches:  # resumed at the end of the epoch: nothing to replay
             return
         for index in range(my_batches):
-            items = []
+            items, excluded = [], 0
             while len(items) < self.batch_size:
                 domain = "synthetic" if rng.random() < self.synthetic_ratio else "real"
                 sample = next(streams[domain])
                 if sample.key in self.exclude_keys:
-                    issues["excluded_sample"] += 1
-                    if issues["excluded_sample"] > 1000 * self.batch_size:
+                    count_skip(issues, "excluded_sample", sample.key)
+                    excluded += 1
+                    if excluded > 1000 * self.batch_size:
                         raise RuntimeError("nearly every training sample is in data.exclude_keys")
                     continue
                 regions = clean_regions(sample, issues)
                 if not regions:
-                    issues["sample_without_regions"] += 1
+                    count_skip(issues, "sample_without_regions", sample.key)
                     continue
                 # one random region per sample and step, as the AMC reference draws one box per caption
                 item = self.transform(sample.image, rng.choice(regions), sample.key, rng)
@@ -244,8 +245,9 @@ class MixedTrainStream(IterableDataset):
                 continue
             batch = collate(items)
             batch["synthetic"] = torch.tensor([item["domain"] == "synthetic" for item in items])
-            batch["data_issues"] = dict(issues)
-            issues.clear()  # the same Counter: the shard readers keep counting into it
+            batch["data_issues"] = dict(issues)  # what was counted, not named (skips of an on-the-fly generator)
+            batch["data_faults"] = sorted(issues.faults)  # "<reason> <shard> <key> ...": DataIssueCounts counts each once
+            issues.clear()  # the same SkipCounts: the shard readers keep counting into it
             yield batch
 
     @staticmethod
@@ -290,7 +292,7 @@ class EvalSplit(IterableDataset):
         for sample in _split_samples(self.source, slot, slots, issues, self.allow_partial):
             regions = clean_regions(sample, issues)
             if not regions:
-                issues["sample_without_regions"] += 1
+                count_skip(issues, "sample_without_regions", sample.key)
                 continue
             pixels = self.transform.pixels(sample.image)  # once for all the sample's phrases
             candidates = self._candidates(sample.key, regions)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol, runtime_checkable
@@ -127,3 +128,28 @@ def sample_from_metadata(key: str, image: Image.Image, raw_json: bytes) -> Groun
         )
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"sample {key!r}: malformed JSON record ({type(error).__name__}: {error})") from error
+
+
+class SkipCounts(Counter):
+    """What reading skipped, by reason, that also knows WHICH sample or shard each skip was (`faults`: one
+    "<reason> <where>" string per fault). Training meets a bad sample in every pass of its endless stream, and with
+    more workers in more passes; its faults, gathered from every worker and rank, count each bad sample once per
+    epoch. A plain Counter counts every skip (an evaluation split reads each sample once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.faults: set[str] = set()
+
+    def clear(self) -> None:
+        super().clear()
+        self.faults.clear()
+
+
+def count_skip(issues: Counter[str], reason: str, *where: object) -> None:
+    """One skip of `reason` at `where` (shard, key, region and box index...): named in `issues.faults` when it keeps
+    them (SkipCounts), else counted."""
+    faults = getattr(issues, "faults", None)
+    if faults is not None and where:
+        faults.add(" ".join([reason, *map(str, where)]))
+    else:
+        issues[reason] += 1

@@ -19,7 +19,14 @@ from typing import Any, BinaryIO, TypeVar
 import webdataset as wds
 from braceexpand import braceexpand
 
-from synground.data.schema import GroundingSample, decode_image, sample_from_metadata, sample_metadata, validate_key
+from synground.data.schema import (
+    GroundingSample,
+    count_skip,
+    decode_image,
+    sample_from_metadata,
+    sample_metadata,
+    validate_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +422,7 @@ def iterate_shard(url: str, issues: Counter[str], entry: Mapping[str, Any] | Non
     if entry.get("bytes") is not None and not is_remote(url) and not url.startswith("pipe:") and os.path.isfile(url):
         size = os.path.getsize(url)
         if size != entry["bytes"]:
-            issues["shard_mismatch"] += 1
+            count_skip(issues, "shard_mismatch", url)
             log.warning(
                 "shard %s is %d bytes, its manifest lists %d: not the shard that was written, so none of it is read. "
                 "Running the command that wrote the set again rewrites it; python -m synground.data.verify checks a set",
@@ -431,7 +438,7 @@ def iterate_shard(url: str, issues: Counter[str], entry: Mapping[str, Any] | Non
         nonlocal failed
         if not failed:
             failed = True
-            issues["corrupt_shard"] += 1
+            count_skip(issues, "corrupt_shard", url)
             log.warning("shard %s: %s; reading goes on with the next shard", url, error)
         return True
 
@@ -447,23 +454,23 @@ def iterate_shard(url: str, issues: Counter[str], entry: Mapping[str, Any] | Non
             stream.close()
 
     files = wds.tariterators.tar_file_expander(opened(), handler=warn_tar, eof_value=None)
-    seen: set[str] = set()
+    seen: Counter[str] = Counter()
     for key, raw in _by_key(files):
-        if key in seen:  # keys are unique: a repeat would be read, trained on and scored twice
-            issues["duplicate_key"] += 1
+        seen[key] += 1
+        if seen[key] > 1:  # keys are unique: a repeat would be read, trained on and scored twice
+            count_skip(issues, "duplicate_key", url, key, seen[key])
             log.warning("shard %s, sample %r met again; the repeat is skipped", url, key)
             continue
-        seen.add(key)
         try:
             if "jpg" not in raw or "json" not in raw:
                 raise ValueError(f"missing {'jpg' if 'jpg' not in raw else 'json'} member")
             image = decode_image(io.BytesIO(raw["jpg"]))
             yield sample_from_metadata(key, image if image.mode == "RGB" else image.convert("RGB"), raw["json"])
         except ValueError as error:
-            issues["corrupt_sample"] += 1
+            count_skip(issues, "corrupt_sample", url, key)
             log.warning("shard %s, sample %r skipped: %s", url, key, error)
     if not failed and entry.get("samples") is not None and len(seen) != entry["samples"]:  # a broken tar is counted already
-        issues["shard_mismatch"] += 1
+        count_skip(issues, "shard_mismatch", url)
         log.warning(
             "shard %s holds %d samples, its manifest lists %d: not the shard that was written (its samples were read). "
             "Running the command that wrote the set again rewrites it; python -m synground.data.verify checks a set",

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synground.data.schema import GroundingSample, Region, box_problem
+from synground.data.schema import GroundingSample, Region, box_problem, count_skip
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -38,24 +38,24 @@ def clean_regions(sample: GroundingSample, issues: Counter[str], min_box_size: f
     boxes; count each."""
     width, height = sample.image.size
     regions = []
-    for region in sample.regions:
+    for index, region in enumerate(sample.regions):
         boxes = []
-        for box in region.boxes:
+        for number, box in enumerate(region.boxes):
             if box_problem(box):  # NaN or inf would pass every bound check below
-                issues["box_malformed"] += 1
+                count_skip(issues, "box_malformed", sample.key, index, number)
                 continue
             x0, y0, x1, y1 = box
             clipped = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
             if clipped != list(box):
-                issues["box_clipped"] += 1
+                count_skip(issues, "box_clipped", sample.key, index, number)
             if clipped[2] - clipped[0] < min_box_size or clipped[3] - clipped[1] < min_box_size:
-                issues["box_degenerate"] += 1
+                count_skip(issues, "box_degenerate", sample.key, index, number)
                 continue
             boxes.append(clipped)
         if boxes and region.phrase.strip():
             regions.append(Region(region.phrase, boxes, region.score))
         else:
-            issues["region_dropped"] += 1
+            count_skip(issues, "region_dropped", sample.key, index)
     return regions
 
 
