@@ -183,6 +183,19 @@ class KeysSeen(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
+def counting_trainer(**settings) -> L.Trainer:
+    """A quiet CPU Trainer whose only callback counts what the data pipeline skipped."""
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[DataIssueCounts()],
+        **settings,
+    )
+
+
 @pytest.fixture
 def damaged_set(tmp_path) -> str:
     """8 good samples in d-000000.tar, and d-000001.tar of 0 bytes."""
@@ -205,16 +218,7 @@ def test_a_zero_byte_shard_beside_a_good_one_is_counted_once_and_training_goes_o
         num_workers=workers,
     )
     module = KeysSeen()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[DataIssueCounts()],
-    )
+    trainer = counting_trainer(max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=datamodule)
     logged = {name: value.item() for name, value in trainer.callback_metrics.items()}
     (tested,) = trainer.test(module, datamodule=datamodule, verbose=False)
@@ -245,15 +249,7 @@ def test_a_bad_sample_met_in_several_training_passes_counts_once_per_epoch_with_
     datamodule = GroundingDataModule(
         train={"real": source}, image_size=32, batch_size=4, batches_per_epoch=5, num_workers=workers
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[DataIssueCounts()],
-    )
+    trainer = counting_trainer(max_epochs=2)
     trainer.fit(KeysSeen(), datamodule=datamodule)
     logged = {name: value.item() for name, value in trainer.callback_metrics.items() if name.startswith("data/")}
     assert logged == {"data/corrupt_sample": 1, "data/box_clipped": 1}  # the last epoch's: each bad sample once
