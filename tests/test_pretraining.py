@@ -1,5 +1,6 @@
 """The pretrained vision encoder: its targets, its file, and that the packaged one knows the shapes world's objects."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -8,11 +9,12 @@ import torch
 from safetensors import safe_open
 
 from synground.generation import ShapesGenerator
-from synground.generation.shapes import COLOURS, SHAPES, scene_shapes
+from synground.generation.shapes import COLOURS, SHAPES, scene_shapes, shape_mask
 from synground.models import AlbefGroundingModel, BlipGroundingModel
 from synground.models.pretraining import (
-    ShapesBatches,
+    PretrainingBatches,
     dense_targets,
+    main,
     patch_features,
     pretrain_vision,
     save_vision_weights,
@@ -31,7 +33,8 @@ def small(cls, **overrides):
 
 def test_dense_targets_label_the_pixels_each_shape_covers():
     sample = ShapesGenerator("clean", image_size=64).scene("k", 7)
-    kinds, colours = dense_targets([sample], image_size=64, grid=8)
+    shapes = [(kind, box, colour) for colour, kind, box in scene_shapes(sample)]
+    kinds, colours = dense_targets([shapes], image_size=64, grid=8)
     pixels = np.asarray(sample.image).reshape(8, 8, 8, 8, 3).transpose(0, 2, 1, 3, 4).reshape(64, 64, 3)  # per patch
     labelled = 0
     for patch in range(64):
@@ -76,18 +79,40 @@ def test_vision_weights_that_do_not_fit_are_refused_naming_the_file(tmp_path):
         small(AlbefGroundingModel, vision_weights=str(path))
     with pytest.raises(FileNotFoundError, match=r"missing.safetensors does not exist; make it with `python -m synground"):
         small(BlipGroundingModel, vision_weights=str(tmp_path / "missing.safetensors"))
-    assert vision_weights_path("synground:shapes", "albef").name == "shapes_albef.safetensors"
+    assert vision_weights_path("synground:disjoint_image", "albef").name == "disjoint_image_albef.safetensors"
+    assert vision_weights_path("synground:shapes", "blip").name == "both_dense_blip.safetensors"  # its former name
 
 
-def test_pretraining_trains_the_vision_encoder_alone():
+@pytest.mark.parametrize("world, labels", [("disjoint", "image"), ("disjoint", "dense"), ("both", "dense")])
+def test_pretraining_trains_the_vision_encoder_alone(world, labels):
     """Only the image side learns: text encoder, fusion layers and ITM head keep their weights."""
     net = small(BlipGroundingModel)
     before = {name: value.clone() for name, value in net.state_dict().items()}
     vision = {f"model.vision_model.{name}" for name in net.vision_encoder.state_dict()}
-    history = pretrain_vision(net, steps=3, batch_size=4, eval_every=2)
+    history = pretrain_vision(net, world, labels, steps=3, batch_size=4, eval_every=2)
     assert [entry["step"] for entry in history] == [2, 3]
+    expected = {"image": {"present_accuracy"}, "dense": {"kind_accuracy"} | ({"colour_accuracy"} if world == "both" else set())}
+    assert set(history[-1]) == {"step", "loss"} | expected[labels]
     changed = {name for name, value in net.state_dict().items() if not torch.equal(value, before[name])}
     assert changed and changed <= vision
+
+
+def test_the_disjoint_world_shares_neither_study_style():
+    """Its scenes have neither study style's background (clean: flat (235, 235, 235)) nor its palette: both study
+    styles fill shapes with the six named colours (textured ones jittered by about 25 levels); here few shapes come
+    within 30 levels of one (random fills would, 6 * (61/256)^3 = 8% of the time)."""
+    batches = PretrainingBatches("disjoint", 64, 8, 16)
+    named = np.array(list(COLOURS.values()), dtype=float)
+    fills = []
+    for index in range(40):
+        image, shapes = batches.scene(index)
+        pixels = np.asarray(image, dtype=float)
+        assert (np.abs(pixels - 235).max(axis=2) <= 2).mean() < 0.2, f"scene {index} has a clean-style background"
+        for kind, box, colour in shapes:
+            assert colour is None and kind in SHAPES  # no colour names to learn
+            fills.append(np.median(pixels[shape_mask(kind, box, 64)], axis=0))
+    near_named = (np.abs(np.array(fills)[:, None] - named[None]).max(axis=2) <= 30).any(axis=1)
+    assert len(fills) >= 60 and near_named.mean() < 0.2, f"{near_named.mean():.0%} of {len(fills)} shapes"
 
 
 @pytest.mark.parametrize("architecture", ["blip", "albef"])
@@ -106,13 +131,13 @@ def test_the_packaged_encoder_knows_shape_kinds_and_a_random_one_does_not(archit
     for name, weights in (("packaged", config.model.net.vision_weights), ("random", None)):
         torch.manual_seed(0)
         net = instantiate(config.model.net, vision_weights=weights).eval()
-        batches = ShapesBatches(net.image_size, 16, 48)
+        batches = PretrainingBatches("both", net.image_size, 16, 48)  # scenes of the two study styles
         features, kinds = [], []
         for first in (-(10**6), -(2 * 10**6)):  # scenes no pretraining step drew
-            images, kind, _ = batches.batch(first)
+            batch = batches.batch(first)
             with torch.no_grad():
-                features.append(patch_features(net, images).flatten(0, 1))
-            kinds.append(kind.flatten())
+                features.append(patch_features(net, batch.images).flatten(0, 1))
+            kinds.append(batch.kinds.flatten())
         (train_x, test_x), (train_y, test_y) = features, kinds
         train_x, train_y, test_x, test_y = train_x[train_y > 0], train_y[train_y > 0], test_x[test_y > 0], test_y[test_y > 0]
         probe = torch.nn.Linear(train_x.shape[1], len(SHAPES) + 1)
@@ -156,3 +181,27 @@ def test_pretraining_command_writes_a_file_train_py_loads(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_pretraining_runs_of_one_command_write_the_same_file(tmp_path, monkeypatch):
+    """Seeded before the model is built, deterministic kernels, no clock in the metadata: the same command gives the
+    same file byte for byte (so the shipped encoders can be checked against the command that made them)."""
+    command = [
+        *["data.image_size=64", "model.net.vision_width=32", "model.net.vision_layers=2", "model.net.heads=2"],
+        *["--steps", "3", "--batch-size", "2", "--seed", "5", "--output", "vision.safetensors"],
+    ]
+    digests = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        torch.manual_seed(len(name))  # whatever the caller's random state was
+        digests.append(hashlib.sha256((main(command)).read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    other_seed = [*command[:-4], "--seed", "6", *command[-2:]]
+    (tmp_path / "third").mkdir()
+    monkeypatch.chdir(tmp_path / "third")
+    with (
+        safe_open(str(main(other_seed)), framework="pt") as changed,
+        safe_open(str(tmp_path / "first" / "vision.safetensors"), framework="pt") as first,
+    ):
+        assert any(not torch.equal(changed.get_tensor(name), first.get_tensor(name)) for name in first.keys())  # noqa: SIM118

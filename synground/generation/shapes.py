@@ -143,6 +143,51 @@ def draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: Sequence[float], fill,
         draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill, outline=outline)
 
 
+SKETCH_RADIUS = (0.06, 0.24)  # the pretraining world's shapes, as a fraction of the image side: a wider range
+
+
+def sketch_scene(seed: int, image_size: int) -> tuple[Image.Image, list[tuple[str, tuple[float, float, float, float]]]]:
+    """A scene of the encoder-pretraining world, which shares neither study domain's style: 1-4 shapes of the four
+    kinds, hatched in two random colours of any hue (never the six named ones exactly) on a two-colour gradient with
+    speckles. Returns the image and each shape's (kind, xyxy box); a pure function of `seed`."""
+    rng = np.random.default_rng(seed)
+    side = image_size
+    ends = rng.uniform(0, 255, size=(2, 3))
+    angle = rng.uniform(0, 2 * math.pi)
+    y, x = np.mgrid[0:side, 0:side] / max(side - 1, 1)
+    along = np.clip(0.5 + (x - 0.5) * math.cos(angle) + (y - 0.5) * math.sin(angle), 0, 1)[..., None]
+    pixels = ends[0] * (1 - along) + ends[1] * along
+    speckles = rng.random((side, side)) < 0.02
+    pixels[speckles] = rng.uniform(0, 255, size=(int(speckles.sum()), 3))
+    image = Image.fromarray(pixels.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    shapes: list[tuple[str, tuple[float, float, float, float]]] = []
+    count = int(rng.integers(1, 5))
+    for _ in range(200 * count):
+        if len(shapes) == count:
+            break
+        kind = str(rng.choice(SHAPES))
+        radius = float(rng.uniform(*SKETCH_RADIUS)) * side
+        cx, cy = (float(v) for v in rng.uniform(radius + 1, side - radius - 1, size=2))
+        box = (cx - radius, cy - radius, cx + radius, cy + radius)
+        if any(_overlap(box, other, margin=2) for _, other in shapes):
+            continue
+        fill, hatch = (tuple(int(c) for c in rng.uniform(0, 255, size=3)) for _ in range(2))
+        draw_shape(draw, kind, box, fill)
+        mask = Image.new("L", (side, side), 0)
+        draw_shape(ImageDraw.Draw(mask), kind, box, 255)
+        period, width = int(rng.integers(4, 9)), int(rng.integers(1, 3))
+        lines = Image.new("L", (side, side), 0)
+        line_draw = ImageDraw.Draw(lines)
+        for offset in range(-side, side, period):  # diagonal hatching, clipped to the shape
+            line_draw.line([(offset, 0), (offset + side, side)], fill=255, width=width)
+        image.paste(
+            Image.new("RGB", (side, side), hatch), (0, 0), Image.fromarray(np.minimum(np.asarray(mask), np.asarray(lines)))
+        )
+        shapes.append((kind, box))
+    return image, shapes
+
+
 def scene_shapes(sample: GroundingSample) -> list[tuple[str, str, list[float]]]:
     """(colour, kind, box) of each shape of a shapes scene, read off its phrases and boxes."""
     shapes = []

@@ -441,7 +441,7 @@ class AlbefGroundingModel(GroundingModel):
 
         As in the released model, the Grad-CAM layer is a fusion layer with fusion layers above it (8 of 12 there,
         2 of 4 here), so the eager attention above it, which the AMC loss differentiates through, is exercised.
-        `vision_weights` (a file, or "synground:shapes" for the packaged one) replaces the random vision encoder with
+        `vision_weights` (a file, or "synground:<name>" for a packaged one) replaces the random vision encoder with
         a pretrained one (synground.models.pretraining).
         """
         check_tiny_architecture(image_size, patch_size, vision_width, text_width, heads, dropout, max_text_length)

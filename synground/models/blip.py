@@ -153,7 +153,7 @@ class BlipGroundingModel(GroundingModel):
 
         At BERT's initializer_range of 0.02 and width 64, queries and keys start so small that cross-attention is
         uniform and image-text matching stays at chance for hundreds of steps; 0.1 lets it learn from the start.
-        `vision_weights` (a file, or "synground:shapes" for the packaged one) replaces the random vision encoder with
+        `vision_weights` (a file, or "synground:<name>" for a packaged one) replaces the random vision encoder with
         a pretrained one (synground.models.pretraining).
         """
         check_tiny_architecture(image_size, patch_size, vision_width, text_width, heads, dropout, max_text_length)

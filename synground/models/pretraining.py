@@ -1,18 +1,26 @@
-"""A vision encoder that knows the shapes world's objects before it learns grounding: the offline analogue of the
-ImageNet-pretrained ViT that ALBEF (DeiT) and BLIP start from.
+"""A vision encoder that knows shapes before it learns grounding: the offline analogue of the ImageNet-pretrained ViT
+that ALBEF (DeiT) and BLIP start from.
 
 Trained from random weights by ITM and AMC alone, the tiny model's ViT learns colour in a hundred steps but not shape
 in thousands (benchmarks/shapes_diagnosis.py: a linear probe reads a shape's kind off its features 34% of the time),
 so it grounds "the red circle" on any red shape. A ViT learns what a circle is only slowly even when told directly:
-shape is a configuration of several 8 px patches, not a property of one. This module teaches it once, with dense
-labels (each patch's shape kind and colour, or background) on scenes of both styles drawn from their own seed range,
-and saves the encoder alone: no phrase, box-to-text pairing or grounding loss is involved.
+shape is a configuration of several 8 px patches, not a property of one. This module teaches it once, on one of two
+pretraining worlds, and saves the encoder alone: no phrase, box-to-text pairing or grounding loss is involved.
 
-    python -m synground.models.pretraining                    # the packaged BLIP encoder (about 8 min on 2 cores)
-    python -m synground.models.pretraining model=albef_tiny   # the packaged ALBEF one
+- `--world disjoint` (the ImageNet analogue): the sketch world (generation.shapes.sketch_scene), whose style neither
+  study domain shares (gradient backgrounds with speckles, hatched shapes of random colours, wider sizes), with
+  image-level labels (`--labels image`: which kinds the image holds, read off the patches' mean) or a label per patch
+  (`--labels dense`). It names no colour.
+- `--world both` (the labelled upper bound): scenes of both study styles, clean and textured, with each patch's
+  kind and colour (`--labels dense`): the study's "real" domain is then partly learnt before the study starts.
 
-The file keeps the encoder's weights and, as metadata, the architecture it fits and how it was made;
-`load_vision_weights` refuses a file made for another architecture, naming both.
+    python -m synground.models.pretraining --world disjoint --labels image [model=albef_tiny] [--seed S]
+
+The run is deterministic: seeded before the model is built, deterministic kernels, one thread by default, and no
+clock in the file, so one command gives one file byte for byte (synground/assets/SHA256SUMS records the shipped
+files' commands and digests). The file keeps the encoder's weights and, as metadata, the architecture it fits and how
+it was made, with linear probes of what it knows of the study domains (`probe_transfer`); `load_vision_weights`
+refuses a file made for another architecture, naming both.
 """
 
 from __future__ import annotations
@@ -23,18 +31,21 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from tqdm import tqdm
 
 from synground.data.transforms import normalize_images
-from synground.generation.shapes import COLOURS, SHAPES, STYLES, ShapesGenerator, scene_shapes, shape_mask
+from synground.files import write_atomic
+from synground.generation.shapes import COLOURS, SHAPES, STYLES, ShapesGenerator, scene_shapes, shape_mask, sketch_scene
 from synground.models.base import GroundingModel
 from synground.models.checkpoints import resize_position_embedding
 
@@ -42,6 +53,9 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PACKAGED = "synground:"  # vision_weights="synground:<name>": ASSETS/<name>_<architecture>.safetensors
+WORLDS = ("disjoint", "both")
+LABELS = ("image", "dense")
+FORMER_NAMES = {"shapes": "both_dense"}  # what configs and checkpoints from before the disjoint world call an encoder
 FORMAT = "synground-vision-1"
 SEED_BASE = 1 << 40  # scenes 2^40 + i: far from the held-out splits (1e6..3e6) and the mixing study's pool (1e7)
 MIN_COVER = 0.3  # a patch is labelled with a shape that covers at least this fraction of it
@@ -50,7 +64,9 @@ MIN_COVER = 0.3  # a patch is labelled with a shape that covers at least this fr
 def vision_weights_path(vision_weights: str, architecture: str) -> Path:
     """The file a model's `vision_weights` names: a path, or "synground:<name>" for the one shipped in the package."""
     if vision_weights.startswith(PACKAGED):
-        return ASSETS / f"{vision_weights.removeprefix(PACKAGED)}_{architecture}.safetensors"
+        name = vision_weights.removeprefix(PACKAGED)
+        name = FORMER_NAMES.get(name, name)
+        return ASSETS / f"{name}_{architecture}.safetensors"
     return Path(vision_weights)
 
 
@@ -111,32 +127,60 @@ def load_vision_weights(net: GroundingModel, vision_weights: str) -> Path:
     return path
 
 
-def dense_targets(samples: list, image_size: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per patch of a [grid, grid] map: the kind (1 + SHAPES index) and colour (1 + COLOURS index) of the shape
-    covering at least MIN_COVER of it, 0 for background; [B, grid * grid] each."""
+def dense_targets(
+    scenes: list[list[tuple[str, Sequence[float], str | None]]], image_size: int, grid: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch of a [grid, grid] map: the kind (1 + SHAPES index) and colour (1 + COLOURS index, 0 where the world
+    names none) of the shape covering at least MIN_COVER of it, 0 for background; [B, grid * grid] each. `scenes`
+    holds each scene's (kind, xyxy box, colour name or None) per shape."""
     cell = image_size // grid
-    kinds = torch.zeros(len(samples), grid, grid, dtype=torch.long)
+    kinds = torch.zeros(len(scenes), grid, grid, dtype=torch.long)
     colours = torch.zeros_like(kinds)
-    for index, sample in enumerate(samples):
-        for colour, kind, box in scene_shapes(sample):
+    for index, shapes in enumerate(scenes):
+        for kind, box, colour in shapes:
             cover = shape_mask(kind, box, image_size)[: grid * cell, : grid * cell]
             cover = torch.from_numpy(cover.reshape(grid, cell, grid, cell).mean(axis=(1, 3)))
             kinds[index][cover >= MIN_COVER] = SHAPES.index(kind) + 1
-            colours[index][cover >= MIN_COVER] = list(COLOURS).index(colour) + 1
+            colours[index][cover >= MIN_COVER] = 0 if colour is None else list(COLOURS).index(colour) + 1
     return kinds.flatten(1), colours.flatten(1)
 
 
-class ShapesBatches:
-    """Batches of scenes, half clean and half textured, with their dense targets; scene i has seed SEED_BASE + i."""
+class PretrainingBatch(NamedTuple):
+    images: torch.Tensor  # [B, 3, H, W], normalised
+    kinds: torch.Tensor  # [B, patches]: 1 + SHAPES index of the shape covering each patch, 0 for background
+    colours: torch.Tensor  # [B, patches]: 1 + COLOURS index likewise; all 0 in a world without named colours
+    present: torch.Tensor  # [B, len(SHAPES)] float: which kinds the image holds (its image-level labels)
 
-    def __init__(self, image_size: int, grid: int, batch_size: int):
+
+class PretrainingBatches:
+    """Batches of a pretraining world; scene i has seed SEED_BASE + i.
+
+    "disjoint": the sketch world (generation.shapes.sketch_scene), in neither study domain's style, no colour names.
+    "both": half clean and half textured scenes of the study's own generator (the labelled upper bound)."""
+
+    def __init__(self, world: str, image_size: int, grid: int, batch_size: int):
+        if world not in WORLDS:
+            raise ValueError(f"unknown pretraining world {world!r}; choose one of {WORLDS}")
+        self.world = world
         self.generators = [ShapesGenerator(style, image_size=image_size) for style in STYLES]
         self.image_size, self.grid, self.batch_size = image_size, grid, batch_size
 
-    def batch(self, first: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        samples = [self.generators[i % 2].scene(f"pretrain-{first + i}", SEED_BASE + first + i) for i in range(self.batch_size)]
-        images = torch.stack([torch.from_numpy(np.array(s.image.convert("RGB"))) for s in samples]).permute(0, 3, 1, 2)
-        return (normalize_images(images), *dense_targets(samples, self.image_size, self.grid))
+    def scene(self, index: int) -> tuple[Image.Image, list[tuple[str, Sequence[float], str | None]]]:
+        if self.world == "disjoint":
+            image, shapes = sketch_scene(SEED_BASE + index, self.image_size)
+            return image, [(kind, box, None) for kind, box in shapes]
+        sample = self.generators[index % 2].scene(f"pretrain-{index}", SEED_BASE + index)
+        return sample.image, [(kind, box, colour) for colour, kind, box in scene_shapes(sample)]
+
+    def batch(self, first: int) -> PretrainingBatch:
+        scenes = [self.scene(first + i) for i in range(self.batch_size)]
+        images = torch.stack([torch.from_numpy(np.array(image.convert("RGB"))) for image, _ in scenes]).permute(0, 3, 1, 2)
+        present = torch.zeros(len(scenes), len(SHAPES))
+        for index, (_, shapes) in enumerate(scenes):
+            for kind, _, _ in shapes:
+                present[index, SHAPES.index(kind)] = 1
+        kinds, colours = dense_targets([shapes for _, shapes in scenes], self.image_size, self.grid)
+        return PretrainingBatch(normalize_images(images), kinds, colours, present)
 
 
 def patch_features(net: GroundingModel, images: torch.Tensor) -> torch.Tensor:
@@ -144,75 +188,166 @@ def patch_features(net: GroundingModel, images: torch.Tensor) -> torch.Tensor:
     return net.encode_images(images)[:, 1:]
 
 
+def pretraining_heads(width: int, world: str, labels: str) -> torch.nn.ModuleDict:
+    """Linear heads on the patch features: per patch kind (and colour, in the world that names colours) for dense
+    labels; for image-level labels one multi-label kind head on the patches' mean (a global-average-pooled ViT)."""
+    if labels not in LABELS:
+        raise ValueError(f"unknown pretraining labels {labels!r}; choose one of {LABELS}")
+    if labels == "image":
+        return torch.nn.ModuleDict({"present": torch.nn.Linear(width, len(SHAPES))})
+    heads = {"kind": torch.nn.Linear(width, len(SHAPES) + 1)}
+    if world == "both":
+        heads["colour"] = torch.nn.Linear(width, len(COLOURS) + 1)
+    return torch.nn.ModuleDict(heads)
+
+
+def pretraining_loss(heads: torch.nn.ModuleDict, features: torch.Tensor, batch: PretrainingBatch) -> torch.Tensor:
+    if "present" in heads:
+        return F.binary_cross_entropy_with_logits(heads["present"](features.mean(dim=1)), batch.present)
+    loss = F.cross_entropy(heads["kind"](features).flatten(0, 1), batch.kinds.flatten())
+    if "colour" in heads:
+        loss = loss + F.cross_entropy(heads["colour"](features).flatten(0, 1), batch.colours.flatten())
+    return loss
+
+
 def pretrain_vision(
-    net: GroundingModel, steps: int = 1500, batch_size: int = 32, lr: float = 2e-3, seed: int = 0, eval_every: int = 100
+    net: GroundingModel,
+    world: str = "both",
+    labels: str = "dense",
+    steps: int = 1500,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+    eval_every: int = 100,
 ) -> list[dict[str, float]]:
-    """Train `net`'s vision encoder (in place) to name each patch's shape kind and colour; returns the held-out history
-    (per evaluation: step, kind accuracy and colour accuracy on the patches shapes cover, loss)."""
+    """Train `net`'s vision encoder (in place) on a pretraining world's labels; returns the held-out history (per
+    evaluation: step, loss and the accuracies `evaluate` gives). Deterministic for a given seed and initial `net`."""
     torch.manual_seed(seed)
     with torch.no_grad():
         patches, width = patch_features(net, torch.zeros(1, 3, net.image_size, net.image_size)).shape[1:]
     grid = math.isqrt(patches)
-    heads = torch.nn.ModuleDict(
-        {"kind": torch.nn.Linear(width, len(SHAPES) + 1), "colour": torch.nn.Linear(width, len(COLOURS) + 1)}
-    )
+    heads = pretraining_heads(width, world, labels)
     parameters = list(net.vision_encoder.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.02)
-    data = ShapesBatches(net.image_size, grid, batch_size)
-    held_out = ShapesBatches(net.image_size, grid, 4 * batch_size).batch(first=-(4 * batch_size))  # seeds below the training ones
+    data = PretrainingBatches(world, net.image_size, grid, batch_size)
+    # held-out scenes: seeds below the training ones
+    held_out = PretrainingBatches(world, net.image_size, grid, 4 * batch_size).batch(first=-(4 * batch_size))
     net.train()
     history = []
-    progress = tqdm(range(1, steps + 1), desc="pretraining the vision encoder", unit="step")
+    progress = tqdm(range(1, steps + 1), desc=f"pretraining the vision encoder ({world} world, {labels} labels)", unit="step")
     for step in progress:
-        images, kinds, colours = data.batch(first=(seed << 32) + step * batch_size)
-        features = patch_features(net, images)
-        loss = F.cross_entropy(heads["kind"](features).flatten(0, 1), kinds.flatten()) + F.cross_entropy(
-            heads["colour"](features).flatten(0, 1), colours.flatten()
-        )
+        batch = data.batch(first=(seed << 32) + step * batch_size)
+        loss = pretraining_loss(heads, patch_features(net, batch.images), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step % eval_every == 0 or step == steps:
             history.append({"step": step, "loss": loss.item(), **evaluate(net, heads, held_out)})
-            progress.set_postfix(kind=f"{history[-1]['kind_accuracy']:.1%}", colour=f"{history[-1]['colour_accuracy']:.1%}")
+            progress.set_postfix({name: f"{value:.1%}" for name, value in history[-1].items() if name.endswith("accuracy")})
     return history
 
 
 @torch.no_grad()
-def evaluate(net: GroundingModel, heads: torch.nn.ModuleDict, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
-    """Kind and colour accuracy on the patches a shape covers (background patches, most of them, left out)."""
+def evaluate(net: GroundingModel, heads: torch.nn.ModuleDict, batch: PretrainingBatch) -> dict[str, float]:
+    """Held-out accuracy of the heads: kind (and colour) on the patches a shape covers (background patches, most of
+    them, left out) for dense labels; for image-level labels, the share of (image, kind) presence calls right."""
     was_training = net.training
     net.eval()
-    images, kinds, colours = batch
-    features = patch_features(net, images)
-    covered = kinds > 0
-    result = {
-        "kind_accuracy": float((heads["kind"](features).argmax(-1) == kinds)[covered].float().mean()),
-        "colour_accuracy": float((heads["colour"](features).argmax(-1) == colours)[covered].float().mean()),
-    }
+    features = patch_features(net, batch.images)
+    covered = batch.kinds > 0
+    result = {}
+    if "present" in heads:
+        calls = heads["present"](features.mean(dim=1)) > 0
+        result["present_accuracy"] = float((calls == batch.present.bool()).float().mean())
+    for name, target in (("kind", batch.kinds), ("colour", batch.colours)):
+        if name in heads:
+            result[f"{name}_accuracy"] = float((heads[name](features).argmax(-1) == target)[covered].float().mean())
+    net.train(was_training)
+    return result
+
+
+@torch.no_grad()
+def probe_transfer(net: GroundingModel, scenes: int = 48, steps: int = 300) -> dict[str, float]:
+    """How much an encoder knows of the study domains: per study style, a linear probe trained on the patch features of
+    `scenes` scenes (covered patches only) and scored on as many others, reading the covering shape's kind and colour.
+    Scenes are drawn from seeds no pretraining world and no study split uses (SEED_BASE - 2^32 and below)."""
+    was_training = net.training
+    net.eval()
+    grid = math.isqrt(patch_features(net, torch.zeros(1, 3, net.image_size, net.image_size)).shape[1])
+    generator = torch.Generator().manual_seed(0)
+    result = {}
+    for offset, style in enumerate(STYLES):
+        split = []
+        for part in range(2):
+            first = SEED_BASE - (2 + 2 * offset + part) * (1 << 32)
+            samples = [ShapesGenerator(style, image_size=net.image_size).scene("probe", first + i) for i in range(scenes)]
+            images = torch.stack([torch.from_numpy(np.array(s.image.convert("RGB"))) for s in samples]).permute(0, 3, 1, 2)
+            shapes = [[(kind, box, colour) for colour, kind, box in scene_shapes(s)] for s in samples]
+            kinds, colours = dense_targets(shapes, net.image_size, grid)
+            covered = kinds.flatten() > 0
+            features = patch_features(net, normalize_images(images)).flatten(0, 1)[covered]
+            split.append((features, kinds.flatten()[covered] - 1, colours.flatten()[covered] - 1))
+        (train_x, train_kind, train_colour), (test_x, test_kind, test_colour) = split
+        for name, train_y, test_y, classes in (
+            ("kind", train_kind, test_kind, len(SHAPES)),
+            ("colour", train_colour, test_colour, len(COLOURS)),
+        ):
+            probe = torch.nn.Linear(train_x.shape[1], classes)
+            with torch.no_grad():
+                probe.weight.copy_(torch.randn(probe.weight.shape, generator=generator) * 0.01)
+                probe.bias.zero_()
+            optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+            with torch.enable_grad():
+                for _ in range(steps):
+                    optimizer.zero_grad()
+                    F.cross_entropy(probe(train_x), train_y).backward()
+                    optimizer.step()
+            result[f"{style}/{name}"] = float((probe(test_x).argmax(1) == test_y).float().mean())
     net.train(was_training)
     return result
 
 
 def save_vision_weights(net: GroundingModel, path: Path, about: dict[str, Any]) -> None:
-    """The encoder's weights with its signature and `about` (how it was made) as metadata; written whole or not at all."""
+    """The encoder's weights with its signature and `about` (how it was made) as metadata; written whole or not at all,
+    and the same bytes for the same weights and metadata (see `canonical_safetensors`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     weights = {name: value.detach().cpu().contiguous() for name, value in net.vision_encoder.state_dict().items()}
     metadata = {"format": FORMAT, "signature": json.dumps(vision_signature(net)), "about": json.dumps(about)}
-    save_file(weights, str(partial), metadata=metadata)
-    partial.replace(path)
+    write_atomic(path, canonical_safetensors(save(weights, metadata=metadata)))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Pretrain a tiny model's vision encoder on the shapes world.")
+def canonical_safetensors(data: bytes) -> bytes:
+    """`data` (a safetensors file) with its JSON header's keys sorted. safetensors writes the header's maps in hash
+    order, which changes from process to process, so one set of weights and metadata gives files whose sha256
+    differs; sorted, the file is a function of its content. The header keeps its length (the same keys and values,
+    reordered), so the tensor data and its offsets are untouched."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(canonical) > size:
+        raise AssertionError(f"a sorted safetensors header grew from {size} to {len(canonical)} bytes")
+    return data[:8] + canonical.ljust(size, b" ") + data[8 + size :]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(
+        description="Pretrain a tiny model's vision encoder on a pretraining world, deterministically (CPU, fixed seed)."
+    )
     parser.add_argument("overrides", nargs="*", help="train.py overrides that pick the model, e.g. model=albef_tiny")
     parser.add_argument("--experiment", default="shapes", help="the experiment whose model is built (default shapes)")
+    parser.add_argument("--world", choices=WORLDS, default="disjoint", help="disjoint: the sketch world; both: the study's")
+    parser.add_argument("--labels", choices=LABELS, default="image", help="image-level kinds, or each patch's kind")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, help="default: the packaged file the experiment's vision_weights names")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the encoder's initialisation, its data and its heads")
+    parser.add_argument("--output", type=Path, help="default: the packaged file synground:<world>_<labels>")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: a float sum's order, so the file, is then the same on any machine)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -222,29 +357,36 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [f"experiment={args.experiment}", *args.overrides]
     with initialize_config_dir(config_dir=str(ASSETS.parents[1] / "conf"), version_base="1.3"):
         config = compose("train", overrides=overrides)
-    target = config.model.net.get("vision_weights")
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(args.seed)  # before the model is built: its random initialisation is part of the result
     net = instantiate(config.model.net, vision_weights=None)  # the encoder being made starts from random weights
-    if args.output is None and not target:
-        raise ValueError(f"{' '.join(overrides)} names no vision_weights: give --output")
-    output = args.output or vision_weights_path(target, net.architecture)
+    output = args.output or vision_weights_path(f"{PACKAGED}{args.world}_{args.labels}", net.architecture)
     start = time.perf_counter()
-    history = pretrain_vision(net, args.steps, args.batch_size, args.lr, args.seed)
+    history = pretrain_vision(net, args.world, args.labels, args.steps, args.batch_size, args.lr, args.seed)
+    transfer = probe_transfer(net)
+    # no wall-clock time or host name: the same command gives the same file, byte for byte
     about = {
         "command": "python -m synground.models.pretraining " + " ".join(argv if argv is not None else sys.argv[1:]),
         "overrides": overrides,
+        "world": args.world,
+        "labels": args.labels,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "seed": args.seed,
-        "minutes": round((time.perf_counter() - start) / 60, 1),
+        "threads": args.threads,
         "history": history,
+        "transfer": transfer,
     }
     save_vision_weights(net, output, about)
-    final = history[-1]
+    final = ", ".join(f"{name} {value:.1%}" for name, value in history[-1].items() if name.endswith("accuracy"))
+    probes = ", ".join(f"{name} {value:.1%}" for name, value in transfer.items())
     log.info(
-        f"{output}: after {args.steps} steps a linear head names held-out patches' shape kind {final['kind_accuracy']:.1%}"
-        f" and colour {final['colour_accuracy']:.1%} of the time ({about['minutes']} min)"
+        f"{output}: after {args.steps} steps, held out: {final}; linear probes on the study domains: {probes} "
+        f"({(time.perf_counter() - start) / 60:.1f} min)"
     )
+    return output
 
 
 if __name__ == "__main__":
