@@ -17,7 +17,10 @@ the values with fewer runs than two independent means would. A seed that has a r
 not dropped silently.
 
 t quantiles come from a table (scipy is not a dependency): exact to 4 decimals for up to 30 degrees of freedom,
-Fisher's expansion beyond, which is as exact there. Writes `<output>/results.md`, `results.json` and
+Fisher's expansion beyond, which is as exact there. For studies that test several values against one baseline,
+`paired_test` gives the paired t-test's p-value (Student's t distribution by its incomplete beta function) and a
+Bonferroni interval, `holm` the family-wise adjustment, and `bootstrap_equivalent` an interval for the equivalent
+size on a learning curve. Writes `<output>/results.md`, `results.json` and
 `pointing_game.png` (mean and 95% interval against the swept value, each run a faint dot).
 """
 
@@ -27,6 +30,7 @@ import argparse
 import glob
 import json
 import math
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,81 @@ def t_975(df: int) -> float:
         return T_975[df - 1]
     z = Z_975
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| >= |t|) for Student's t with `df` degrees of freedom: the regularised incomplete beta function
+    I_x(df/2, 1/2) at x = df / (df + t^2), evaluated by its continued fraction (modified Lentz)."""
+    if df < 1:
+        raise ValueError(f"Student's t needs at least 1 degree of freedom, got {df}")
+    x = df / (df + t * t)
+    a, b = df / 2, 0.5
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below this point: use the symmetry I_x(a,b) = 1 - I_1-x(b,a)
+        return 1.0 - front * _beta_fraction(b, a, 1 - x) / b
+    return front * _beta_fraction(a, b, x) / a
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 300):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return result
+
+
+def t_quantile(probability: float, df: int) -> float:
+    """The t value with P(T <= t) = `probability` (above 0.5), by bisection on `t_two_sided_p`."""
+    if not 0.5 < probability < 1:
+        raise ValueError(f"t_quantile takes a probability between 0.5 and 1, got {probability}")
+    low, high = 0.0, 1.0
+    while t_two_sided_p(high, df) / 2 > 1 - probability:
+        high *= 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if t_two_sided_p(middle, df) / 2 > 1 - probability else (low, middle)
+    return (low + high) / 2
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: the k-th smallest of m p-values is multiplied by m - k + 1, then made monotone
+    (no adjusted value below an earlier one) and capped at 1. A hypothesis is rejected at family-wise level alpha
+    when its adjusted p-value is at most alpha."""
+    order = sorted(range(len(p_values)), key=lambda index: p_values[index])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def paired_test(differences: list[float], family: int = 1) -> dict[str, Any]:
+    """A paired t-test of `differences` against 0: the two-sided p-value, and the interval of the mean at the
+    Bonferroni level for a family of `family` comparisons (95% simultaneous coverage); None for fewer than 2."""
+    n = len(differences)
+    if n < 2:
+        return {"p": None, "ci_bonferroni": None}
+    mean = sum(differences) / n
+    std = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    if std == 0:
+        return {"p": 0.0 if mean else 1.0, "ci_bonferroni": [mean, mean]}
+    half = t_quantile(1 - 0.05 / (2 * family), n - 1) * std / math.sqrt(n)
+    return {"p": t_two_sided_p(mean / (std / math.sqrt(n)), n - 1), "ci_bonferroni": [mean - half, mean + half]}
 
 
 def describe(values: list[float]) -> dict[str, Any]:
@@ -231,6 +310,42 @@ def curve_equivalent(rows: list[dict[str, Any]], target: float, metric: str) -> 
         return {"size": None, "bracket": [rise["baseline"], rise["x"]], "relation": FLAT, "rise": rise}
     curve = [(group["x"], group["metrics"][metric]["mean"]) for group in aggregate(rows, [metric]) if group["runs"]]
     return {**equivalent_size(curve, target), "rise": rise}
+
+
+def bootstrap_equivalent(
+    curve_rows: list[dict[str, Any]], mix: dict[Any, float], metric: str, resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """The 95% percentile interval of `equivalent_size` over seed resamples: each resample draws seeds with replacement
+    from those with a finished run at every size of the curve (`curve_rows`, collected with x = the size) and in
+    `mix` (seed -> the mix's score in points), and takes both the curve's means and the mix's mean over the same
+    seeds (they share encoder and initialisation). A resample whose mean falls below the smallest size counts as that
+    size, one beyond the largest as infinitely many scenes: then the interval's end is None ("more than the largest")."""
+    sizes = sorted({row["x"] for row in curve_rows if "error" not in row})
+    scores = {
+        size: {row["seed"]: metric_of(row, metric) for row in curve_rows if row["x"] == size and "error" not in row}
+        for size in sizes
+    }
+    seeds = sorted(set(mix).intersection(*(set(per_seed) for per_seed in scores.values())))
+    if len(seeds) < 2 or len(sizes) < 2:
+        return {"ci95": None, "seeds": seeds, "beyond_share": None}
+    rng = random.Random(seed)
+    estimates = []
+    for _ in range(resamples):
+        drawn = [rng.choice(seeds) for _ in seeds]
+        curve = [(size, sum(scores[size][s] for s in drawn) / len(drawn)) for size in sizes]
+        found = equivalent_size(curve, sum(mix[s] for s in drawn) / len(drawn))
+        if found["size"] is not None:
+            estimates.append(found["size"])
+        else:
+            estimates.append(math.inf if found["relation"].startswith("beyond") else float(sizes[0]))
+    estimates.sort()
+    low, high = estimates[int(0.025 * resamples)], estimates[min(resamples - 1, int(0.975 * resamples))]
+    return {
+        "ci95": [None if math.isinf(low) else low, None if math.isinf(high) else high],
+        "seeds": seeds,
+        "resamples": resamples,
+        "beyond_share": sum(math.isinf(e) for e in estimates) / resamples,
+    }
 
 
 def _cell(stats: dict[str, Any]) -> str:

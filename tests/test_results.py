@@ -10,14 +10,20 @@ import pytest
 from PIL import Image
 
 from synground.results import (
+    T_975,
     aggregate,
+    bootstrap_equivalent,
     collect,
     curve_equivalent,
     describe,
     equivalent_size,
+    holm,
     paired_differences,
     paired_table,
+    paired_test,
     pointing_game_metrics,
+    t_quantile,
+    t_two_sided_p,
     table,
 )
 
@@ -160,3 +166,61 @@ def test_the_command_line_writes_the_tables_the_paired_comparison_and_the_plot(t
     assert "| 0.5 | 3 | +2.50 |" in (tmp_path / "out" / "results.md").read_text()
     with Image.open(tmp_path / "out" / "pointing_game.png") as plot:
         assert plot.format == "PNG"
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0, 2.5, 10.0, 60.0])
+def test_t_p_values_match_the_closed_forms_of_one_and_two_degrees_of_freedom(t):
+    assert t_two_sided_p(t, 1) == pytest.approx(1 - 2 * math.atan(t) / math.pi, rel=1e-9)  # Cauchy
+    assert t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9, abs=1e-15)
+    assert t_two_sided_p(-t, 4) == t_two_sided_p(t, 4)
+
+
+def test_t_p_values_and_quantiles_agree_with_the_printed_table():
+    """The table's 0.975 quantiles (4 decimals) give p = 0.05 and are given back by the quantile."""
+    for df, quantile in enumerate(T_975, start=1):
+        assert t_two_sided_p(quantile, df) == pytest.approx(0.05, abs=2e-5)
+        assert t_quantile(0.975, df) == pytest.approx(quantile, abs=1e-4)
+    assert t_two_sided_p(3.7469, 4) == pytest.approx(0.02, abs=1e-5)  # the printed 0.99 quantile of t(4)
+
+
+def t_cdf_by_integration(t: float, df: int, steps: int = 20000) -> float:
+    """P(T <= t), t >= 0, by Simpson's rule on Student's density: an independent check of the continued fraction."""
+    scale = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+    density = lambda x: scale * (1 + x * x / df) ** (-(df + 1) / 2)  # noqa: E731
+    h = t / steps
+    inner = sum((4 if i % 2 else 2) * density(i * h) for i in range(1, steps))
+    return 0.5 + (density(0) + inner + density(t)) * h / 3
+
+
+@pytest.mark.parametrize("df", [3, 4, 9])
+def test_the_bonferroni_quantiles_the_study_uses_match_the_integrated_density(df):
+    for comparisons in (1, 2, 4):
+        probability = 1 - 0.05 / (2 * comparisons)
+        assert t_cdf_by_integration(t_quantile(probability, df), df) == pytest.approx(probability, abs=1e-7)
+
+
+def test_holm_multiplies_the_kth_smallest_p_by_m_minus_k_plus_1_and_keeps_the_order():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    assert holm([0.02]) == [0.02]
+
+
+def test_a_paired_test_gives_the_t_test_p_value_and_a_bonferroni_interval():
+    differences = [1.0, 2.0, 3.0, 4.0, 5.0]  # mean 3, sd sqrt(2.5), t = 3 / sqrt(0.5)
+    result = paired_test(differences, family=4)
+    assert result["p"] == pytest.approx(t_two_sided_p(3 / math.sqrt(0.5), 4))
+    quantile = result["ci_bonferroni"][1] - 3  # the half-width, in units of the standard error:
+    assert t_cdf_by_integration(quantile / math.sqrt(2.5 / 5), 4) == pytest.approx(1 - 0.05 / 8, abs=1e-7)
+    assert result["ci_bonferroni"][0] == pytest.approx(3 - quantile)
+    assert paired_test([2.0]) == {"p": None, "ci_bonferroni": None}
+
+
+def test_the_equivalent_size_interval_resamples_seeds_and_says_when_it_runs_off_the_curve(tmp_path):
+    tight = learning_curve(tmp_path / "tight", {100: (0.700, 0.701, 0.699, 0.700), 1000: (0.800, 0.801, 0.799, 0.800)})
+    found = bootstrap_equivalent(tight, {0: 75.0, 1: 75.1, 2: 74.9, 3: 75.0}, HEADLINE)
+    low, high = found["ci95"]
+    assert math.sqrt(100 * 1000) / 1.1 < low <= high < math.sqrt(100 * 1000) * 1.1 and found["seeds"] == [0, 1, 2, 3]
+    # a mix near the top of a noisy curve: some resamples put it beyond the largest size, so no upper end
+    noisy = learning_curve(tmp_path / "noisy", {100: (0.70, 0.74, 0.66, 0.70), 1000: (0.80, 0.84, 0.76, 0.80)})
+    found = bootstrap_equivalent(noisy, {0: 79.0, 1: 83.0, 2: 80.0, 3: 78.0}, HEADLINE)
+    assert found["ci95"][1] is None and 0 < found["beyond_share"] < 1
