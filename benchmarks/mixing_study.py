@@ -1,41 +1,43 @@
-"""The offline mixing study: does synthetic data help when real data is scarce?
+"""The offline mixing study, run to its plan (docs/mixing_study_plan.md): does synthetic data from another domain help
+grounding when real data is scarce, and how many real scenes is it worth?
 
-    python benchmarks/mixing_study.py                                   (or `make mixing-study`)
-    python benchmarks/mixing_study.py --seeds 0 1 2 3 4 --ratios 0 0.5 1 --curve-sizes 250 2000
+    python benchmarks/mixing_study.py                                  (or `make mixing-study`): every part
+    python benchmarks/mixing_study.py --conditions disjoint            one part (each fits in 90 min on 2 CPU cores)
+    python benchmarks/mixing_study.py --analyse-only                   the tables and plots from the runs there are
 
-experiment=shapes_mixing trains on a fixed pool of real (textured) scenes and endless synthetic (clean) ones, and
-tests on held-out real scenes. Every seed of two sweeps runs through train.py Hydra multiruns:
+experiment=shapes_mixing trains the tiny BLIP on a fixed pool of real (textured) scenes and endless synthetic (clean)
+ones, and tests on held-out real scenes. The plan's three encoder conditions (CONDITIONS) differ in the vision encoder
+every run starts from: pretrained on the sketch world, which shares neither study style (the primary condition, the
+ImageNet analogue); random weights; pretrained on both study styles (the upper bound). Study seed s trains with seed s
+from an encoder pretrained with seed s (`python -m synground.models.pretraining`, deterministic), so the spread over
+seeds holds the encoder's too. Each condition runs its ratio sweep at its real pool and its real-only learning curve.
 
-1. the ratio sweep: data.synthetic_ratio over --ratios, with a real pool of --pool scenes;
-2. the real-only learning curve: ratio 0 with real pools of --curve-sizes scenes, and of --pool: the ratio sweep's
-   ratio-0 runs are the same config and serve both.
+Every encoder and run is a file or directory named by what it is (<runs dir>/encoders/<world>_<labels>-seed<s>_blip
+.safetensors, <runs dir>/<condition>/pool<N>-ratio<r>-seed<s>), trained by its own process, --workers at a time with
+--threads torch threads each (on 2 cores two one-thread runs train in about the time of one two-thread run). A rerun
+trains only what is missing; a run directory without its test metric is cleared first; a finished run whose config
+differs from the one the study would give it now stops the study, naming the keys. A failed run writes failed.json
+and the others go on.
 
-Then the analysis (synground.results): per ratio and per pool size the mean, sd and 95% t-interval over seeds; every
-ratio paired with ratio 0 on the same seed; the learning curve with the best mix as a horizontal line; and the best
-mix's "equivalent real scenes", where its mean falls on the real-only curve (log-linear between the sizes that
-bracket it), if the curve rises: its largest pool paired with its smallest must be higher with a 95% interval that
-excludes 0, or the study says the curve is flat and gives no equivalent size. The best mix is the ratio above 0 with
-the highest mean validation score, so the test score it is reported with is not the one it was picked on. The wall
-time of every run is read from its files.
-
-Each run's directory is named by its config: <runs dir>/pool<N>-ratio<r>-seed<s>. A rerun skips the finished runs
-(metrics.json with the test metric) and launches only the others; the directory of an unfinished or failed run is
-cleared first. A finished run whose config differs from the one this study would run now (experiment=shapes
-retuned, other options) stops the study, naming the keys: give another --runs-dir, or delete it. Writes
-benchmarks/results/shapes_mixing/{results.md,results.json,pointing_game.png,learning_curve.png}.
+The analysis follows the plan (synground.results): per condition, every ratio against real only paired on seed (the
+paired t-test, Holm's adjustment over the ratios, Bonferroni intervals), the best ratio picked on validation and
+reported on test, the real-only curve's rise, and where it rises the best mix's equivalent real-scene count with a
+seed-bootstrap interval. Writes <output>/{results.json,results.md,ratio_sweep.png,learning_curve.png}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,48 +50,73 @@ from synground.files import write_atomic
 from synground.results import (
     FLAT,
     aggregate,
+    bootstrap_equivalent,
     collect,
     curve_equivalent,
     curve_rise,
     draw,
+    holm,
+    metric_of,
     paired_differences,
-    paired_table,
-    plot,
+    paired_test,
     pointing_game_metrics,
     table,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The defaults: 27 runs of 200 steps, to fit inside an hour on 2 CPU cores (1.8 min per run measured; a 300-step run
-# with both test splits took 3.1 min). Real data is scarce at 16 scenes: with 500 every mix was within noise of
-# real only (benchmarks/results/shapes_mixing_pool500, `--pool 500 --curve-sizes 125 1000 2000`).
-SEEDS = (0, 1, 2)
-RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
-POOL = 16  # real scenes of the ratio sweep
-CURVE_SIZES = (125, 500, 1000, 2000)  # real-only pools besides POOL
-MAX_EPOCHS: int | None = 2  # None: experiment=shapes' own
-BATCHES_PER_EPOCH: int | None = 100  # None: experiment=shapes' own
-# the study's question is about the real domain: the clean (synthetic-domain) test split is left out, a third of
-# each run's evaluation (give --extra to put overrides of your own after these)
-# The committed results were measured with the tiny BLIP's ITM on [CLS] and maps averaged over every token, before it
-# took BLIP's own conventions ([ENC], the phrase's tokens; benchmarks/results/blip_conventions.md compares them):
-# pinned here so a rerun reproduces them.
-STUDY_OVERRIDES = ["~data.test.shapes_clean", "model.net.first_token=cls", "model.net.token_average=all"]
-
 METRIC = "test/pointing_game/shapes_textured"  # the headline: held-out scenes of the real domain
-SELECTION = "val/pointing_game/shapes_textured"  # what picks the best mix
+SELECTION = "val/pointing_game/shapes_textured"  # what picks the best ratio
+ALPHA = 0.05  # family-wise, over one condition's ratios (Holm)
+HELPS_MARGIN = 2.0  # points: the smallest gain the plan calls help ("does not help" needs the interval below it)
 RATIO, POOL_KEY = "data.synthetic_ratio", "real_pool"
-SUBDIR = "pool${real_pool}-ratio${data.synthetic_ratio}-seed${seed}"  # hydra.sweep.subdir: a run's name is its config
+SEEDS = (0, 1, 2, 3, 4)
+# 200 steps of 32 (1.8 min a run with two threads): the former study's length, fixed before the pilot
+RUN_LENGTH = ("trainer.max_epochs=2", "data.batches_per_epoch=100")
+# the question is about the real domain: the clean (synthetic-domain) test split is left out, a third of each test
+STUDY_OVERRIDES = ("~data.test.shapes_clean",)
+
+
+@dataclass(frozen=True)
+class Condition:
+    about: str
+    encoder: tuple[str, str] | None  # (world, labels) of the encoder pretrained per seed; None: random weights
+    pool: int  # real scenes of the ratio sweep
+    ratios: tuple[float, ...]  # must hold 0, the baseline
+    curve: tuple[int, ...]  # real-only pools besides `pool`
+
+
+# The plan's cells (docs/mixing_study_plan.md): the primary condition runs the whole ratio sweep and learning curve,
+# the two controls a subset.
+POOL = 16
+CURVE = (64, 256, 1024)
+RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
+CONDITIONS = {
+    "disjoint": Condition("encoder pretrained on the sketch world (neither study style)", ("disjoint", "dense"), POOL, RATIOS, CURVE),
+    "random": Condition("random vision encoder", None, POOL, (0.0, 0.5, 1.0), (CURVE[-1],)),
+    "both": Condition("encoder pretrained on both study styles (upper bound)", ("both", "dense"), POOL, (0.0, 0.5, 1.0), (CURVE[-1],)),
+}  # fmt: skip
+PRETRAINING_STEPS = 1500
 
 
 def run_name(pool: int, ratio: float, seed: int) -> str:
-    """The directory Hydra makes of `SUBDIR` for these overrides."""
-    return f"pool{pool}-ratio{ratio}-seed{seed}"
+    return f"pool{pool}-ratio{float(ratio)}-seed{seed}"
 
 
-def run_overrides(pool: int, ratio: float, seed: int, common: list[str]) -> list[str]:
-    return [*common, f"{POOL_KEY}={pool}", f"{RATIO}={ratio}", f"seed={seed}"]
+def encoder_path(runs_dir: Path, encoder: tuple[str, str], seed: int) -> Path:
+    world, labels = encoder
+    return runs_dir / "encoders" / f"{world}_{labels}-seed{seed}_blip.safetensors"
+
+
+def cells(condition: Condition, seeds: Sequence[int]) -> list[tuple[int, float, int]]:
+    """(pool, ratio, seed) of every run of a condition: the ratio sweep, then the curve's other pools at ratio 0."""
+    wanted = [(condition.pool, ratio, seed) for ratio in condition.ratios for seed in seeds]
+    return wanted + [(size, 0.0, seed) for size in condition.curve if size != condition.pool for seed in seeds]
+
+
+def run_overrides(condition: Condition, runs_dir: Path, pool: int, ratio: float, seed: int, common: list[str]) -> list[str]:
+    weights = "null" if condition.encoder is None else str(encoder_path(runs_dir, condition.encoder, seed))
+    return [*common, f"model.net.vision_weights={weights}", f"{POOL_KEY}={pool}", f"{RATIO}={ratio}", f"seed={seed}"]
 
 
 def stale_keys(run: Path, expected: dict[str, Any]) -> list[str]:
@@ -102,206 +129,351 @@ def stale_keys(run: Path, expected: dict[str, Any]) -> list[str]:
         return {prefix.rstrip("."): node}
 
     now, then = flat(expected), flat(saved)
-    return sorted(key for key in now.keys() | then.keys() if now.get(key) != then.get(key))
+    return sorted(key for key in now.keys() | then.keys() if now.get(key) != then.get(key) and key != "paths.output_dir")
 
 
-def plan(runs_dir: Path, wanted: list[tuple[int, float, int]], common: list[str]) -> list[tuple[int, float, int]]:
-    """The runs still to train; clears the directories of unfinished and failed ones."""
+def missing_runs(runs_dir: Path, conditions: dict[str, Condition], seeds: Sequence[int], common: list[str]) -> list[tuple]:
+    """The runs still to train, as (condition name, pool, ratio, seed); clears the directories of unfinished ones."""
     missing = []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for pool, ratio, seed in wanted:
-            run = runs_dir / run_name(pool, ratio, seed)
-            metrics = run / "metrics.json"
-            if metrics.is_file() and METRIC in json.loads(metrics.read_text()):
-                expected = OmegaConf.to_container(compose("train", overrides=run_overrides(pool, ratio, seed, common)))
-                stale = stale_keys(run, expected)
-                if stale:
-                    raise SystemExit(
-                        f"{run} was trained with another config than this study's (differs at {', '.join(stale[:5])}): "
-                        "give another --runs-dir, or delete it to train it again"
-                    )
-                continue
-            if run.exists():
-                print(f"clearing unfinished run {run}")
-                shutil.rmtree(run)
-            missing.append((pool, ratio, seed))
+        for name, condition in conditions.items():
+            for pool, ratio, seed in cells(condition, seeds):
+                run = runs_dir / name / run_name(pool, ratio, seed)
+                metrics = run / "metrics.json"
+                if metrics.is_file() and METRIC in json.loads(metrics.read_text()):
+                    overrides = run_overrides(condition, runs_dir, pool, ratio, seed, common)
+                    stale = stale_keys(run, OmegaConf.to_container(compose("train", overrides=overrides)))
+                    if stale:
+                        raise SystemExit(
+                            f"{run} was trained with another config than this study's (differs at "
+                            f"{', '.join(stale[:5])}): give another --runs-dir, or delete it to train it again"
+                        )
+                    continue
+                if run.exists():
+                    print(f"clearing unfinished run {run}", flush=True)
+                    shutil.rmtree(run)
+                missing.append((name, pool, ratio, seed))
     return missing
 
 
-def launch(runs_dir: Path, missing: list[tuple[int, float, int]], common: list[str]) -> None:
-    """Train the missing runs in as few multiruns as cover them exactly: a multirun is the product of its pools,
-    ratios and seeds, so runs that miss the same seeds share one, and of those the pools that miss the same ratios."""
-    seeds_of: dict[tuple[int, float], list[int]] = defaultdict(list)
-    for pool, ratio, seed in missing:
-        seeds_of[pool, ratio].append(seed)
-    ratios_of: dict[tuple[int, tuple[int, ...]], list[float]] = defaultdict(list)
-    for (pool, ratio), seeds in seeds_of.items():
-        ratios_of[pool, tuple(seeds)].append(ratio)
-    pools_of: dict[tuple[tuple[float, ...], tuple[int, ...]], list[int]] = defaultdict(list)
-    for (pool, seeds), ratios in ratios_of.items():
-        pools_of[tuple(ratios), seeds].append(pool)
-    for (ratios, seeds), pools in pools_of.items():
-        sweep = [f"{POOL_KEY}={','.join(map(str, pools))}", f"{RATIO}={','.join(map(str, ratios))}"]
-        sweep.append(f"seed={','.join(map(str, seeds))}")
-        print(f"training {len(pools) * len(ratios) * len(seeds)} runs: {' '.join(sweep)}", flush=True)
-        command = [sys.executable, str(ROOT / "train.py"), "-m", *common, *sweep]
-        subprocess.run([*command, f"hydra.sweep.dir={runs_dir}", f"hydra.sweep.subdir={SUBDIR}"], cwd=ROOT, check=True)
+def run_all(jobs: list[tuple[str, list[str], Path]], workers: int, threads: int) -> list[str]:
+    """Run each job (a label, a command, its log file) as its own process, `workers` at a time, with `threads` torch
+    threads; returns the labels of those that failed."""
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    failed, total = [], len(jobs)
+
+    def one(index: int, job: tuple[str, list[str], Path]) -> None:
+        label, command, log = job
+        log.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with open(log, "w") as out:
+            code = subprocess.run(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT).returncode
+        verdict = "done" if code == 0 else f"FAILED (exit {code}, see {log})"
+        print(f"[{index + 1}/{total}] {label}: {verdict} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+        if code != 0:
+            failed.append(label)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, range(total), jobs))
+    return failed
 
 
-def run_minutes(run: Path) -> float | None:
-    """A finished run's wall time from its files: Hydra writes .hydra/config.yaml as the run starts, train.py writes
-    metrics.json last, after the test. None for a run without both."""
-    start, end = run / ".hydra" / "config.yaml", run / "metrics.json"
-    if not (start.is_file() and end.is_file()):
-        return None
-    return (end.stat().st_mtime - start.stat().st_mtime) / 60
+def encoder_jobs(runs_dir: Path, conditions: dict[str, Condition], seeds: Sequence[int], args) -> list[tuple]:
+    jobs = []
+    for encoder in sorted({c.encoder for c in conditions.values() if c.encoder is not None}):
+        for seed in seeds:
+            path = encoder_path(runs_dir, encoder, seed)
+            if path.is_file():
+                continue
+            command = [sys.executable, "-m", "synground.models.pretraining", "--experiment", "shapes_mixing"]
+            command += [*args.extra, "--world", encoder[0], "--labels", encoder[1], "--seed", str(seed)]
+            command += ["--steps", str(args.pretraining_steps), "--threads", str(args.threads), "--output", str(path)]
+            jobs.append((f"encoder {path.name}", command, path.with_suffix(".log")))
+    return jobs
 
 
-def learning_curve_plot(path: Path, curve: list[dict[str, Any]], best: dict[str, Any] | None, pool: int) -> None:
-    figure = Figure(figsize=(6, 4), dpi=100, layout="constrained")
-    axes = figure.subplots()
-    draw(axes, curve, METRIC, "real only (synthetic_ratio 0)")
-    if best is not None:
-        stats = best["metrics"][METRIC]
-        label = f"best mix: synthetic_ratio {best['x']}, {pool} real scenes"
-        axes.axhline(stats["mean"], color="tab:red", linestyle="--", label=label)
-        if stats["ci95"]:
-            axes.axhspan(*stats["ci95"], color="tab:red", alpha=0.12)
-    sizes = [group["x"] for group in curve]
-    axes.set_xscale("log")
-    axes.set_xticks(sizes, [str(size) for size in sizes])
-    axes.minorticks_off()
-    axes.set(
-        xlabel="real training scenes (pool size)", ylabel=f"{METRIC} (%)", title="Real-only learning curve, mean and 95% interval"
-    )
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.savefig(path)
+def train_jobs(runs_dir: Path, conditions: dict[str, Condition], missing: list[tuple], common: list[str]) -> list[tuple]:
+    jobs = []
+    for name, pool, ratio, seed in missing:
+        run = runs_dir / name / run_name(pool, ratio, seed)
+        overrides = run_overrides(conditions[name], runs_dir, pool, ratio, seed, common)
+        command = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run}", "logger=csv"]
+        jobs.append((f"{name}/{run.name}", command, run.parent / f"{run.name}.log"))
+    return jobs
 
 
-def analyse(runs_dir: Path, output: Path, args: argparse.Namespace, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """Write results.md, results.json and both plots; return the failed runs."""
-    sweep_rows = collect([runs_dir / run_name(args.pool, r, s) for r in args.ratios for s in args.seeds], RATIO)
-    sizes = sorted({*args.curve_sizes, args.pool})
-    curve_rows = collect([runs_dir / run_name(n, 0.0, s) for n in sizes for s in args.seeds], POOL_KEY)
+def write_failure(run: Path, log: Path) -> None:
+    """A failed run's failed.json (what train.py writes in a multirun), with its log's last lines, if it has none."""
+    if not (run / "failed.json").exists():
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else []
+        run.mkdir(parents=True, exist_ok=True)
+        write_atomic(run / "failed.json", json.dumps({"error": " | ".join(tail)[-500:] or "no log"}, indent=2))
+
+
+def analyse_condition(runs_dir: Path, name: str, condition: Condition, seeds: Sequence[int]) -> dict[str, Any]:
+    """One condition's analysis, as the plan defines it."""
+    folder = runs_dir / name
+    sweep_rows = collect([folder / run_name(condition.pool, r, s) for r in condition.ratios for s in seeds], RATIO)
+    sizes = sorted({*condition.curve, condition.pool})
+    curve_rows = collect([folder / run_name(n, 0.0, s) for n in sizes for s in seeds], POOL_KEY)
     metrics = pointing_game_metrics(sweep_rows + curve_rows)
     sweep, curve = aggregate(sweep_rows, metrics), aggregate(curve_rows, metrics)
-    paired = paired_differences(sweep_rows, 0.0, METRIC)
-    mixes = [group for group in sweep if group["x"] > 0 and group["runs"]]
+    comparisons = (
+        paired_differences(sweep_rows, 0.0, METRIC) if any(r["x"] == 0.0 and "error" not in r for r in sweep_rows) else []
+    )
+    tests = [paired_test(c["differences"], family=len(comparisons)) for c in comparisons]
+    adjusted = holm([t["p"] if t["p"] is not None else 1.0 for t in tests])
+    for comparison, test, p_holm in zip(comparisons, tests, adjusted):
+        comparison |= test | {"p_holm": p_holm if test["p"] is not None else None}
+        comparison["holm_rejects"] = test["p"] is not None and p_holm <= ALPHA
+    mixes = [group for group in sweep if group["x"] > 0 and group["runs"] and SELECTION in group["metrics"]]
     best = max(mixes, key=lambda group: group["metrics"][SELECTION]["mean"], default=None)
+    best_comparison = next((c for c in comparisons if best is not None and c["x"] == best["x"]), None)
     rise = curve_rise(curve_rows, METRIC)
-    equivalent = None
+    equivalent = interval = None
     if best is not None and rise:
         equivalent = curve_equivalent(curve_rows, best["metrics"][METRIC]["mean"], METRIC)
+        if equivalent["relation"] != FLAT:
+            mix = {row["seed"]: metric_of(row, METRIC) for row in sweep_rows if row["x"] == best["x"] and "error" not in row}
+            interval = bootstrap_equivalent(curve_rows, mix, METRIC)
+    return {
+        "about": condition.about,
+        "encoder": None if condition.encoder is None else {"world": condition.encoder[0], "labels": condition.encoder[1]},
+        "pool": condition.pool,
+        "metrics": metrics,
+        "ratio_sweep": {"values": sweep, "paired": comparisons, "runs": sweep_rows},
+        "learning_curve": {"values": curve, "runs": curve_rows, "rise": rise},
+        "best_ratio": None if best is None else {"ratio": best["x"], **{k: best["metrics"][k] for k in (METRIC, SELECTION)}},
+        "best_paired": best_comparison,
+        "verdict": verdict(comparisons, best_comparison),
+        "equivalent_real_scenes": equivalent,
+        "equivalent_interval": interval,
+    }
 
+
+def verdict(comparisons: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
+    """The plan's reading of one condition's ratio sweep."""
+    if not comparisons or best is None or best.get("ci95") is None:
+        return "not enough finished runs to judge"
+    helps = [c for c in comparisons if c["holm_rejects"] and c["mean"] > 0]
+    hurts = [c for c in comparisons if c["holm_rejects"] and c["mean"] < 0]
+    if helps:
+        return (
+            "synthetic data helps: " + ", ".join(f"ratio {c['x']} ({c['mean']:+.1f} points)" for c in helps) + " beat real only"
+        )
+    if best["ci95"][1] < HELPS_MARGIN:
+        tail = f"; ratios {', '.join(str(c['x']) for c in hurts)} do worse" if hurts else ""
+        return f"synthetic data does not help: no ratio beats real only, and the best one's gain is below {HELPS_MARGIN:g} points{tail}"
+    return "inconclusive: no ratio beats real only after Holm's adjustment, but a gain of the size the plan calls help is not ruled out"
+
+
+def equivalent_text(result: dict[str, Any]) -> str:
+    equivalent, interval = result["equivalent_real_scenes"], result["equivalent_interval"]
+    if result["best_ratio"] is None:
+        return "no mix finished"
+    if equivalent is None:
+        return "not computed: the real-only curve has fewer than two pool sizes with finished runs"
+    rise = equivalent["rise"]
+    if equivalent["relation"] == FLAT:
+        evidence = "too few seeds for an interval"
+        if rise["ci95"] is not None:
+            evidence = (
+                f"paired difference {rise['mean']:+.2f} points, 95% interval [{rise['ci95'][0]:+.2f}, {rise['ci95'][1]:+.2f}]"
+            )
+        return f"none can be read: the real-only curve does not rise beyond its noise from {rise['baseline']} to {rise['x']} scenes ({evidence})"
+    where = (
+        f"about {equivalent['size']:,.0f} (between {' and '.join(map(str, equivalent['bracket']))})"
+        if equivalent["size"]
+        else equivalent["relation"]
+    )
+    if interval and interval["ci95"]:
+        low, high = interval["ci95"]
+        ends = f"{low:,.0f} to " + (
+            f"{high:,.0f}" if high is not None else f"more than {max(equivalent['bracket'])} (beyond the curve)"
+        )
+        where += f", 95% seed-bootstrap interval {ends} ({interval['resamples']} resamples of {len(interval['seeds'])} seeds)"
+    return where
+
+
+def paired_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "# The offline mixing study",
+        "| ratio | pairs | mean difference | 95% t-interval | Bonferroni interval | p | Holm p | beats real only |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        interval = bonferroni = p = p_holm = "-"
+        if c["ci95"] is not None:
+            interval = f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+            bonferroni = f"[{c['ci_bonferroni'][0]:+.2f}, {c['ci_bonferroni'][1]:+.2f}]"
+            p, p_holm = f"{c['p']:.3f}", f"{c['p_holm']:.3f}"
+        mean = "-" if c["mean"] is None else f"{c['mean']:+.2f}"
+        beats = "yes" if c["holm_rejects"] and c["mean"] > 0 else ("worse" if c["holm_rejects"] else "no")
+        lines.append(f"| {c['x']} | {c['n']} | {mean} | {interval} | {bonferroni} | {p} | {p_holm} | {beats} |")
+    return lines
+
+
+def markdown(record: dict[str, Any]) -> str:
+    lines = [
+        "# Pilot of the offline mixing study (validation only)" if record["pilot"] else "# The offline mixing study",
         "",
         (
-            f"experiment=shapes_mixing, {record['run_length']}, seeds {', '.join(map(str, args.seeds))}; headline "
-            f"{METRIC} (held-out scenes of the real domain). Cells: mean [95% t-interval], sd over the seeds."
+            f"Run to docs/mixing_study_plan.md by `{record['command']}`; {record['machine']}. Headline: {METRIC} "
+            f"(held-out scenes of the real domain), in points; the best ratio is picked on {SELECTION}. Cells: mean "
+            f"[95% t-interval], sd over seeds {', '.join(map(str, record['seeds']))}."
         ),
         "",
-        f"## Ratio sweep, real pool of {args.pool} scenes",
-        "",
-        table(sweep, RATIO, metrics),
-        "",
-        paired_table(paired, RATIO),
-        "",
-        "## Real-only learning curve (synthetic_ratio 0)",
-        "",
-        table(curve, POOL_KEY, metrics),
-        "",
     ]
-    if rise:
-        lines += [paired_table(rise, POOL_KEY), ""]
-    if best is not None:
-        stats = best["metrics"][METRIC]
-        if equivalent is None:
-            scenes = "not computed: the real-only curve has fewer than two pool sizes with finished runs"
-        elif equivalent["relation"] == FLAT:
-            overall = equivalent["rise"]
-            if overall["ci95"] is None:
-                evidence = f"{overall['n']} seed(s) finished at both sizes, too few for an interval"
-            else:
-                low, high = overall["ci95"]
-                evidence = f"paired difference {overall['mean']:+.2f} points, 95% interval [{low:+.2f}, {high:+.2f}]"
-            scenes = (
-                f"none can be read off the curve: it does not rise beyond its noise from {overall['baseline']} to "
-                f"{overall['x']} real scenes ({evidence}), so with these seeds it gives no exchange rate"
+    for name, result in record["conditions"].items():
+        lines += [f"## {name}: {result['about']}", ""]
+        if not result["ratio_sweep"]["runs"]:
+            lines += ["No run of this condition has finished.", ""]
+            continue
+        lines += [
+            f"Ratio sweep, real pool of {result['pool']} scenes:",
+            "",
+            table(result["ratio_sweep"]["values"], RATIO, result["metrics"]),
+            "",
+        ]
+        if result["ratio_sweep"]["paired"]:
+            family = len(result["ratio_sweep"]["paired"])
+            lines += [
+                f"Each ratio minus real only on the same seed ({METRIC}; Holm over {family} ratios, family-wise {ALPHA}):",
+                "",
+            ]
+            lines += [*paired_lines(result["ratio_sweep"]["paired"]), ""]
+        curve = result["learning_curve"]
+        if len({row["x"] for row in curve["runs"]}) > 1:
+            lines += [
+                "Real-only learning curve (synthetic_ratio 0):",
+                "",
+                table(curve["values"], POOL_KEY, result["metrics"]),
+                "",
+            ]
+        best = result["best_ratio"]
+        if best is not None:
+            lines.append(
+                f"Best ratio on validation: {best['ratio']}, test {best[METRIC]['mean']:.1f}% with {result['pool']} real "
+                f"scenes. Verdict: {result['verdict']}. Equivalent real scenes: {equivalent_text(result)}."
             )
-        elif equivalent["size"]:
-            scenes = f"about {equivalent['size']:,.0f} (log-linear between {' and '.join(map(str, equivalent['bracket']))})"
-        else:
-            scenes = f"{equivalent['relation']} ({equivalent['bracket'][0]})"
-        lines.append(
-            f"Best mix: synthetic_ratio {best['x']} (the highest mean {SELECTION} above ratio 0), {METRIC} "
-            f"{stats['mean']:.1f}% with {args.pool} real scenes. Equivalent real scenes: {scenes}."
-        )
-    runs = sorted({row["run"] for row in sweep_rows + curve_rows})
-    minutes = [m for m in (run_minutes(Path(run)) for run in runs) if m is not None]
-    if minutes:
-        median = statistics.median(minutes)
-        wall = f"{len(minutes)} runs, {sum(minutes):.1f} min in all, {median:.1f} min per run (median, from each run's files)"
-        lines += ["", f"Wall time: {wall}; {record['machine']}."]
-    lines += ["", "![ratio sweep](pointing_game.png)", "", "![learning curve](learning_curve.png)", ""]
-    output.mkdir(parents=True, exist_ok=True)
-    write_atomic(output / "results.md", "\n".join(lines))
-    record |= {
-        "metric": METRIC,
-        "selection": SELECTION,
-        "ratio_sweep": {"pool": args.pool, "values": sweep, "paired": paired, "runs": sweep_rows},
-        "learning_curve": {"values": curve, "runs": curve_rows},
-        "best_mix": None if best is None else {"ratio": best["x"], **{k: best["metrics"][k] for k in (METRIC, SELECTION)}},
-        "equivalent_real_scenes": equivalent,
-        "run_minutes": {"runs": len(minutes), "total": round(sum(minutes), 1)},
-        "learning_curve_rise": rise,
-    }
-    write_atomic(output / "results.json", json.dumps(record, indent=2) + "\n")
-    plot(output / "pointing_game.png", sweep, RATIO, [m for m in metrics if m.startswith("test/") and not m.endswith("/mean")])
-    learning_curve_plot(output / "learning_curve.png", curve, best, args.pool)
-    print("\n".join(lines))
-    return [failure for group in sweep + curve for failure in group["failed"]]
+            lines.append("")
+    lines += ["![ratio sweep](ratio_sweep.png)", "", "![learning curve](learning_curve.png)", ""]
+    return "\n".join(lines)
+
+
+def plots(output: Path, record: dict[str, Any]) -> None:
+    figure = Figure(figsize=(6, 4), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    for name, result in record["conditions"].items():
+        draw(axes, result["ratio_sweep"]["values"], METRIC, f"{name}: {result['about']}")
+    axes.set(
+        xlabel="synthetic_ratio", ylabel=f"{METRIC} (%)", title=f"Ratio sweep at {POOL} real scenes: mean, 95% interval, runs"
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.savefig(output / "ratio_sweep.png")
+
+    figure = Figure(figsize=(6, 4), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    sizes = set()
+    for index, (name, result) in enumerate(record["conditions"].items()):
+        values = result["learning_curve"]["values"]
+        draw(axes, values, METRIC, f"{name}: real only")
+        sizes |= {group["x"] for group in values}
+        best = result["best_ratio"]
+        if best is not None and best[METRIC]["ci95"]:
+            colour = axes.lines[-1].get_color() if axes.lines else f"C{index}"
+            axes.axhline(
+                best[METRIC]["mean"],
+                color=colour,
+                linestyle="--",
+                label=f"{name}: best mix ({best['ratio']}) at {result['pool']} scenes",
+            )
+    if sizes:
+        axes.set_xscale("log")
+        axes.set_xticks(sorted(sizes), [str(size) for size in sorted(sizes)])
+        axes.minorticks_off()
+    axes.set(
+        xlabel="real training scenes (pool size)",
+        ylabel=f"{METRIC} (%)",
+        title="Real-only learning curves, mean and 95% interval",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.savefig(output / "learning_curve.png")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(CONDITIONS), help="the parts to run")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="synthetic ratios (must hold 0)")
-    parser.add_argument("--pool", type=int, default=POOL, help="real pool of the ratio sweep")
-    parser.add_argument("--curve-sizes", type=int, nargs="+", default=list(CURVE_SIZES), help="real-only pools besides --pool")
-    parser.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="trainer.max_epochs of every run")
-    parser.add_argument("--batches-per-epoch", type=int, default=BATCHES_PER_EPOCH, help="data.batches_per_epoch")
-    parser.add_argument("--extra", nargs="*", default=[], help="more train.py overrides for every run (give it last)")
-    parser.add_argument("--runs-dir", type=Path, default=ROOT / "logs" / "shapes_mixing" / "multiruns" / "study")
+    parser.add_argument("--workers", type=int, default=2, help="processes at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--pretraining-steps", type=int, default=PRETRAINING_STEPS)
+    parser.add_argument("--pool", type=int, help="replaces every condition's sweep pool (a pilot's or a test's)")
+    parser.add_argument("--ratios", type=float, nargs="+", help="replaces every condition's ratios (must hold 0)")
+    parser.add_argument("--curve-sizes", type=int, nargs="*", help="replaces every condition's other curve pools")
+    parser.add_argument("--run-length", nargs="*", default=list(RUN_LENGTH), help="train.py overrides setting a run's length")
+    parser.add_argument("--extra", nargs="*", default=[], help="more train.py overrides for every run and encoder (give it last)")
+    parser.add_argument("--analyse-only", action="store_true", help="train nothing; analyse the runs there are")
+    parser.add_argument(
+        "--pilot", action="store_true", help="validation only: no test split is scored, and the headline is the validation score"
+    )
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "logs" / "shapes_mixing" / "study")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "shapes_mixing")
     args = parser.parse_args()
-    if 0.0 not in args.ratios:
+    if args.ratios is not None and 0.0 not in args.ratios:
         parser.error("--ratios must hold 0: the real-only baseline every ratio is paired with")
-    length = [f"trainer.max_epochs={args.max_epochs}"] if args.max_epochs is not None else []
-    length += [f"data.batches_per_epoch={args.batches_per_epoch}"] if args.batches_per_epoch is not None else []
-    common = ["experiment=shapes_mixing", *length, *STUDY_OVERRIDES, *args.extra]
+    conditions = {}
+    for name in args.conditions:
+        condition = CONDITIONS[name]
+        conditions[name] = Condition(
+            condition.about,
+            condition.encoder,
+            args.pool if args.pool is not None else condition.pool,
+            tuple(args.ratios) if args.ratios is not None else condition.ratios,
+            tuple(args.curve_sizes) if args.curve_sizes is not None else condition.curve,
+        )
+    common = ["experiment=shapes_mixing", *args.run_length, *STUDY_OVERRIDES, *args.extra]
+    if args.pilot:  # a pilot sees no test score: the design it informs is then not chosen on test data
+        global METRIC
+        METRIC = SELECTION
+        common += ["test=false"]
     runs_dir = args.runs_dir.resolve()
 
-    wanted = [(args.pool, ratio, seed) for ratio in args.ratios for seed in args.seeds]
-    wanted += [(size, 0.0, seed) for size in args.curve_sizes if size != args.pool for seed in args.seeds]
-    missing = plan(runs_dir, wanted, common)
-    print(f"{len(wanted) - len(missing)} of {len(wanted)} runs finished already; training {len(missing)}", flush=True)
     start = time.perf_counter()
-    launch(runs_dir, missing, common)
-    seconds = time.perf_counter() - start
+    trained, failures = 0, []
+    if not args.analyse_only:
+        encoders = encoder_jobs(runs_dir, conditions, args.seeds, args)
+        print(f"pretraining {len(encoders)} encoders", flush=True)
+        failures += run_all(encoders, args.workers, args.threads)
+        wanted = sum(len(cells(c, args.seeds)) for c in conditions.values())
+        missing = missing_runs(runs_dir, conditions, args.seeds, common)
+        print(f"{wanted - len(missing)} of {wanted} runs finished already; training {len(missing)}", flush=True)
+        jobs = train_jobs(runs_dir, conditions, missing, common)
+        failed = run_all(jobs, args.workers, args.threads)
+        for label, _, log in jobs:
+            if label in failed:
+                write_failure(runs_dir / label, log)
+        failures += failed
+        trained = len(encoders) + len(jobs)
     record = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.workers} processes of {args.threads} thread(s), torch {torch.__version__}",
         "command": " ".join(["python benchmarks/mixing_study.py", *sys.argv[1:]]),
-        "run_length": " ".join(length) or "experiment=shapes' run length",
+        "plan": "docs/mixing_study_plan.md",
+        "pilot": args.pilot,
+        "seeds": args.seeds,
         "overrides": common,
-        "trained_now": {"runs": len(missing), "seconds": round(seconds, 1)},
+        "trained_now": {"jobs": trained, "minutes": round((time.perf_counter() - start) / 60, 1)},
+        "conditions": {name: analyse_condition(runs_dir, name, c, args.seeds) for name, c in conditions.items()},
     }
-    failed = analyse(runs_dir, args.output, args, record)
-    if missing:
-        print(f"trained {len(missing)} runs in {seconds / 60:.1f} min ({seconds / 60 / len(missing):.1f} min per run)")
-    if failed:
-        raise SystemExit("failed runs (a rerun trains them again):\n" + "\n".join(f"  {f['run']}: {f['error']}" for f in failed))
+    args.output.mkdir(parents=True, exist_ok=True)
+    text = markdown(record)
+    write_atomic(args.output / "results.md", text)
+    write_atomic(args.output / "results.json", json.dumps(record, indent=2) + "\n")
+    plots(args.output, record)
+    print(text)
+    if failures:
+        raise SystemExit("failed (a rerun trains them again):\n" + "\n".join(f"  {label}" for label in failures))
 
 
 if __name__ == "__main__":
