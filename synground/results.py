@@ -12,8 +12,9 @@ seed) are aggregated: mean, sample standard deviation, n and the 95% t-interval 
 directory: averaging the others would hide it.
 
 `--paired-baseline VALUE` compares every other value with VALUE run by run, matched on `seed`: runs with the same
-seed share their initialisation and data order, so the mean of the paired differences and its t-interval separate
-the values with fewer runs than two independent means would. A seed that has a run on one side only is reported,
+seed share their initialisation (not their data order, once the swept value changes what each batch holds), so the
+mean of the paired differences and its t-interval separate the values with fewer runs than two independent means
+would. A seed that has a run on one side only is reported,
 not dropped silently.
 
 t quantiles come from a table (scipy is not a dependency): exact to 4 decimals for up to 30 degrees of freedom,

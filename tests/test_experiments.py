@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,37 +137,51 @@ def test_the_paper_experiments_compose_with_their_models_data_and_ratios():
                 assert bool(cfg.data.train.synthetic) == (ratio > 0) and bool(cfg.data.train.real) == (ratio < 1)
 
 
-def test_the_mixing_study_trains_both_sweeps_analyses_them_and_a_rerun_trains_only_what_is_missing(tmp_path):
-    """2 ratios x 2 seeds at a pool of 8 real scenes, and a real-only pool of 4: 6 runs of 2 steps."""
+def test_the_mixing_study_pretrains_its_encoders_trains_both_sweeps_analyses_them_and_resumes(tmp_path):
+    """The primary condition at 2 ratios x 2 seeds, a real pool of 8 and a real-only pool of 4: 2 encoders (one per
+    seed, 2 steps) and 6 runs of 2 steps, two processes at a time."""
     study = [
-        *("--seeds", "0", "1", "--ratios", "0", "0.5", "--pool", "8", "--curve-sizes", "4"),
-        *("--max-epochs", "1", "--batches-per-epoch", "2"),
+        *("--conditions", "disjoint", "--seeds", "0", "1", "--ratios", "0", "0.5", "--pool", "8", "--curve-sizes", "4"),
+        *("--pretraining-steps", "2", "--run-length", "trainer.max_epochs=1", "data.batches_per_epoch=2"),
         *("--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "out")),
         *("--extra", "data.image_size=64", "data.batch_size=4", "data.num_workers=0"),
         *(f"data.{split}.num_samples=4" for split in ("val.shapes_textured", "test.shapes_textured")),
     ]
     first = run("benchmarks/mixing_study.py", *study, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "0 of 6 runs finished already; training 6" in first.stdout
-    written = {"results.md", "results.json", "pointing_game.png", "learning_curve.png"}
-    assert {p.name for p in (tmp_path / "out").iterdir()} == written
+    assert "pretraining 2 encoders" in first.stdout and "0 of 6 runs finished already; training 6" in first.stdout
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "results.md",
+        "results.json",
+        "ratio_sweep.png",
+        "learning_curve.png",
+    }
     record = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [(g["x"], g["seeds"]) for g in record["ratio_sweep"]["values"]] == [(0.0, [0, 1]), (0.5, [0, 1])]
-    assert [(g["x"], g["seeds"]) for g in record["learning_curve"]["values"]] == [(4, [0, 1]), (8, [0, 1])]
-    assert [(c["x"], c["n"]) for c in record["ratio_sweep"]["paired"]] == [(0.5, 2)]
+    result = record["conditions"]["disjoint"]
+    assert [(g["x"], g["seeds"]) for g in result["ratio_sweep"]["values"]] == [(0.0, [0, 1]), (0.5, [0, 1])]
+    assert [(g["x"], g["seeds"]) for g in result["learning_curve"]["values"]] == [(4, [0, 1]), (8, [0, 1])]
+    paired = result["ratio_sweep"]["paired"]
+    assert [(c["x"], c["n"]) for c in paired] == [(0.5, 2)] and {"p", "p_holm", "ci_bonferroni"} <= set(paired[0])
     # the sweep's ratio-0 runs are the curve's pool-8 runs: one directory each
-    assert record["learning_curve"]["runs"][2]["run"] == record["ratio_sweep"]["runs"][0]["run"]
+    assert result["learning_curve"]["runs"][2]["run"] == result["ratio_sweep"]["runs"][0]["run"]
+    # each seed's runs start from that seed's encoder
+    for seed in (0, 1):
+        config = OmegaConf.load(tmp_path / "runs" / "disjoint" / f"pool8-ratio0.5-seed{seed}" / ".hydra" / "config.yaml")
+        assert config.model.net.vision_weights == str(
+            tmp_path / "runs" / "encoders" / f"disjoint_dense-seed{seed}_blip.safetensors"
+        )
     markdown = (tmp_path / "out" / "results.md").read_text()
-    assert "## Real-only learning curve" in markdown and "Equivalent real scenes:" in markdown
+    assert "Real-only learning curve" in markdown and "Equivalent real scenes:" in markdown and "Verdict:" in markdown
 
-    killed = tmp_path / "runs" / "pool4-ratio0.0-seed1"
+    killed = tmp_path / "runs" / "disjoint" / "pool4-ratio0.0-seed1"
     (killed / "metrics.json").unlink()  # as if killed before the end
-    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/metrics.json")}
+    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/*/metrics.json")}
+    encoders = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "encoders").glob("*.safetensors")}
     second = run("benchmarks/mixing_study.py", *study, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "5 of 6 runs finished already; training 1" in second.stdout and f"clearing unfinished run {killed}" in second.stdout
-    assert (killed / "metrics.json").exists()
-    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())
+    assert "pretraining 0 encoders" in second.stdout and "5 of 6 runs finished already; training 1" in second.stdout
+    assert f"clearing unfinished run {killed}" in second.stdout and (killed / "metrics.json").exists()
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in {**finished, **encoders}.items())
 
 
 def test_each_test_split_is_scored_with_the_checkpoint_best_on_its_benchmarks_validation_split(tmp_path):

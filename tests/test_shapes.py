@@ -57,3 +57,23 @@ def test_it_is_a_triplet_generator_with_provenance():
         "style": "clean",
         "image_size": 128,
     }
+
+
+def test_the_shared_colour_phrases_are_those_a_colour_alone_cannot_ground():
+    """phrases="shared_colour" keeps, of the same scene, exactly the phrases whose colour a shape of another kind
+    shares: read off the full scene's phrases, with the same image and boxes."""
+    full, shared = ShapesGenerator("textured", image_size=64), ShapesGenerator("textured", image_size=64, phrases="shared_colour")
+    kept = total = 0
+    for seed in range(60):
+        everything, subset = full.scene("k", seed), shared.scene("k", seed)
+        assert np.array_equal(np.asarray(everything.image), np.asarray(subset.image))
+        words = [region.phrase.split() for region in everything.regions]
+        named = [(next(w for w in ws if w in COLOURS), ws[-1] if ws[-1] not in ("left", "right") else ws[-4]) for ws in words]
+        expected = [
+            region
+            for region, (colour, kind) in zip(everything.regions, named)
+            if any(c == colour and k != kind for c, k in named)
+        ]
+        assert subset.regions == expected
+        kept, total = kept + len(expected), total + len(everything.regions)
+    assert 0.1 < kept / total < 0.6  # both kinds of phrase are common

@@ -28,6 +28,9 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle", "diamond")
 SIZES = {"small": (0.07, 0.10), "large": (0.14, 0.19)}  # radius as a fraction of the image side
 STYLES = ("clean", "textured")
+# which phrases a scene keeps: all, or only those whose colour a shape of another kind in the scene shares (where a
+# model that grounds the colour word alone is right at most half the time; a scene may then keep none)
+PHRASES = ("all", "shared_colour")
 VERSION = 1  # bump when rendering changes, so provenance tells old scenes from new
 
 
@@ -41,6 +44,7 @@ class ShapesGenerator:
         min_shapes: int = 2,
         max_shapes: int = 5,
         colours: Sequence[str] = tuple(COLOURS),
+        phrases: str = "all",
     ):
         if style not in STYLES:
             raise ValueError(f"unknown shapes style {style!r}; choose one of {STYLES}")
@@ -49,6 +53,9 @@ class ShapesGenerator:
         unknown = set(colours) - set(COLOURS)
         if unknown or not colours:
             raise ValueError(f"unknown shape colours {sorted(unknown)}; choose from {list(COLOURS)}")
+        if phrases not in PHRASES:
+            raise ValueError(f"unknown shapes phrases {phrases!r}; choose one of {PHRASES}")
+        self.phrases = phrases
         self.style = style
         self.colours = list(colours)
         self.image_size = image_size
@@ -69,6 +76,8 @@ class ShapesGenerator:
         phrases = _describe(shapes)
         regions = [Region(phrase, [list(shape["box"])], None) for phrase, shape in zip(phrases, shapes)]
         caption = "A picture of " + _join([_indefinite(p) for p in phrases]) + "."
+        if self.phrases == "shared_colour":
+            regions = [region for region, shape in zip(regions, shapes) if _colour_shared(shape, shapes)]
         provenance = {
             "generator": "shapes",
             "version": VERSION,
@@ -76,6 +85,8 @@ class ShapesGenerator:
             "style": self.style,
             "image_size": self.image_size,
         }
+        if self.phrases != "all":
+            provenance["phrases"] = self.phrases
         return GroundingSample(key, image, caption, regions, f"shapes-{self.style}", provenance)
 
     def _layout(self, rng: np.random.Generator) -> list[dict]:
@@ -143,13 +154,15 @@ def draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: Sequence[float], fill,
         draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill, outline=outline)
 
 
-SKETCH_RADIUS = (0.06, 0.24)  # the pretraining world's shapes, as a fraction of the image side: a wider range
+SKETCH_RADIUS = (0.08, 0.24)  # the pretraining world's shapes, as a fraction of the image side: a wider range
+SKETCH_CONTRAST = 90  # least luminance difference between a shape's fill and the background at its centre
 
 
 def sketch_scene(seed: int, image_size: int) -> tuple[Image.Image, list[tuple[str, tuple[float, float, float, float]]]]:
     """A scene of the encoder-pretraining world, which shares neither study domain's style: 1-4 shapes of the four
-    kinds, hatched in two random colours of any hue (never the six named ones exactly) on a two-colour gradient with
-    speckles. Returns the image and each shape's (kind, xyxy box); a pure function of `seed`."""
+    kinds, filled with a random colour of any hue (the study draws six named ones) that stands out from the
+    background, hatched in a darker shade, on a two-colour gradient with speckles. Returns the image and each shape's
+    (kind, xyxy box); a pure function of `seed`."""
     rng = np.random.default_rng(seed)
     side = image_size
     ends = rng.uniform(0, 255, size=(2, 3))
@@ -157,6 +170,7 @@ def sketch_scene(seed: int, image_size: int) -> tuple[Image.Image, list[tuple[st
     y, x = np.mgrid[0:side, 0:side] / max(side - 1, 1)
     along = np.clip(0.5 + (x - 0.5) * math.cos(angle) + (y - 0.5) * math.sin(angle), 0, 1)[..., None]
     pixels = ends[0] * (1 - along) + ends[1] * along
+    background = pixels.copy()
     speckles = rng.random((side, side)) < 0.02
     pixels[speckles] = rng.uniform(0, 255, size=(int(speckles.sum()), 3))
     image = Image.fromarray(pixels.astype(np.uint8))
@@ -172,20 +186,26 @@ def sketch_scene(seed: int, image_size: int) -> tuple[Image.Image, list[tuple[st
         box = (cx - radius, cy - radius, cx + radius, cy + radius)
         if any(_overlap(box, other, margin=2) for _, other in shapes):
             continue
-        fill, hatch = (tuple(int(c) for c in rng.uniform(0, 255, size=3)) for _ in range(2))
-        draw_shape(draw, kind, box, fill)
+        behind = _luminance(background[int(cy), int(cx)])
+        fill = rng.uniform(0, 255, size=3)
+        while abs(_luminance(fill) - behind) < SKETCH_CONTRAST:
+            fill = rng.uniform(0, 255, size=3)
+        draw_shape(draw, kind, box, tuple(int(c) for c in fill))
         mask = Image.new("L", (side, side), 0)
         draw_shape(ImageDraw.Draw(mask), kind, box, 255)
-        period, width = int(rng.integers(4, 9)), int(rng.integers(1, 3))
+        period = int(rng.integers(4, 9))
         lines = Image.new("L", (side, side), 0)
         line_draw = ImageDraw.Draw(lines)
         for offset in range(-side, side, period):  # diagonal hatching, clipped to the shape
-            line_draw.line([(offset, 0), (offset + side, side)], fill=255, width=width)
-        image.paste(
-            Image.new("RGB", (side, side), hatch), (0, 0), Image.fromarray(np.minimum(np.asarray(mask), np.asarray(lines)))
-        )
+            line_draw.line([(offset, 0), (offset + side, side)], fill=255, width=1)
+        hatch = Image.new("RGB", (side, side), tuple(int(c) for c in fill * 0.7))
+        image.paste(hatch, (0, 0), Image.fromarray(np.minimum(np.asarray(mask), np.asarray(lines))))
         shapes.append((kind, box))
     return image, shapes
+
+
+def _luminance(rgb: np.ndarray) -> float:
+    return float(np.dot(rgb, (0.299, 0.587, 0.114)))
 
 
 def scene_shapes(sample: GroundingSample) -> list[tuple[str, str, list[float]]]:
@@ -220,6 +240,11 @@ def _describe(shapes: list[dict]) -> list[str]:
         else:
             phrases.append(f"the {shape['size']} {shape['colour']} {shape['shape']}")
     return phrases
+
+
+def _colour_shared(shape: dict, shapes: list[dict]) -> bool:
+    """Another shape of the scene has this shape's colour and another kind."""
+    return any(other["colour"] == shape["colour"] and other["shape"] != shape["shape"] for other in shapes)
 
 
 def _overlap(a: tuple, b: tuple, margin: float) -> bool:
