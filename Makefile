@@ -77,9 +77,10 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/full_size_cost.py
 	$(PY) benchmarks/remote_throughput.py
 
-# the offline mixing study: ratio sweep and real-only learning curve over seeds on the shapes world, with their
-# analysis (27 runs, about 48 min on 2 CPU cores); a rerun trains only the runs not finished yet.
-# MIXING_ARGS passes options, e.g. MIXING_ARGS="--seeds 0 1 2 3 4"
+# the offline mixing study, run to docs/mixing_study_plan.md: three encoder conditions (sketch-world pretrained,
+# random, both-style upper bound) over 5 seeds, each seed with its own pretrained encoder, then the analysis; resumable
+# (a rerun trains only what is missing). MIXING_ARGS="--conditions disjoint" runs one part (each within 90 min on
+# 2 CPU cores), MIXING_ARGS=--analyse-only only writes benchmarks/results/shapes_mixing/ from the runs there are
 MIXING_ARGS ?=
 mixing-study: $(STAMP)
 	$(PY) benchmarks/mixing_study.py $(MIXING_ARGS)

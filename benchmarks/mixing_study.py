@@ -45,6 +45,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
+from safetensors import safe_open
 
 from synground.files import write_atomic
 from synground.results import (
@@ -54,6 +55,7 @@ from synground.results import (
     collect,
     curve_equivalent,
     curve_rise,
+    describe,
     draw,
     holm,
     metric_of,
@@ -89,7 +91,7 @@ class Condition:
 # The plan's cells (docs/mixing_study_plan.md): the primary condition runs the whole ratio sweep and learning curve,
 # the two controls a subset.
 POOL = 16
-CURVE = (64, 256, 1024)
+CURVE = (32, 64, 256, 1024)
 RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
 CONDITIONS = {
     "disjoint": Condition("encoder pretrained on the sketch world (neither study style)", ("disjoint", "dense"), POOL, RATIOS, CURVE),
@@ -239,6 +241,7 @@ def analyse_condition(runs_dir: Path, name: str, condition: Condition, seeds: Se
     return {
         "about": condition.about,
         "encoder": None if condition.encoder is None else {"world": condition.encoder[0], "labels": condition.encoder[1]},
+        "encoder_probes": encoder_probes(runs_dir, condition, seeds),
         "pool": condition.pool,
         "metrics": metrics,
         "ratio_sweep": {"values": sweep, "paired": comparisons, "runs": sweep_rows},
@@ -249,6 +252,21 @@ def analyse_condition(runs_dir: Path, name: str, condition: Condition, seeds: Se
         "equivalent_real_scenes": equivalent,
         "equivalent_interval": interval,
     }
+
+
+def encoder_probes(runs_dir: Path, condition: Condition, seeds: Sequence[int]) -> dict[str, Any] | None:
+    """What each seed's encoder knows of the study domains before the study (the linear probes pretraining keeps in
+    the file), in points, with their mean and interval over the seeds."""
+    if condition.encoder is None:
+        return None
+    per_seed = {}
+    for seed in seeds:
+        path = encoder_path(runs_dir, condition.encoder, seed)
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as file:
+                per_seed[seed] = {k: 100 * v for k, v in json.loads(file.metadata()["about"])["transfer"].items()}
+    names = sorted({name for probes in per_seed.values() for name in probes})
+    return {"seeds": per_seed, "summary": {name: describe([probes[name] for probes in per_seed.values()]) for name in names}}
 
 
 def verdict(comparisons: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
@@ -295,6 +313,12 @@ def equivalent_text(result: dict[str, Any]) -> str:
     return where
 
 
+def _mean(stats: dict[str, Any]) -> str:
+    if stats["ci95"] is None:
+        return f"{stats['mean']:.1f}%"
+    return f"{stats['mean']:.1f}% [{stats['ci95'][0]:.1f}, {stats['ci95'][1]:.1f}]"
+
+
 def paired_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| ratio | pairs | mean difference | 95% t-interval | Bonferroni interval | p | Holm p | beats real only |",
@@ -325,6 +349,13 @@ def markdown(record: dict[str, Any]) -> str:
     ]
     for name, result in record["conditions"].items():
         lines += [f"## {name}: {result['about']}", ""]
+        probes = result["encoder_probes"]
+        if probes and probes["summary"]:
+            cells = ", ".join(f"{key} {_mean(stats)}" for key, stats in probes["summary"].items())
+            lines += [
+                f"Linear probes of its encoders before the study (patch features of held-out scenes, {len(probes['seeds'])} seeds): {cells}.",
+                "",
+            ]
         if not result["ratio_sweep"]["runs"]:
             lines += ["No run of this condition has finished.", ""]
             continue
