@@ -19,9 +19,9 @@ pretraining worlds, and saves the encoder alone: no phrase, box-to-text pairing 
 
 The run is deterministic: seeded before the model is built, deterministic kernels, one thread by default, and no
 clock in the file, so one command gives one file byte for byte (synground/assets/manifest.json records the shipped
-files' commands and digests; `python tools/assets.py` checks them). The file keeps the encoder's weights and, as metadata, the architecture it fits and how
-it was made, with linear probes of what it knows of the study domains (`probe_transfer`); `load_vision_weights`
-refuses a file made for another architecture, naming both.
+files' commands and digests; `python tools/assets.py` checks them). The file keeps the encoder's weights and, as
+metadata, the architecture it fits and how it was made, with linear probes of what it knows of the study domains
+(`probe_transfer`); `load_vision_weights` refuses a file made for another architecture, naming both.
 """
 
 from __future__ import annotations

@@ -1,0 +1,106 @@
+"""The packaged vision encoders (synground/assets/*.safetensors) against the commands that made them.
+
+synground/assets/manifest.json records, per file, its sha256 and the `python -m synground.models.pretraining` command
+that made it. Pretraining is deterministic (one thread, seeded before the model is built, a sorted header), so the
+command gives the same bytes again on this kind of machine.
+
+    python tools/assets.py                 check: every file's sha256 and embedded command match the manifest (fast)
+    python tools/assets.py --rebuild       run every command into a temporary folder, compare the digests (~35 min)
+    python tools/assets.py --record        write the manifest from the files there are (after rebuilding them)
+
+Exit status 0 when everything matches, 1 with one line per mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from safetensors import safe_open
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "synground" / "assets"
+MANIFEST = ASSETS / "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def embedded_command(path: Path) -> str:
+    with safe_open(str(path), framework="pt") as file:
+        return json.loads(file.metadata()["about"])["command"]
+
+
+def check(manifest: dict[str, dict[str, str]]) -> list[str]:
+    problems = []
+    files = {path.name for path in ASSETS.glob("*.safetensors")}
+    for name in sorted(files - set(manifest)):
+        problems.append(f"{name}: not in {MANIFEST.name} (python tools/assets.py --record)")
+    for name, entry in sorted(manifest.items()):
+        path = ASSETS / name
+        if not path.is_file():
+            problems.append(f"{name}: listed in {MANIFEST.name} but missing")
+            continue
+        if sha256(path) != entry["sha256"]:
+            problems.append(f"{name}: sha256 {sha256(path)} differs from the manifest's {entry['sha256']}")
+        if embedded_command(path) != entry["command"]:
+            problems.append(f"{name}: made by `{embedded_command(path)}`, the manifest says `{entry['command']}`")
+    return problems
+
+
+def rebuild(manifest: dict[str, dict[str, str]], workers: int) -> list[str]:
+    """Run each recorded command with its output in a temporary folder and compare the digests."""
+    problems = []
+    with tempfile.TemporaryDirectory() as folder:
+
+        def one(item: tuple[str, dict[str, str]]) -> str | None:
+            name, entry = item
+            output = Path(folder) / name
+            arguments = shlex.split(entry["command"])[3:]  # after `python -m synground.models.pretraining`
+            command = [sys.executable, "-m", "synground.models.pretraining", *arguments, "--output", str(output)]
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if done.returncode != 0:
+                return f"{name}: `{entry['command']}` failed: {done.stderr.strip().splitlines()[-1:]}"
+            digest = sha256(output)
+            print(f"{name}: rebuilt, sha256 {'matches' if digest == entry['sha256'] else 'DIFFERS: ' + digest}", flush=True)
+            return None if digest == entry["sha256"] else f"{name}: the rebuilt file's sha256 is {digest}, not {entry['sha256']}"
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            problems = [problem for problem in pool.map(one, sorted(manifest.items())) if problem]
+    return problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rebuild", action="store_true", help="rerun every command and compare the digests")
+    parser.add_argument("--record", action="store_true", help="write the manifest from the files there are")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    if args.record:
+        manifest = {
+            path.name: {"sha256": sha256(path), "command": embedded_command(path)}
+            for path in sorted(ASSETS.glob("*.safetensors"))
+        }
+        MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+        print(f"recorded {len(manifest)} files in {MANIFEST}")
+        return
+    manifest = json.loads(MANIFEST.read_text())
+    problems = rebuild(manifest, args.workers) if args.rebuild else check(manifest)
+    for problem in problems:
+        print(problem)
+    if problems:
+        raise SystemExit(1)
+    print(f"{len(manifest)} packaged encoders match {MANIFEST.name}" + (" (rebuilt)" if args.rebuild else ""))
+
+
+if __name__ == "__main__":
+    main()
