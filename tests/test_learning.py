@@ -10,9 +10,13 @@ import json
 from test_train import run
 
 HELD_OUT = ("shapes_clean", "shapes_textured")
-# measured over 5 seeds (benchmarks/results/learning_floor.md): FLOOR_EVIDENCE
+# measured over 5 seeds with the rebuilt encoder (benchmarks/results/learning_floor.md): ITM + AMC 83.8% (sd 2.3,
+# lowest 81.0%), ITM alone 46.9% (sd 19.3, highest 68.3%). The floor is 3.8 sd below ITM + AMC's mean and 6 points
+# below its lowest seed; the margin is half the smallest gap between any seed's ITM + AMC and any seed's ITM alone
+# (12.7 points). On the shared-colour phrases these 100 steps stay near colour-only grounding (54.8%, sd 7.5), so
+# no floor is held there: that needs a longer run.
 AMC_FLOOR = 0.75
-MARGIN_OVER_ITM = 0.20
+MARGIN_OVER_ITM = 0.06
 
 
 def short_run(tmp_path, name: str, *overrides: str) -> dict[str, float]:
