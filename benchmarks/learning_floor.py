@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from synground.files import write_atomic
+from synground.results import config_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -41,7 +41,7 @@ def short_run(run_dir: Path, seed: int, *overrides: str) -> dict:
     done = run_dir / "metrics.json"
     arguments = ["experiment=shapes_short", f"seed={seed}", *overrides]
     finished = done.is_file() and all(f"test/pointing_game/{s}" in json.loads(done.read_text()) for s in SPLITS)
-    if not (finished and same_config(run_dir, arguments)):
+    if not finished or stale(run_dir, arguments):
         shutil.rmtree(run_dir, ignore_errors=True)
         command = [sys.executable, str(ROOT / "train.py"), *arguments]
         subprocess.run([*command, f"hydra.run.dir={run_dir}"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
@@ -53,11 +53,10 @@ def short_run(run_dir: Path, seed: int, *overrides: str) -> dict:
     }
 
 
-def same_config(run_dir: Path, arguments: list[str]) -> bool:
-    """Is the run's saved config the one these train.py arguments compose now (e.g. not from before a retuning)?"""
+def stale(run_dir: Path, arguments: list[str]) -> list[str]:
+    """The keys on which the run's saved config differs from what these train.py arguments compose now."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        now = OmegaConf.to_container(compose("train", overrides=arguments))
-    return now == OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+        return config_differences(run_dir, compose("train", overrides=arguments))
 
 
 def run_minutes(run_dir: Path) -> float:

@@ -44,7 +44,6 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from synground.files import write_atomic
@@ -53,6 +52,7 @@ from synground.results import (
     aggregate,
     bootstrap_equivalent,
     collect,
+    config_differences,
     curve_equivalent,
     curve_rise,
     describe,
@@ -121,19 +121,6 @@ def run_overrides(condition: Condition, runs_dir: Path, pool: int, ratio: float,
     return [*common, f"model.net.vision_weights={weights}", f"{POOL_KEY}={pool}", f"{RATIO}={ratio}", f"seed={seed}"]
 
 
-def stale_keys(run: Path, expected: dict[str, Any]) -> list[str]:
-    """The config keys on which a finished run differs from the config this study would give it now."""
-    saved = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"))
-
-    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(node, dict):
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix.rstrip("."): node}
-
-    now, then = flat(expected), flat(saved)
-    return sorted(key for key in now.keys() | then.keys() if now.get(key) != then.get(key) and key != "paths.output_dir")
-
-
 def missing_runs(runs_dir: Path, conditions: dict[str, Condition], seeds: Sequence[int], common: list[str]) -> list[tuple]:
     """The runs still to train, as (condition name, pool, ratio, seed); clears the directories of unfinished ones."""
     missing = []
@@ -144,7 +131,7 @@ def missing_runs(runs_dir: Path, conditions: dict[str, Condition], seeds: Sequen
                 metrics = run / "metrics.json"
                 if metrics.is_file() and METRIC in json.loads(metrics.read_text()):
                     overrides = run_overrides(condition, runs_dir, pool, ratio, seed, common)
-                    stale = stale_keys(run, OmegaConf.to_container(compose("train", overrides=overrides)))
+                    stale = config_differences(run, compose("train", overrides=overrides))
                     if stale:
                         raise SystemExit(
                             f"{run} was trained with another config than this study's (differs at "

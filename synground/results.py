@@ -14,8 +14,7 @@ directory: averaging the others would hide it.
 `--paired-baseline VALUE` compares every other value with VALUE run by run, matched on `seed`: runs with the same
 seed share their initialisation (not their data order, once the swept value changes what each batch holds), so the
 mean of the paired differences and its t-interval separate the values with fewer runs than two independent means
-would. A seed that has a run on one side only is reported,
-not dropped silently.
+would. A seed that has a run on one side only is reported, not dropped silently.
 
 t quantiles come from a table (scipy is not a dependency): exact to 4 decimals for up to 30 degrees of freedom,
 Fisher's expansion beyond, which is as exact there. For studies that test several values against one baseline,
@@ -123,11 +122,10 @@ def holm(p_values: list[float]) -> list[float]:
 def paired_test(differences: list[float], family: int = 1) -> dict[str, Any]:
     """A paired t-test of `differences` against 0: the two-sided p-value, and the interval of the mean at the
     Bonferroni level for a family of `family` comparisons (95% simultaneous coverage); None for fewer than 2."""
-    n = len(differences)
+    stats = describe(differences)
+    n, mean, std = stats["n"], stats["mean"], stats["std"]
     if n < 2:
         return {"p": None, "ci_bonferroni": None}
-    mean = sum(differences) / n
-    std = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
     if std == 0:
         return {"p": 0.0 if mean else 1.0, "ci_bonferroni": [mean, mean]}
     half = t_quantile(1 - 0.05 / (2 * family), n - 1) * std / math.sqrt(n)
@@ -175,6 +173,20 @@ def collect(run_dirs: list[Path], x: str) -> list[dict[str, Any]]:
             + (f"; {overrides} overrides {', '.join(str(item).split('=')[0] for item in swept)}" if swept else "")
         )
     return sorted(rows, key=lambda row: (row["x"] is None, row["x"] if row["x"] is not None else 0))
+
+
+def config_differences(run: Path, expected: Any) -> list[str]:
+    """The config keys (dotted) on which a run's saved .hydra/config.yaml differs from `expected` (a config, e.g. the
+    one composed now for the same overrides): a finished run of another config must not be read as this one's."""
+    saved = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"))
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): node}
+
+    now, then = flat(OmegaConf.to_container(expected) if OmegaConf.is_config(expected) else expected), flat(saved)
+    return sorted(key for key in now.keys() | then.keys() if now.get(key) != then.get(key))
 
 
 def read_record(path: Path, holds: str) -> dict[str, Any]:

@@ -50,10 +50,11 @@ def check(manifest: dict[str, dict[str, str]]) -> list[str]:
         if not path.is_file():
             problems.append(f"{name}: listed in {MANIFEST.name} but missing")
             continue
-        if sha256(path) != entry["sha256"]:
-            problems.append(f"{name}: sha256 {sha256(path)} differs from the manifest's {entry['sha256']}")
-        if embedded_command(path) != entry["command"]:
-            problems.append(f"{name}: made by `{embedded_command(path)}`, the manifest says `{entry['command']}`")
+        digest, command = sha256(path), embedded_command(path)
+        if digest != entry["sha256"]:
+            problems.append(f"{name}: sha256 {digest} differs from the manifest's {entry['sha256']}")
+        if command != entry["command"]:
+            problems.append(f"{name}: made by `{command}`, the manifest says `{entry['command']}`")
     return problems
 
 

@@ -44,6 +44,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from tqdm import tqdm
 
+from synground.data.schema import GroundingSample
 from synground.data.transforms import normalize_images
 from synground.files import write_atomic
 from synground.generation.shapes import COLOURS, SHAPES, STYLES, ShapesGenerator, scene_shapes, shape_mask, sketch_scene
@@ -171,22 +172,41 @@ class PretrainingBatches:
             image, shapes = sketch_scene(SEED_BASE + index, self.image_size)
             return image, [(kind, box, None) for kind, box in shapes]
         sample = self.generators[index % 2].scene(f"pretrain-{index}", SEED_BASE + index)
-        return sample.image, [(kind, box, colour) for colour, kind, box in scene_shapes(sample)]
+        return sample.image, labelled_shapes(sample)
 
     def batch(self, first: int) -> PretrainingBatch:
         scenes = [self.scene(first + i) for i in range(self.batch_size)]
-        images = torch.stack([torch.from_numpy(np.array(image.convert("RGB"))) for image, _ in scenes]).permute(0, 3, 1, 2)
+        images = image_batch([image for image, _ in scenes])
         present = torch.zeros(len(scenes), len(SHAPES))
         for index, (_, shapes) in enumerate(scenes):
             for kind, _, _ in shapes:
                 present[index, SHAPES.index(kind)] = 1
         kinds, colours = dense_targets([shapes for _, shapes in scenes], self.image_size, self.grid)
-        return PretrainingBatch(normalize_images(images), kinds, colours, present)
+        return PretrainingBatch(images, kinds, colours, present)
+
+
+def labelled_shapes(sample: GroundingSample) -> list[tuple[str, Sequence[float], str | None]]:
+    """(kind, box, colour) of each shape of a study scene, as `dense_targets` takes them."""
+    return [(kind, box, colour) for colour, kind, box in scene_shapes(sample)]
+
+
+def image_batch(images: list[Image.Image]) -> torch.Tensor:
+    """[B, 3, H, W]: the images as one normalised batch."""
+    return normalize_images(
+        torch.stack([torch.from_numpy(np.array(image.convert("RGB"))) for image in images]).permute(0, 3, 1, 2)
+    )
 
 
 def patch_features(net: GroundingModel, images: torch.Tensor) -> torch.Tensor:
     """[B, patches, width]: the encoder's output without its [CLS] token."""
     return net.encode_images(images)[:, 1:]
+
+
+@torch.no_grad()
+def patch_grid(net: GroundingModel) -> tuple[int, int]:
+    """(side of the square patch grid, feature width) of `net`'s vision encoder."""
+    patches, width = patch_features(net, torch.zeros(1, 3, net.image_size, net.image_size)).shape[1:]
+    return math.isqrt(patches), width
 
 
 def pretraining_heads(width: int, world: str, labels: str) -> torch.nn.ModuleDict:
@@ -230,9 +250,7 @@ def pretrain_vision(
     """Train `net`'s vision encoder (in place) on a pretraining world's labels; returns the held-out history (per
     evaluation: step, loss and the accuracies `evaluate` gives). Deterministic for a given seed and initial `net`."""
     torch.manual_seed(seed)
-    with torch.no_grad():
-        patches, width = patch_features(net, torch.zeros(1, 3, net.image_size, net.image_size)).shape[1:]
-    grid = math.isqrt(patches)
+    grid, width = patch_grid(net)
     heads = pretraining_heads(width, world, labels)
     parameters = list(net.vision_encoder.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.02)
@@ -280,19 +298,18 @@ def probe_transfer(net: GroundingModel, scenes: int = 48, steps: int = 300) -> d
     Scenes are drawn from seeds no pretraining world and no study split uses (SEED_BASE - 2^32 and below)."""
     was_training = net.training
     net.eval()
-    grid = math.isqrt(patch_features(net, torch.zeros(1, 3, net.image_size, net.image_size)).shape[1])
+    grid, _ = patch_grid(net)
     generator = torch.Generator().manual_seed(0)
     result = {}
     for offset, style in enumerate(STYLES):
+        scene_generator = ShapesGenerator(style, image_size=net.image_size)
         split = []
         for part in range(2):
             first = SEED_BASE - (2 + 2 * offset + part) * (1 << 32)
-            samples = [ShapesGenerator(style, image_size=net.image_size).scene("probe", first + i) for i in range(scenes)]
-            images = torch.stack([torch.from_numpy(np.array(s.image.convert("RGB"))) for s in samples]).permute(0, 3, 1, 2)
-            shapes = [[(kind, box, colour) for colour, kind, box in scene_shapes(s)] for s in samples]
-            kinds, colours = dense_targets(shapes, net.image_size, grid)
+            samples = [scene_generator.scene("probe", first + i) for i in range(scenes)]
+            kinds, colours = dense_targets([labelled_shapes(s) for s in samples], net.image_size, grid)
             covered = kinds.flatten() > 0
-            features = patch_features(net, normalize_images(images)).flatten(0, 1)[covered]
+            features = patch_features(net, image_batch([s.image for s in samples])).flatten(0, 1)[covered]
             split.append((features, kinds.flatten()[covered] - 1, colours.flatten()[covered] - 1))
         (train_x, train_kind, train_colour), (test_x, test_kind, test_colour) = split
         for name, train_y, test_y, classes in (
