@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from runner import run_minutes
 from synground.files import write_atomic
 from synground.results import config_differences
 
@@ -57,11 +58,6 @@ def stale(run_dir: Path, arguments: list[str]) -> list[str]:
     """The keys on which the run's saved config differs from what these train.py arguments compose now."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return config_differences(run_dir, compose("train", overrides=arguments))
-
-
-def run_minutes(run_dir: Path) -> float:
-    """From the run's files: Hydra writes .hydra/config.yaml as the run starts, train.py metrics.json last."""
-    return ((run_dir / "metrics.json").stat().st_mtime - (run_dir / ".hydra" / "config.yaml").stat().st_mtime) / 60
 
 
 def mean_of(metrics: dict[str, float], splits: tuple[str, ...]) -> float:

@@ -32,11 +32,9 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 from safetensors import safe_open
 
+from runner import run_all
 from synground.files import write_atomic
 from synground.results import (
     FLAT,
@@ -143,28 +142,6 @@ def missing_runs(runs_dir: Path, conditions: dict[str, Condition], seeds: Sequen
                     shutil.rmtree(run)
                 missing.append((name, pool, ratio, seed))
     return missing
-
-
-def run_all(jobs: list[tuple[str, list[str], Path]], workers: int, threads: int) -> list[str]:
-    """Run each job (a label, a command, its log file) as its own process, `workers` at a time, with `threads` torch
-    threads; returns the labels of those that failed."""
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    failed, total = [], len(jobs)
-
-    def one(index: int, job: tuple[str, list[str], Path]) -> None:
-        label, command, log = job
-        log.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with open(log, "w") as out:
-            code = subprocess.run(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT).returncode
-        verdict = "done" if code == 0 else f"FAILED (exit {code}, see {log})"
-        print(f"[{index + 1}/{total}] {label}: {verdict} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
-        if code != 0:
-            failed.append(label)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, range(total), jobs))
-    return failed
 
 
 def encoder_jobs(runs_dir: Path, conditions: dict[str, Condition], seeds: Sequence[int], args) -> list[tuple]:

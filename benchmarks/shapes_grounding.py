@@ -1,50 +1,79 @@
-"""What AMC adds on the shapes world: pointing game of ITM + AMC, ITM alone, and a random point, one run.
+"""What AMC adds on the shapes world: pointing game of ITM + AMC, ITM alone, and a random point, over seeds.
 
-    python benchmarks/shapes_grounding.py        (or `make benchmark`)
+    python benchmarks/shapes_grounding.py [--seeds 0 1 2]        (or `make benchmark`)
 
 Trains `experiment=shapes` (`make demo`) through train.py with the tiny BLIP (amc_weight 1 and 0) and the tiny ALBEF
 (amc_weight 1), each starting from its packaged pretrained vision encoder, and the tiny BLIP again from a random
-vision encoder (amc_weight 1 and 0: the demo before the encoder was pretrained), on the same data and seed;
-evaluates each on the held-out test splits, scores uniformly random points on the same splits, and writes
-benchmarks/results/shapes_grounding.{json,md}. It also splits each trained model's test hits by whether another shape
-in the scene has the phrase's colour: that tells a model that grounds colour words from one that binds colour and
-shape.
+vision encoder (amc_weight 1 and 0: the demo before the encoder was pretrained), each with every seed; evaluates each
+on the held-out test splits, scores uniformly random points on the same splits, and writes
+benchmarks/results/shapes_grounding.{json,md}: per method the mean, sd and 95% t-interval over seeds, and each
+method minus ITM + AMC paired on seed. It also splits each trained model's test hits by whether another shape in the
+scene has the phrase's colour: that tells a model that grounds colour words from one that binds colour and shape.
+
+Each run is a directory logs/benchmarks/shapes_grounding/<method>-seed<s>, trained by its own process, --workers at a
+time; a rerun trains only what is missing (a finished run of another config stops it, naming the keys).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import shutil
-import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from runner import run_all, run_minutes
 from synground.files import write_atomic
+from synground.results import config_differences, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-RUNS = ROOT / "logs" / "benchmarks"
+RUNS = ROOT / "logs" / "benchmarks" / "shapes_grounding"
+SPLITS = ("shapes_clean", "shapes_textured")
+METHODS = {  # method: (run name, train.py overrides)
+    "tiny BLIP, ITM + AMC (make demo)": ("amc", ()),
+    "tiny BLIP, ITM only (model.amc_weight=0)": ("itm_only", ("model.amc_weight=0",)),
+    "tiny ALBEF, ITM + AMC (model=albef_tiny)": ("albef_amc", ("model=albef_tiny",)),
+    "tiny BLIP, random vision encoder, ITM + AMC (model.net.vision_weights=null)": (
+        "random_vision_amc",
+        ("model.net.vision_weights=null",),
+    ),
+    "tiny BLIP, random vision encoder, ITM only": ("random_vision_itm_only", ("model.net.vision_weights=null", "model.amc_weight=0")),
+}  # fmt: skip
+BASELINE = "tiny BLIP, ITM + AMC (make demo)"
+SHARING = ("colour unique in scene", "colour shared in scene")
 
 
-def train(name: str, *overrides: str) -> dict:
-    run_dir = RUNS / name
-    shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of an earlier benchmark run must not be read as this one's
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "experiment=shapes", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"seconds": round(time.perf_counter() - start, 1), **metrics}
+def arguments(overrides: tuple[str, ...], seed: int, extra: tuple[str, ...] = ()) -> list[str]:
+    return ["experiment=shapes", *overrides, f"seed={seed}", *extra]
+
+
+def missing(runs_dir: Path, seeds: list[int], extra: tuple[str, ...]) -> list[tuple[str, list[str], Path]]:
+    """The runs still to train as jobs; clears unfinished run directories, stops on a finished run of another config."""
+    jobs = []
+    for name, overrides in METHODS.values():
+        for seed in seeds:
+            run = runs_dir / f"{name}-seed{seed}"
+            metrics = run / "metrics.json"
+            if metrics.is_file() and all(f"test/pointing_game/{s}" in json.loads(metrics.read_text()) for s in SPLITS):
+                with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+                    stale = config_differences(run, compose("train", overrides=arguments(overrides, seed, extra)))
+                if stale:
+                    raise SystemExit(
+                        f"{run} was trained with another config (differs at {', '.join(stale[:5])}): delete it to train it again"
+                    )
+                continue
+            shutil.rmtree(run, ignore_errors=True)
+            command = [sys.executable, str(ROOT / "train.py"), *arguments(overrides, seed, extra), f"hydra.run.dir={run}"]
+            jobs.append((run.name, command, runs_dir / f"{run.name}.log"))
+    return jobs
 
 
 def shapes_config(*overrides: str):
@@ -52,14 +81,18 @@ def shapes_config(*overrides: str):
         return compose("train", overrides=["experiment=shapes", "data.num_workers=0", *overrides])
 
 
-def hits_by_colour_sharing(name: str, *overrides: str) -> dict:
-    """Test pointing game of a trained run, split by: is the phrase's colour unique in its scene, or shared?"""
+def hits_by_colour_sharing(run: Path, overrides: tuple[str, ...]) -> dict:
+    """Test pointing game of a trained run, split by: is the phrase's colour unique in its scene, or shared? Kept in
+    the run's directory (a retrained run's directory is cleared first)."""
+    kept = run / "colour_sharing.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
     from synground.generation.shapes import COLOURS
     from synground.models.map_metrics import pointing_game_hits
 
     cfg = shapes_config(*overrides)
     datamodule, module = instantiate(cfg.data), instantiate(cfg.model)
-    best = next(p for p in sorted((RUNS / name / "checkpoints").glob("*.ckpt")) if p.name != "last.ckpt")
+    best = next(p for p in sorted((run / "checkpoints").glob("*.ckpt")) if p.name != "last.ckpt")
     module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     module.eval()
     items = []  # (scene key, phrase, hit)
@@ -76,14 +109,16 @@ def hits_by_colour_sharing(name: str, *overrides: str) -> dict:
         colour = next(word for word in text.split() if word in COLOURS)
         shared = sum(colour in other.split() for other in phrases[scene]) > 1
         groups["colour shared in scene" if shared else "colour unique in scene"].append(hit)
-    return {group: {"accuracy": sum(hits) / len(hits), "items": len(hits)} for group, hits in sorted(groups.items())}
+    result = {group: {"accuracy": sum(hits) / len(hits), "items": len(hits)} for group, hits in sorted(groups.items())}
+    write_atomic(kept, json.dumps(result, indent=2))
+    return result
 
 
-def random_point_baseline(draws: int = 5) -> dict:
+def random_point_baseline(extra: tuple[str, ...], draws: int = 5) -> dict:
     """Uniformly random points on the same test splits, averaged over `draws` seeds."""
     from synground.callbacks import GroundingMetrics
 
-    datamodule = instantiate(shapes_config().data)
+    datamodule = instantiate(shapes_config(*extra).data)
     results = {}
     for name, loader in zip(datamodule.test_split_names, datamodule.test_dataloader()):
         batches = list(loader)
@@ -103,46 +138,110 @@ def random_point_baseline(draws: int = 5) -> dict:
     return results
 
 
+def summary(values: list[float], baseline: list[float] | None) -> dict[str, Any]:
+    """Mean, sd and interval in points over seeds, and the paired difference from the baseline's runs."""
+    stats = describe([100 * v for v in values])
+    if baseline is not None:
+        stats["minus_baseline"] = describe([100 * (v - b) for v, b in zip(values, baseline, strict=True)])
+    return stats
+
+
+def cell(stats: dict[str, Any]) -> str:
+    if stats["ci95"] is None:
+        return f"{stats['mean']:.1f}%"
+    return f"{stats['mean']:.1f}% [{stats['ci95'][0]:.1f}, {stats['ci95'][1]:.1f}]"
+
+
 def main() -> None:
-    runs = {  # method: (run name, overrides)
-        "tiny BLIP, ITM + AMC (make demo)": ("amc", ()),
-        "tiny BLIP, ITM only (model.amc_weight=0)": ("itm_only", ("model.amc_weight=0",)),
-        "tiny ALBEF, ITM + AMC (model=albef_tiny)": ("albef_amc", ("model=albef_tiny",)),
-        "tiny BLIP, random vision encoder, ITM + AMC (model.net.vision_weights=null)": (
-            "random_vision_amc",
-            ("model.net.vision_weights=null",),
-        ),
-        "tiny BLIP, random vision encoder, ITM only": (
-            "random_vision_itm_only",
-            ("model.net.vision_weights=null", "model.amc_weight=0"),
-        ),
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2, help="processes at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--runs-dir", type=Path, default=RUNS)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--extra", nargs="*", default=[], help="more train.py overrides for every run (give it last)")
+    args = parser.parse_args()
+    extra = tuple(args.extra)
+    jobs = missing(args.runs_dir, args.seeds, extra)
+    print(f"training {len(jobs)} of {len(METHODS) * len(args.seeds)} runs", flush=True)
+    failed = run_all(jobs, args.workers, args.threads)
+    if failed:
+        raise SystemExit("failed (a rerun trains them again): " + ", ".join(failed))
+    runs = {}
+    for method, (name, overrides) in METHODS.items():
+        runs[method] = []
+        for seed in args.seeds:
+            run = args.runs_dir / f"{name}-seed{seed}"
+            metrics = json.loads((run / "metrics.json").read_text())
+            runs[method].append(
+                {
+                    "seed": seed,
+                    "minutes": round(run_minutes(run), 2),
+                    **{f"test/pointing_game/{s}": metrics[f"test/pointing_game/{s}"] for s in SPLITS},
+                    "by_colour_sharing": hits_by_colour_sharing(run, (*overrides, f"seed={seed}", *extra)),
+                }
+            )
+    scores = {
+        method: {
+            **{s: [r[f"test/pointing_game/{s}"] for r in rows] for s in SPLITS},
+            **{g: [r["by_colour_sharing"][g]["accuracy"] for r in rows] for g in SHARING},
+        }
+        for method, rows in runs.items()
     }
-    rows = {method: train(name, *overrides) for method, (name, overrides) in runs.items()}
-    rows["random point"] = random_point_baseline()
-    breakdown = {method: hits_by_colour_sharing(name, *overrides) for method, (name, overrides) in runs.items()}
+    summaries = {
+        method: {key: summary(values, None if method == BASELINE else scores[BASELINE][key]) for key, values in by_key.items()}
+        for method, by_key in scores.items()
+    }
     record = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "command": "python benchmarks/shapes_grounding.py",
-        "rows": rows,
-        "by_colour_sharing": breakdown,
+        "machine": f"{platform.machine()}, {args.workers} processes of {args.threads} thread(s), torch {torch.__version__}",
+        "command": " ".join(["python benchmarks/shapes_grounding.py", *sys.argv[1:]]),
+        "seeds": args.seeds,
+        "runs": runs,
+        "summary": summaries,
+        "random_point": random_point_baseline(extra),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_atomic(RESULTS / "shapes_grounding.json", json.dumps(record, indent=2))
-    splits = ["shapes_clean", "shapes_textured"]
-    lines = ["| method | " + " | ".join(f"test {s}" for s in splits) + " | wall time |", "|---" * (len(splits) + 2) + "|"]
-    for method, metrics in rows.items():
-        cells = [f"{100 * metrics[f'test/pointing_game/{s}']:.1f}%" for s in splits]
-        seconds = f"{metrics['seconds'] / 60:.1f} min" if "seconds" in metrics else "-"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {seconds} |")
-    groups = ["colour unique in scene", "colour shared in scene"]
-    lines += ["", "| method (both test splits) | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
-    for method, result in breakdown.items():
-        lines.append(
-            f"| {method} | " + " | ".join(f"{100 * result[g]['accuracy']:.1f}% of {result[g]['items']}" for g in groups) + " |"
-        )
-    table = "\n".join(lines)
-    write_atomic(RESULTS / "shapes_grounding.md", table + "\n")
-    print(table)
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.output / "shapes_grounding.json", json.dumps(record, indent=2) + "\n")
+    text = markdown(record)
+    write_atomic(args.output / "shapes_grounding.md", text)
+    print(text)
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """The results as tables: mean [95% t-interval] over seeds, and each method minus the demo paired on seed."""
+    seeds = ", ".join(map(str, record["seeds"]))
+    lines = [
+        f"`{record['command']}`; {record['machine']}. Test pointing game, mean [95% t-interval] over seeds {seeds}.",
+        "",
+        "| method | " + " | ".join(f"test {s}" for s in SPLITS) + " | minutes per run |",
+        "|---" * (len(SPLITS) + 2) + "|",
+    ]
+    for method, stats in record["summary"].items():
+        minutes = sum(r["minutes"] for r in record["runs"][method]) / len(record["runs"][method])
+        lines.append(f"| {method} | " + " | ".join(cell(stats[s]) for s in SPLITS) + f" | {minutes:.1f} |")
+    point = record["random_point"]
+    lines.append("| random point | " + " | ".join(f"{100 * point[f'test/pointing_game/{s}']:.1f}%" for s in SPLITS) + " | - |")
+    items = record["runs"][BASELINE][0]["by_colour_sharing"]
+    lines += [
+        "",
+        "| method (both test splits) | " + " | ".join(f"{g} ({items[g]['items']} phrases)" for g in SHARING) + " |",
+        "|---" * (len(SHARING) + 1) + "|",
+    ]
+    for method, stats in record["summary"].items():
+        lines.append(f"| {method} | " + " | ".join(cell(stats[g]) for g in SHARING) + " |")
+    lines += ["", "Each method minus ITM + AMC (make demo), paired on seed, in points:", ""]
+    lines += ["| method | " + " | ".join([*SPLITS, *SHARING]) + " |", "|---" * (len(SPLITS) + len(SHARING) + 1) + "|"]
+    for method, stats in record["summary"].items():
+        if method != BASELINE:
+            differences = [stats[key]["minus_baseline"] for key in (*SPLITS, *SHARING)]
+            lines.append(f"| {method} | " + " | ".join(signed(d) for d in differences) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def signed(stats: dict[str, Any]) -> str:
+    if stats["ci95"] is None:
+        return f"{stats['mean']:+.1f}"
+    return f"{stats['mean']:+.1f} [{stats['ci95'][0]:+.1f}, {stats['ci95'][1]:+.1f}]"
 
 
 if __name__ == "__main__":

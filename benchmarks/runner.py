@@ -1,0 +1,43 @@
+"""What the benchmarks that train many runs share: each run in its own process, a few at a time, with its log.
+
+from runner import run_all, run_minutes          (a benchmark script's own folder is on sys.path)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_all(jobs: list[tuple[str, list[str], Path]], workers: int, threads: int) -> list[str]:
+    """Run each job (a label, a command, its log file) as its own process, `workers` at a time, with `threads` torch
+    threads; returns the labels of those that failed. On 2 cores two one-thread runs train in about the time of one
+    two-thread run."""
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    failed, total = [], len(jobs)
+
+    def one(index: int, job: tuple[str, list[str], Path]) -> None:
+        label, command, log = job
+        log.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with open(log, "w") as out:
+            code = subprocess.run(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT).returncode
+        verdict = "done" if code == 0 else f"FAILED (exit {code}, see {log})"
+        print(f"[{index + 1}/{total}] {label}: {verdict} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+        if code != 0:
+            failed.append(label)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, range(total), jobs))
+    return failed
+
+
+def run_minutes(run_dir: Path) -> float:
+    """A train.py run's wall time from its files: Hydra writes .hydra/config.yaml as the run starts, train.py
+    metrics.json last."""
+    return ((run_dir / "metrics.json").stat().st_mtime - (run_dir / ".hydra" / "config.yaml").stat().st_mtime) / 60
