@@ -76,11 +76,13 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/generation_pipeline.py
 	$(PY) benchmarks/full_size_cost.py
 	$(PY) benchmarks/remote_throughput.py
+	$(PY) benchmarks/findings.py
 
 # the offline mixing study, run to docs/mixing_study_plan.md: three encoder conditions (sketch-world pretrained,
 # random, both-style upper bound) over 5 seeds, each seed with its own pretrained encoder, then the analysis; resumable
 # (a rerun trains only what is missing). MIXING_ARGS="--conditions disjoint" runs one part (each within 90 min on
-# 2 CPU cores), MIXING_ARGS=--analyse-only only writes benchmarks/results/shapes_mixing/ from the runs there are
+# 2 CPU cores), MIXING_ARGS=--analyse-only only writes benchmarks/results/shapes_mixing/ and docs/findings.md from
+# the runs there are
 MIXING_ARGS ?=
 mixing-study: $(STAMP)
 	$(PY) benchmarks/mixing_study.py $(MIXING_ARGS)

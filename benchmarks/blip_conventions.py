@@ -116,12 +116,24 @@ def cell(stats: dict[str, Any], sign: str = "") -> str:
     return f"{stats['mean']:{sign}.1f} [{stats['ci95'][0]:{sign}.1f}, {stats['ci95'][1]:{sign}.1f}]"
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    """Two tables over the mean of the test splits: each metric's mean [95% t-interval] over seeds, and its
-    difference from BLIP's own conventions paired on seed."""
+def markdown(record: dict[str, Any]) -> str:
+    """What was run, then two tables over the mean of the test splits: each metric's mean [95% t-interval] over seeds,
+    and its difference from BLIP's own conventions paired on seed."""
+    summary = record["summary"]
     header = "| first token / training average / evaluation average | " + " | ".join(METRICS) + " |"
     rule = "|---" * (len(METRICS) + 1) + "|"
-    lines = ["Test mean over both splits, points, mean [95% t-interval] over seeds:", "", header, rule]
+    lines = [
+        (
+            f"`{record['command'].strip()}`: make demo's tiny BLIP (experiment=shapes) trained per seed "
+            f"({record['seeds']}) and convention, the best checkpoint by validation pointing game evaluated on the "
+            f"held-out test scenes (300 per style) under both token averages; {record['machine']}."
+        ),
+        "",
+        "Test mean over both splits, points, mean [95% t-interval] over seeds:",
+        "",
+        header,
+        rule,
+    ]
     for name, metrics in summary.items():
         lines.append(f"| {name} | " + " | ".join(cell(metrics[f"test/{m}/mean"]) for m in METRICS) + " |")
     lines += ["", f"Difference from `{DEFAULT}` (BLIP's conventions), paired on seed:", "", header, rule]
@@ -130,7 +142,7 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | " + " | ".join(cell(metrics[f"test/{m}/mean"]["paired_difference"], "+") for m in METRICS) + " |"
             )
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -150,14 +162,9 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_atomic(RESULTS / "blip_conventions.json", json.dumps(record, indent=2) + "\n")
-    table = markdown(summary)
-    intro = (
-        f"`{record['command'].strip()}`: make demo's tiny BLIP (experiment=shapes) trained per seed ({args.seeds}) and "
-        "convention, the best checkpoint by validation pointing game evaluated on the held-out test scenes (300 per "
-        f"style) under both token averages; {record['machine']}.\n\n"
-    )
-    write_atomic(RESULTS / "blip_conventions.md", intro + table + "\n")
-    print(table)
+    text = markdown(record)
+    write_atomic(RESULTS / "blip_conventions.md", text)
+    print(text)
 
 
 if __name__ == "__main__":

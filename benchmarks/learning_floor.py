@@ -93,16 +93,28 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_atomic(RESULTS / "learning_floor.json", json.dumps(record, indent=2) + "\n")
-    lines = ["| method | score | seeds | mean | sd | min | max | minutes per run |", "|---|---|---|---|---|---|---|---|"]
-    for method, scores in summary.items():
-        minutes = statistics.mean(r["minutes"] for r in runs[method])
+    text = markdown(record)
+    write_atomic(RESULTS / "learning_floor.md", text)
+    print(text)
+
+
+def markdown(record: dict) -> str:
+    """Per method and score: seeds, mean, sd, minimum, maximum, and the mean minutes a run took."""
+    lines = [
+        f"`{record['command'].strip()}`; {record['machine']}.",
+        "",
+        "| method | score | seeds | mean | sd | min | max | minutes per run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, scores in record["summary"].items():
+        runs = record["runs"][method]
+        minutes = statistics.mean(r["minutes"] for r in runs)
         for score, s in scores.items():
             lines.append(
-                f"| {method} | {score} | {len(runs[method])} | {s['mean']:.1f}% | {s['sd']:.1f} | {s['min']:.1f}% | "
+                f"| {method} | {score} | {len(runs)} | {s['mean']:.1f}% | {s['sd']:.1f} | {s['min']:.1f}% | "
                 f"{s['max']:.1f}% | {minutes:.1f} |"
             )
-    write_atomic(RESULTS / "learning_floor.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ CONDITIONS = {
     "both": Condition("encoder pretrained on both study styles (upper bound)", ("both", "dense"), POOL, (0.0, 0.5, 1.0), (CURVE[-1],)),
 }  # fmt: skip
 PRETRAINING_STEPS = 1500
+DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "shapes_mixing"  # also rewrites docs/findings.md
 
 
 def run_name(pool: int, ratio: float, seed: int) -> str:
@@ -300,7 +301,8 @@ def paired_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def markdown(record: dict[str, Any]) -> str:
+def markdown(record: dict[str, Any], figures: str = "") -> str:
+    """The results page; `figures` is the path of the plots' folder as the page links it (next to it by default)."""
     lines = [
         "# Pilot of the offline mixing study (validation only)" if record["pilot"] else "# The offline mixing study",
         "",
@@ -351,7 +353,7 @@ def markdown(record: dict[str, Any]) -> str:
                 f"scenes. Verdict: {result['verdict']}. Equivalent real scenes: {equivalent_text(result)}."
             )
             lines.append("")
-    lines += ["![ratio sweep](ratio_sweep.png)", "", "![learning curve](learning_curve.png)", ""]
+    lines += [f"![ratio sweep]({figures}ratio_sweep.png)", "", f"![learning curve]({figures}learning_curve.png)", ""]
     return "\n".join(lines)
 
 
@@ -414,7 +416,7 @@ def main() -> None:
         "--pilot", action="store_true", help="validation only: no test split is scored, and the headline is the validation score"
     )
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "logs" / "shapes_mixing" / "study")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "shapes_mixing")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
     if args.ratios is not None and 0.0 not in args.ratios:
         parser.error("--ratios must hold 0: the real-only baseline every ratio is paired with")
@@ -467,6 +469,10 @@ def main() -> None:
     write_atomic(args.output / "results.json", json.dumps(record, indent=2) + "\n")
     plots(args.output, record)
     print(text)
+    if args.output.resolve() == DEFAULT_OUTPUT and not args.pilot:
+        import findings  # imports this module: imported here, not at the top
+
+        findings.main([])
     if failures:
         raise SystemExit("failed (a rerun trains them again):\n" + "\n".join(f"  {label}" for label in failures))
 

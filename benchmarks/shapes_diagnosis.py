@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -174,15 +176,21 @@ def main() -> None:
     rows = [diagnose(checkpoint, args.scenes) for checkpoint in checkpoints]
     for row, label in zip(rows, args.labels or []):
         row["checkpoint"] = f"{label} ({row['checkpoint']})"
-    if args.append and args.results.with_suffix(".json").is_file():
+    earlier = json.loads(args.results.with_suffix(".json").read_text()) if args.results.with_suffix(".json").is_file() else {}
+    if args.append and isinstance(earlier, dict):  # a list: the former format, rows of checkpoints no longer kept
         names = {row["checkpoint"] for row in rows}
-        earlier = json.loads(args.results.with_suffix(".json").read_text())
-        rows = [row for row in earlier if row["checkpoint"] not in names] + rows
+        rows = [row for row in earlier["rows"] if row["checkpoint"] not in names] + rows
+    command = " ".join(["python benchmarks/shapes_diagnosis.py", *sys.argv[1:]])
+    record = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "command": command,
+        "rows": rows,
+    }
     report = table(rows)
     print(report)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.results.with_suffix(".json"), json.dumps(rows, indent=2))
-    write_atomic(args.results.with_suffix(".md"), f"# Shapes diagnosis\n\n{report}\n")
+    write_atomic(args.results.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    write_atomic(args.results.with_suffix(".md"), f"# Shapes diagnosis\n\n`{command}`; {record['machine']}.\n\n{report}\n")
 
 
 if __name__ == "__main__":
