@@ -64,7 +64,7 @@ def mixing(record: dict[str, Any]) -> str:
 
 
 def diagnosis(record: dict[str, Any]) -> str:
-    return f"`{record['command']}`; {record['machine']}.\n\n" + shapes_diagnosis.table(record["rows"])
+    return f"`{record['command']}`; {record['machine']}.\n\n" + shapes_diagnosis.summary_table(record["rows"])
 
 
 SECTIONS = [

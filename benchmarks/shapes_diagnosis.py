@@ -1,7 +1,11 @@
 """Why a shapes model stops near 80%: does it bind colour and shape, or ground the colour word alone?
 
-    python benchmarks/shapes_diagnosis.py [--checkpoint CKPT ... [--labels NAME ...]] [--scenes 150] [--append]
-    (default: the newest make demo model)
+    python benchmarks/shapes_diagnosis.py [--seeds 0 1 2] [--scenes 150]
+    python benchmarks/shapes_diagnosis.py --checkpoint CKPT ... [--labels NAME ...] [--results PATH]
+
+By default it diagnoses the runs benchmarks/shapes_grounding.py trained (run that first): the demo with and without
+AMC and the demo from a random vision encoder, each seed's best checkpoint, and reports each measure's mean and 95%
+t-interval over the seeds; --checkpoint diagnoses any checkpoints, one row each.
 
 On held-out textured scenes (the test split's seeds), for every phrase whose colour another shape of another kind in
 the scene shares (the cases a colour-only model gets right half the time) it measures:
@@ -13,7 +17,7 @@ the scene shares (the cases a colour-only model gets right half the time) it mea
   maps point, and how much map mass each carries;
 - a linear probe of the vision encoder: can a shape's colour, and its kind, be read off the patch feature at its
   centre (trained on 70% of the shapes of other scenes, scored on the rest)?
-Writes benchmarks/results/shapes_diagnosis.{json,md} (one row per checkpoint).
+Writes benchmarks/results/shapes_diagnosis.{json,md}.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ from pathlib import Path
 
 import torch
 
+import shapes_grounding
 from synground import Grounder
 from synground.files import write_atomic
 from synground.generation import ShapesGenerator
 from synground.generation.shapes import COLOURS, SHAPES
-from synground.grounding import demo_checkpoint
 from synground.models.gradcam import capture_attention
 from synground.models.map_metrics import point_in_boxes, predicted_points
+from synground.results import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "shapes_diagnosis"
@@ -141,52 +146,81 @@ def diagnose(checkpoint: str, scenes: int) -> dict:
     }
 
 
-def table(rows: list[dict]) -> str:
-    lines = [
-        (
-            "| checkpoint | colour unique: PG | colour shared: PG | twins: PG | ITM prefers right shape | same point | "
-            "colour token map hits | shape token map hits | map mass colour / shape token | vision probe colour / shape |"
-        ),
-        "|---|---|---|---|---|---|---|---|---|---|",
+MEASURES = {  # name in a row: column title
+    "unique_colour_pointing_game": "colour unique: PG",
+    "shared_colour_pointing_game": "colour shared: PG",
+    "twin_pointing_game": "twins: PG",
+    "itm_prefers_right_phrase": "ITM prefers right shape",
+    "same_point_for_both_phrases": "same point",
+    "colour_token_map_hits": "colour token map hits",
+    "shape_token_map_hits": "shape token map hits",
+    "colour_token_mass": "map mass: colour token",
+    "shape_token_mass": "map mass: shape token",
+    "probe_colour": "vision probe: colour",
+    "probe_shape": "vision probe: kind",
+}
+DIAGNOSED = (  # shapes_grounding's methods diagnosed by default
+    "tiny BLIP, random vision encoder, ITM + AMC (model.net.vision_weights=null)",
+    "tiny BLIP, ITM + AMC (make demo)",
+    "tiny BLIP, ITM only (model.amc_weight=0)",
+)
+
+
+def measures(row: dict) -> dict[str, float]:
+    return {
+        **{key: row[key] for key in MEASURES if key in row},
+        "probe_colour": row["vision_probe"]["colour"],
+        "probe_shape": row["vision_probe"]["shape"],
+    }
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Per method, each measure's mean [95% t-interval] over its seeds, in points."""
+    lines = ["| method | seeds | " + " | ".join(MEASURES.values()) + " |", "|---" * (len(MEASURES) + 2) + "|"]
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    for method in methods:
+        mine = [measures(row) for row in rows if row["method"] == method]
+        cells = [shapes_grounding.cell(describe([100 * m[key] for m in mine])) for key in MEASURES]
+        lines.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + " |")
+    row = rows[0]
+    lines += [
+        "",
+        f"Per seed: {row['scenes']} textured test scenes; phrases whose colour another shape shares: "
+        + ", ".join(f"{r['shared_colour_items']}" for r in rows[: len(rows) // len(methods)])
+        + f"; majority class of the probes: colour {row['vision_probe']['colour_majority']:.0%}, kind "
+        f"{row['vision_probe']['shape_majority']:.0%}.",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['checkpoint']} | {r['unique_colour_pointing_game']:.1%} of {r['unique_colour_items']} | "
-            f"{r['shared_colour_pointing_game']:.1%} of {r['shared_colour_items']} | "
-            f"{r['twin_pointing_game']:.1%} of {r['twin_items']} | {r['itm_prefers_right_phrase']:.1%} | "
-            f"{r['same_point_for_both_phrases']:.1%} | {r['colour_token_map_hits']:.1%} | {r['shape_token_map_hits']:.1%} | "
-            f"{r['colour_token_mass']:.1%} / {r['shape_token_mass']:.1%} | "
-            f"{r['vision_probe']['colour']:.1%} / {r['vision_probe']['shape']:.1%} "
-            f"(majority {r['vision_probe']['colour_majority']:.0%} / {r['vision_probe']['shape_majority']:.0%}) |"
-        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", nargs="+", help="default: the newest make demo model")
+    parser.add_argument("--checkpoint", nargs="+", help="default: the seeds' runs of benchmarks/shapes_grounding.py")
     parser.add_argument("--labels", nargs="+", help="a name per checkpoint for the table (default: the paths)")
     parser.add_argument("--scenes", type=int, default=150)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs-dir", type=Path, default=shapes_grounding.RUNS, help="where shapes_grounding.py's runs are")
     parser.add_argument("--results", type=Path, default=RESULTS, help="writes <results>.json and .md")
-    parser.add_argument("--append", action="store_true", help="keep the rows already in <results>.json (same name: replaced)")
     args = parser.parse_args()
-    checkpoints = args.checkpoint or [str(demo_checkpoint(ROOT / "logs"))]
-    if args.labels and len(args.labels) != len(checkpoints):
-        parser.error(f"{len(args.labels)} labels for {len(checkpoints)} checkpoints")
-    rows = [diagnose(checkpoint, args.scenes) for checkpoint in checkpoints]
-    for row, label in zip(rows, args.labels or []):
-        row["checkpoint"] = f"{label} ({row['checkpoint']})"
-    earlier = json.loads(args.results.with_suffix(".json").read_text()) if args.results.with_suffix(".json").is_file() else {}
-    if args.append and isinstance(earlier, dict):  # a list: the former format, rows of checkpoints no longer kept
-        names = {row["checkpoint"] for row in rows}
-        rows = [row for row in earlier["rows"] if row["checkpoint"] not in names] + rows
+    if args.checkpoint:
+        if args.labels and len(args.labels) != len(args.checkpoint):
+            parser.error(f"{len(args.labels)} labels for {len(args.checkpoint)} checkpoints")
+        rows = [diagnose(checkpoint, args.scenes) for checkpoint in args.checkpoint]
+        for row, label in zip(rows, args.labels or [row["checkpoint"] for row in rows]):
+            row["method"] = label
+    else:
+        rows = []
+        for method in DIAGNOSED:
+            for seed in args.seeds:
+                run = args.runs_dir / f"{shapes_grounding.METHODS[method][0]}-seed{seed}"
+                rows.append({"method": method, "seed": seed, **diagnose(str(shapes_grounding.best_checkpoint(run)), args.scenes)})
     command = " ".join(["python benchmarks/shapes_diagnosis.py", *sys.argv[1:]])
     record = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "command": command,
         "rows": rows,
     }
-    report = table(rows)
+    report = summary_table(rows)
     print(report)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(args.results.with_suffix(".json"), json.dumps(record, indent=2) + "\n")

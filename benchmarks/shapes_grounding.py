@@ -81,6 +81,14 @@ def shapes_config(*overrides: str):
         return compose("train", overrides=["experiment=shapes", "data.num_workers=0", *overrides])
 
 
+def best_checkpoint(run: Path) -> Path:
+    """The run's checkpoint of its best validation pointing game (save_top_k is 1: the one epoch*.ckpt)."""
+    best = sorted((run / "checkpoints").glob("epoch*.ckpt"))
+    if not best:
+        raise FileNotFoundError(f"{run / 'checkpoints'} holds no epoch*.ckpt: train the run again (delete its directory)")
+    return best[-1]
+
+
 def hits_by_colour_sharing(run: Path, overrides: tuple[str, ...]) -> dict:
     """Test pointing game of a trained run, split by: is the phrase's colour unique in its scene, or shared? Kept in
     the run's directory (a retrained run's directory is cleared first)."""
@@ -92,8 +100,7 @@ def hits_by_colour_sharing(run: Path, overrides: tuple[str, ...]) -> dict:
 
     cfg = shapes_config(*overrides)
     datamodule, module = instantiate(cfg.data), instantiate(cfg.model)
-    best = next(p for p in sorted((run / "checkpoints").glob("*.ckpt")) if p.name != "last.ckpt")
-    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    module.load_state_dict(torch.load(best_checkpoint(run), map_location="cpu", weights_only=True)["state_dict"])
     module.eval()
     items = []  # (scene key, phrase, hit)
     for loader in datamodule.test_dataloader():
