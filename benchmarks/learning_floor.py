@@ -2,7 +2,7 @@
 
     python benchmarks/learning_floor.py [--seeds 0 1 2 3 4]
 
-Trains `experiment=shapes_short` (make demo's model and data, 100 steps) with ITM + AMC and with ITM alone over
+Trains `experiment=shapes_short` (make demo's model and data, 300 steps) with ITM + AMC and with ITM alone over
 seeds, and writes each seed's test pointing game (the mean of the clean and textured splits, and the shared-colour
 phrases of the textured scenes, where grounding the colour word alone is right at most half the time), and per
 method and score the mean, sample sd, minimum and maximum, to benchmarks/results/learning_floor.{json,md}. The
@@ -17,14 +17,13 @@ import json
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 
-from runner import run_minutes
+from runner import run_all, run_minutes
 from synground.files import write_atomic
 from synground.results import config_differences
 
@@ -37,16 +36,23 @@ SCORES = {"pointing_game": ("shapes_clean", "shapes_textured"), "shared_colour":
 SPLITS = sorted({split for splits in SCORES.values() for split in splits})
 
 
-def short_run(run_dir: Path, seed: int, *overrides: str) -> dict:
-    """One run's scores; a finished run (metrics.json with every score) of the same config is read, not trained again."""
+def arguments(seed: int, overrides: tuple[str, ...]) -> list[str]:
+    return ["experiment=shapes_short", f"seed={seed}", *overrides]
+
+
+def job(run_dir: Path, seed: int, overrides: tuple[str, ...]) -> tuple[str, list[str], Path] | None:
+    """The run to train, or None when a finished run (metrics.json with every score) of the same config is there."""
     done = run_dir / "metrics.json"
-    arguments = ["experiment=shapes_short", f"seed={seed}", *overrides]
     finished = done.is_file() and all(f"test/pointing_game/{s}" in json.loads(done.read_text()) for s in SPLITS)
-    if not finished or stale(run_dir, arguments):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        command = [sys.executable, str(ROOT / "train.py"), *arguments]
-        subprocess.run([*command, f"hydra.run.dir={run_dir}"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    metrics = json.loads(done.read_text())
+    if finished and not stale(run_dir, arguments(seed, overrides)):
+        return None
+    shutil.rmtree(run_dir, ignore_errors=True)
+    command = [sys.executable, str(ROOT / "train.py"), *arguments(seed, overrides), f"hydra.run.dir={run_dir}"]
+    return run_dir.name, command, run_dir.parent / f"{run_dir.name}.log"
+
+
+def scores(run_dir: Path, seed: int) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     return {
         "seed": seed,
         "minutes": round(run_minutes(run_dir), 2),
@@ -67,11 +73,15 @@ def mean_of(metrics: dict[str, float], splits: tuple[str, ...]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--workers", type=int, default=2, help="processes at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     args = parser.parse_args()
-    runs = {
-        method: [short_run(RUNS / f"{i}-seed{seed}", seed, *overrides) for seed in args.seeds]
-        for i, (method, overrides) in enumerate(METHODS.items())
-    }
+    folders = {method: [(RUNS / f"{i}-seed{seed}", seed) for seed in args.seeds] for i, method in enumerate(METHODS)}
+    jobs = [job(run, seed, METHODS[method]) for method, runs in folders.items() for run, seed in runs]
+    failed = run_all([j for j in jobs if j is not None], args.workers, args.threads)
+    if failed:
+        raise SystemExit("failed (a rerun trains them again): " + ", ".join(failed))
+    runs = {method: [scores(run, seed) for run, seed in runs] for method, runs in folders.items()}
     summary = {
         method: {
             score: {
@@ -86,8 +96,8 @@ def main() -> None:
         for method, results in runs.items()
     }
     record = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "command": "python benchmarks/learning_floor.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {args.workers} processes of {args.threads} thread(s), torch {torch.__version__}",
+        "command": " ".join(["python benchmarks/learning_floor.py", *sys.argv[1:]]),
         "runs": runs,
         "summary": summary,
     }
