@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from synground.files import write_atomic
-from synground.results import describe
+from synground.results import describe, mean_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "logs" / "benchmarks" / "blip_conventions"
@@ -110,12 +110,6 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def cell(stats: dict[str, Any], sign: str = "") -> str:
-    if stats["ci95"] is None:
-        return f"{stats['mean']:{sign}.1f}"
-    return f"{stats['mean']:{sign}.1f} [{stats['ci95'][0]:{sign}.1f}, {stats['ci95'][1]:{sign}.1f}]"
-
-
 def markdown(record: dict[str, Any]) -> str:
     """What was run, then two tables over the mean of the test splits: each metric's mean [95% t-interval] over seeds,
     and its difference from BLIP's own conventions paired on seed."""
@@ -135,12 +129,14 @@ def markdown(record: dict[str, Any]) -> str:
         rule,
     ]
     for name, metrics in summary.items():
-        lines.append(f"| {name} | " + " | ".join(cell(metrics[f"test/{m}/mean"]) for m in METRICS) + " |")
+        lines.append(f"| {name} | " + " | ".join(mean_interval(metrics[f"test/{m}/mean"]) for m in METRICS) + " |")
     lines += ["", f"Difference from `{DEFAULT}` (BLIP's conventions), paired on seed:", "", header, rule]
     for name, metrics in summary.items():
         if name != DEFAULT:
             lines.append(
-                f"| {name} | " + " | ".join(cell(metrics[f"test/{m}/mean"]["paired_difference"], "+") for m in METRICS) + " |"
+                f"| {name} | "
+                + " | ".join(mean_interval(metrics[f"test/{m}/mean"]["paired_difference"], sign="+") for m in METRICS)
+                + " |"
             )
     return "\n".join(lines) + "\n"
 

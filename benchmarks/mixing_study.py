@@ -57,6 +57,7 @@ from synground.results import (
     describe,
     draw,
     holm,
+    mean_interval,
     metric_of,
     paired_differences,
     paired_test,
@@ -278,12 +279,6 @@ def equivalent_text(result: dict[str, Any]) -> str:
     return where
 
 
-def _mean(stats: dict[str, Any]) -> str:
-    if stats["ci95"] is None:
-        return f"{stats['mean']:.1f}%"
-    return f"{stats['mean']:.1f}% [{stats['ci95'][0]:.1f}, {stats['ci95'][1]:.1f}]"
-
-
 def paired_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| ratio | pairs | mean difference | 95% t-interval | Bonferroni interval | p | Holm p | beats real only |",
@@ -317,7 +312,7 @@ def markdown(record: dict[str, Any], figures: str = "") -> str:
         lines += [f"## {name}: {result['about']}", ""]
         probes = result["encoder_probes"]
         if probes and probes["summary"]:
-            cells = ", ".join(f"{key} {_mean(stats)}" for key, stats in probes["summary"].items())
+            cells = ", ".join(f"{key} {mean_interval(stats, '%')}" for key, stats in probes["summary"].items())
             lines += [
                 f"Linear probes of its encoders before the study (patch features of held-out scenes, {len(probes['seeds'])} seeds): {cells}.",
                 "",

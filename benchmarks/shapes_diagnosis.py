@@ -38,7 +38,7 @@ from synground.generation import ShapesGenerator
 from synground.generation.shapes import COLOURS, SHAPES
 from synground.models.gradcam import capture_attention
 from synground.models.map_metrics import point_in_boxes, predicted_points
-from synground.results import describe
+from synground.results import describe, mean_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "shapes_diagnosis"
@@ -180,7 +180,7 @@ def summary_table(rows: list[dict]) -> str:
     methods = list(dict.fromkeys(row["method"] for row in rows))
     for method in methods:
         mine = [measures(row) for row in rows if row["method"] == method]
-        cells = [shapes_grounding.cell(describe([100 * m[key] for m in mine])) for key in MEASURES]
+        cells = [mean_interval(describe([100 * m[key] for m in mine]), "%") for key in MEASURES]
         lines.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + " |")
     row = rows[0]
     lines += [

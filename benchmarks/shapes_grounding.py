@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 
 from runner import run_all, run_minutes
 from synground.files import write_atomic
-from synground.results import config_differences, describe
+from synground.results import config_differences, describe, mean_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -153,12 +153,6 @@ def summary(values: list[float], baseline: list[float] | None) -> dict[str, Any]
     return stats
 
 
-def cell(stats: dict[str, Any]) -> str:
-    if stats["ci95"] is None:
-        return f"{stats['mean']:.1f}%"
-    return f"{stats['mean']:.1f}% [{stats['ci95'][0]:.1f}, {stats['ci95'][1]:.1f}]"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -225,7 +219,7 @@ def markdown(record: dict[str, Any]) -> str:
     ]
     for method, stats in record["summary"].items():
         minutes = sum(r["minutes"] for r in record["runs"][method]) / len(record["runs"][method])
-        lines.append(f"| {method} | " + " | ".join(cell(stats[s]) for s in SPLITS) + f" | {minutes:.1f} |")
+        lines.append(f"| {method} | " + " | ".join(mean_interval(stats[s], "%") for s in SPLITS) + f" | {minutes:.1f} |")
     point = record["random_point"]
     lines.append("| random point | " + " | ".join(f"{100 * point[f'test/pointing_game/{s}']:.1f}%" for s in SPLITS) + " | - |")
     items = record["runs"][BASELINE][0]["by_colour_sharing"]
@@ -235,20 +229,14 @@ def markdown(record: dict[str, Any]) -> str:
         "|---" * (len(SHARING) + 1) + "|",
     ]
     for method, stats in record["summary"].items():
-        lines.append(f"| {method} | " + " | ".join(cell(stats[g]) for g in SHARING) + " |")
+        lines.append(f"| {method} | " + " | ".join(mean_interval(stats[g], "%") for g in SHARING) + " |")
     lines += ["", "Each method minus ITM + AMC (make demo), paired on seed, in points:", ""]
     lines += ["| method | " + " | ".join([*SPLITS, *SHARING]) + " |", "|---" * (len(SPLITS) + len(SHARING) + 1) + "|"]
     for method, stats in record["summary"].items():
         if method != BASELINE:
             differences = [stats[key]["minus_baseline"] for key in (*SPLITS, *SHARING)]
-            lines.append(f"| {method} | " + " | ".join(signed(d) for d in differences) + " |")
+            lines.append(f"| {method} | " + " | ".join(mean_interval(d, sign="+") for d in differences) + " |")
     return "\n".join(lines) + "\n"
-
-
-def signed(stats: dict[str, Any]) -> str:
-    if stats["ci95"] is None:
-        return f"{stats['mean']:+.1f}"
-    return f"{stats['mean']:+.1f} [{stats['ci95'][0]:+.1f}, {stats['ci95'][1]:+.1f}]"
 
 
 if __name__ == "__main__":

@@ -361,11 +361,20 @@ def bootstrap_equivalent(
     }
 
 
+def mean_interval(stats: dict[str, Any], unit: str = "", sign: str = "") -> str:
+    """A `describe` result as "mean<unit> [low, high]" to one decimal (the mean alone without an interval); sign="+"
+    signs every number, for differences."""
+    mean = f"{stats['mean']:{sign}.1f}{unit}"
+    if stats["ci95"] is None:
+        return mean
+    low, high = stats["ci95"]
+    return f"{mean} [{low:{sign}.1f}, {high:{sign}.1f}]"
+
+
 def _cell(stats: dict[str, Any]) -> str:
     if stats["ci95"] is None:
-        return f"{stats['mean']:.1f}%"
-    low, high = stats["ci95"]
-    return f"{stats['mean']:.1f}% [{low:.1f}, {high:.1f}], sd {stats['std']:.1f}"
+        return mean_interval(stats, "%")
+    return f"{mean_interval(stats, '%')}, sd {stats['std']:.1f}"
 
 
 def table(groups: list[dict[str, Any]], x: str, metrics: list[str]) -> str:
