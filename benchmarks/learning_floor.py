@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import statistics
 import sys
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from runner import run_all, run_minutes
+from runner import finished, run_all, run_minutes
 from synground.files import write_atomic
-from synground.results import config_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -41,12 +38,10 @@ def arguments(seed: int, overrides: tuple[str, ...]) -> list[str]:
 
 
 def job(run_dir: Path, seed: int, overrides: tuple[str, ...]) -> tuple[str, list[str], Path] | None:
-    """The run to train, or None when a finished run (metrics.json with every score) of the same config is there."""
-    done = run_dir / "metrics.json"
-    finished = done.is_file() and all(f"test/pointing_game/{s}" in json.loads(done.read_text()) for s in SPLITS)
-    if finished and not stale(run_dir, arguments(seed, overrides)):
+    """The run to train, or None when a finished run (metrics.json with every score) of the same config is there (a
+    finished run of another config stops the benchmark)."""
+    if finished(run_dir, [f"test/pointing_game/{s}" for s in SPLITS], arguments(seed, overrides)):
         return None
-    shutil.rmtree(run_dir, ignore_errors=True)
     command = [sys.executable, str(ROOT / "train.py"), *arguments(seed, overrides), f"hydra.run.dir={run_dir}"]
     return run_dir.name, command, run_dir.parent / f"{run_dir.name}.log"
 
@@ -58,12 +53,6 @@ def scores(run_dir: Path, seed: int) -> dict:
         "minutes": round(run_minutes(run_dir), 2),
         **{score: mean_of(metrics, splits) for score, splits in SCORES.items()},
     }
-
-
-def stale(run_dir: Path, arguments: list[str]) -> list[str]:
-    """The keys on which the run's saved config differs from what these train.py arguments compose now."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return config_differences(run_dir, compose("train", overrides=arguments))
 
 
 def mean_of(metrics: dict[str, float], splits: tuple[str, ...]) -> float:

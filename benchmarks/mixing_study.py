@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -40,18 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 from safetensors import safe_open
 
-from runner import run_all
+from runner import finished, run_all
 from synground.files import write_atomic
 from synground.results import (
     FLAT,
     aggregate,
     bootstrap_equivalent,
     collect,
-    config_differences,
     curve_equivalent,
     curve_rise,
     describe,
@@ -124,26 +121,16 @@ def run_overrides(condition: Condition, runs_dir: Path, pool: int, ratio: float,
 
 def missing_runs(runs_dir: Path, conditions: dict[str, Condition], seeds: Sequence[int], common: list[str]) -> list[tuple]:
     """The runs still to train, as (condition name, pool, ratio, seed); clears the directories of unfinished ones."""
-    missing = []
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for name, condition in conditions.items():
-            for pool, ratio, seed in cells(condition, seeds):
-                run = runs_dir / name / run_name(pool, ratio, seed)
-                metrics = run / "metrics.json"
-                if metrics.is_file() and METRIC in json.loads(metrics.read_text()):
-                    overrides = run_overrides(condition, runs_dir, pool, ratio, seed, common)
-                    stale = config_differences(run, compose("train", overrides=overrides))
-                    if stale:
-                        raise SystemExit(
-                            f"{run} was trained with another config than this study's (differs at "
-                            f"{', '.join(stale[:5])}): give another --runs-dir, or delete it to train it again"
-                        )
-                    continue
-                if run.exists():
-                    print(f"clearing unfinished run {run}", flush=True)
-                    shutil.rmtree(run)
-                missing.append((name, pool, ratio, seed))
-    return missing
+    return [
+        (name, pool, ratio, seed)
+        for name, condition in conditions.items()
+        for pool, ratio, seed in cells(condition, seeds)
+        if not finished(
+            runs_dir / name / run_name(pool, ratio, seed),
+            [METRIC],
+            run_overrides(condition, runs_dir, pool, ratio, seed, common),
+        )
+    ]
 
 
 def encoder_jobs(runs_dir: Path, conditions: dict[str, Condition], seeds: Sequence[int], args) -> list[tuple]:

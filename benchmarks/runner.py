@@ -1,15 +1,22 @@
 """What the benchmarks that train many runs share: each run in its own process, a few at a time, with its log.
 
-from runner import run_all, run_minutes          (a benchmark script's own folder is on sys.path)
+from runner import finished, run_all, run_minutes          (a benchmark script's own folder is on sys.path)
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from synground.results import config_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +48,24 @@ def run_minutes(run_dir: Path) -> float:
     """A train.py run's wall time from its files: Hydra writes .hydra/config.yaml as the run starts, train.py
     metrics.json last."""
     return ((run_dir / "metrics.json").stat().st_mtime - (run_dir / ".hydra" / "config.yaml").stat().st_mtime) / 60
+
+
+def finished(run: Path, metrics: Iterable[str], overrides: Sequence[str]) -> bool:
+    """Whether `run` holds a finished train.py run (a metrics.json with every one of `metrics`) of the config that
+    `overrides` compose now. An unfinished run directory is cleared, so that it trains again; a finished run of another
+    config stops the benchmark, naming the keys that differ (its results must not be read as this config's, and it is
+    not thrown away)."""
+    scores = run / "metrics.json"
+    if scores.is_file() and set(metrics) <= set(json.loads(scores.read_text())):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            stale = config_differences(run, compose("train", overrides=list(overrides)))
+        if stale:
+            raise SystemExit(
+                f"{run} was trained with another config than this benchmark gives it now (differs at "
+                f"{', '.join(stale[:5])}): give another runs directory, or delete it to train it again"
+            )
+        return True
+    if run.exists():
+        print(f"clearing unfinished run {run}", flush=True)
+        shutil.rmtree(run)
+    return False

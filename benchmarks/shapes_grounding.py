@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -29,9 +28,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from runner import run_all, run_minutes
+from runner import finished, run_all, run_minutes
 from synground.files import write_atomic
-from synground.results import config_differences, describe, mean_interval
+from synground.results import describe, mean_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -61,18 +60,9 @@ def missing(runs_dir: Path, seeds: list[int], extra: tuple[str, ...]) -> list[tu
     for name, overrides in METHODS.values():
         for seed in seeds:
             run = runs_dir / f"{name}-seed{seed}"
-            metrics = run / "metrics.json"
-            if metrics.is_file() and all(f"test/pointing_game/{s}" in json.loads(metrics.read_text()) for s in SPLITS):
-                with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-                    stale = config_differences(run, compose("train", overrides=arguments(overrides, seed, extra)))
-                if stale:
-                    raise SystemExit(
-                        f"{run} was trained with another config (differs at {', '.join(stale[:5])}): delete it to train it again"
-                    )
-                continue
-            shutil.rmtree(run, ignore_errors=True)
-            command = [sys.executable, str(ROOT / "train.py"), *arguments(overrides, seed, extra), f"hydra.run.dir={run}"]
-            jobs.append((run.name, command, runs_dir / f"{run.name}.log"))
+            if not finished(run, [f"test/pointing_game/{s}" for s in SPLITS], arguments(overrides, seed, extra)):
+                command = [sys.executable, str(ROOT / "train.py"), *arguments(overrides, seed, extra), f"hydra.run.dir={run}"]
+                jobs.append((run.name, command, runs_dir / f"{run.name}.log"))
     return jobs
 
 

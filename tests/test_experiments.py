@@ -223,3 +223,26 @@ def test_a_val_split_of_naming_no_split_is_refused_before_training(tmp_path):
     )
     assert result.returncode != 0
     assert "data.val_split_of.shapes_clean=shapes_clen: needs a test split 'shapes_clean'" in result.stderr
+
+
+def test_a_benchmark_reuses_a_finished_run_of_its_config_retrains_an_unfinished_one_and_stops_on_another_config(tmp_path):
+    """benchmarks/runner.finished, which every many-run benchmark asks before it trains a run again."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from hydra import compose, initialize_config_dir
+
+    from runner import finished
+
+    overrides = ["experiment=shapes_short", "seed=3"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        config = compose("train", overrides=overrides)
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(config, run_dir / ".hydra" / "config.yaml")
+    (run_dir / "metrics.json").write_text(json.dumps({"test/pointing_game/shapes_clean": 0.9}))
+
+    assert finished(run_dir, ["test/pointing_game/shapes_clean"], overrides)
+    with pytest.raises(SystemExit, match=r"trained with another config.*differs at seed\b"):
+        finished(run_dir, ["test/pointing_game/shapes_clean"], ["experiment=shapes_short", "seed=4"])
+    assert (run_dir / "metrics.json").is_file()  # a finished run is never thrown away
+    assert not finished(run_dir, ["test/pointing_game/shapes_textured"], overrides)  # killed before that score
+    assert not run_dir.exists()
