@@ -263,7 +263,42 @@ def equivalent_text(result: dict[str, Any]) -> str:
             f"{high:,.0f}" if high is not None else f"more than {max(equivalent['bracket'])} (beyond the curve)"
         )
         where += f", 95% seed-bootstrap interval {ends} ({interval['resamples']} resamples of {len(interval['seeds'])} seeds)"
+    if len([group for group in result["learning_curve"]["values"] if group["runs"]]) == 2:
+        where += (
+            "; a rough reading: the curve has two pools only, so it is taken as straight in log(pool) between them, "
+            "and a curve that levels off before its largest pool would give fewer scenes"
+        )
     return where
+
+
+def side_by_side(record: dict[str, Any]) -> list[str]:
+    """The plan's step 5: the conditions next to each other, descriptive (the tests are within a condition)."""
+    lines = [
+        "## The conditions side by side",
+        "",
+        (
+            "Descriptive, as the plan says: no test across conditions. Real only and the best ratio (picked on "
+            f"validation) at the sweep's pool, their difference paired on seed, and real only at the curve's largest "
+            f"pool ({METRIC})."
+        ),
+        "",
+        "| condition | real only | best ratio: test | minus real only, paired | real only, largest pool | equivalent real scenes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in record["conditions"].items():
+        sweep = {group["x"]: group for group in result["ratio_sweep"]["values"] if group["runs"]}
+        curve = [group for group in result["learning_curve"]["values"] if group["runs"]]
+        best, paired = result["best_ratio"], result["best_paired"]
+        real = mean_interval(sweep[0.0]["metrics"][METRIC], "%") if 0.0 in sweep else "-"
+        mix = f"{best['ratio']}: {mean_interval(best[METRIC], '%')}" if best else "-"
+        gain = mean_interval(paired, sign="+") if paired and paired["mean"] is not None else "-"
+        largest = f"{mean_interval(curve[-1]['metrics'][METRIC], '%')} ({curve[-1]['x']} scenes)" if curve else "-"
+        equivalent = result["equivalent_real_scenes"]
+        count = f"about {equivalent['size']:,.0f}" if equivalent and equivalent.get("size") else "-"
+        if count != "-" and len(curve) == 2:
+            count += " (a two-pool curve: rough)"
+        lines.append(f"| {name} ({result['pool']} real scenes) | {real} | {mix} | {gain} | {largest} | {count} |")
+    return [*lines, ""]
 
 
 def paired_lines(comparisons: list[dict[str, Any]]) -> list[str]:
@@ -335,6 +370,8 @@ def markdown(record: dict[str, Any], figures: str = "") -> str:
                 f"scenes. Verdict: {result['verdict']}. Equivalent real scenes: {equivalent_text(result)}."
             )
             lines.append("")
+    if len(record["conditions"]) > 1:
+        lines += side_by_side(record)
     lines += [f"![ratio sweep]({figures}ratio_sweep.png)", "", f"![learning curve]({figures}learning_curve.png)", ""]
     return "\n".join(lines)
 
@@ -356,7 +393,11 @@ def plots(output: Path, record: dict[str, Any]) -> None:
     sizes = set()
     for index, (name, result) in enumerate(record["conditions"].items()):
         values = result["learning_curve"]["values"]
-        draw(axes, values, METRIC, f"{name}: real only")
+        measured = [group for group in values if group["runs"]]
+        if len(measured) == 2:  # the controls': a dotted line, for nothing is measured between its ends
+            draw(axes, values, METRIC, f"{name}: real only (two pools, dotted)", linestyle=":")
+        else:
+            draw(axes, values, METRIC, f"{name}: real only")
         sizes |= {group["x"] for group in values}
         best = result["best_ratio"]
         if best is not None and best[METRIC]["ci95"]:
@@ -435,6 +476,11 @@ def main() -> None:
                 write_failure(runs_dir / label, log)
         failures += failed
         trained = len(encoders) + len(jobs)
+    started = {name: c for name, c in conditions.items() if any((runs_dir / name).glob("*/.hydra/config.yaml"))}
+    for name in conditions.keys() - started.keys():
+        print(f"condition {name}: no run in {runs_dir / name} yet, left out of the analysis", flush=True)
+    if not started:
+        raise SystemExit(f"no run of {', '.join(conditions)} in {runs_dir}: train them first (without --analyse-only)")
     record = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.workers} processes of {args.threads} thread(s), torch {torch.__version__}",
         "command": " ".join(["python benchmarks/mixing_study.py", *sys.argv[1:]]),
@@ -443,7 +489,7 @@ def main() -> None:
         "seeds": args.seeds,
         "overrides": common,
         "trained_now": {"jobs": trained, "minutes": round((time.perf_counter() - start) / 60, 1)},
-        "conditions": {name: analyse_condition(runs_dir, name, c, args.seeds) for name, c in conditions.items()},
+        "conditions": {name: analyse_condition(runs_dir, name, c, args.seeds) for name, c in started.items()},
     }
     args.output.mkdir(parents=True, exist_ok=True)
     text = markdown(record)

@@ -415,14 +415,16 @@ def paired_table(comparisons: list[dict[str, Any]], x: str) -> str:
     return "\n".join(lines)
 
 
-def draw(axes: Axes, groups: list[dict[str, Any]], metric: str, label: str) -> None:
+def draw(axes: Axes, groups: list[dict[str, Any]], metric: str, label: str, linestyle: str = "-") -> None:
     """One metric's mean with its 95% t-interval against the swept value, and each run as a faint dot."""
     done = [g for g in groups if isinstance(g["x"], (int, float)) and metric in g["metrics"]]
     if not done:
         return
     stats = [g["metrics"][metric] for g in done]
     halves = [s["ci95"][1] - s["mean"] if s["ci95"] else 0.0 for s in stats]  # one run: no interval
-    line = axes.errorbar([g["x"] for g in done], [s["mean"] for s in stats], yerr=halves, marker="o", capsize=3, label=label)
+    line = axes.errorbar(
+        [g["x"] for g in done], [s["mean"] for s in stats], yerr=halves, marker="o", capsize=3, label=label, linestyle=linestyle
+    )
     runs = [(g["x"], value) for g, s in zip(done, stats) for value in s["values"]]
     axes.scatter(*zip(*runs), s=10, alpha=0.3, color=line.lines[0].get_color())
 

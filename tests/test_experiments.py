@@ -188,6 +188,13 @@ def test_the_mixing_study_pretrains_its_encoders_trains_both_sweeps_analyses_the
     assert f"clearing unfinished run {killed}" in second.stdout and (killed / "metrics.json").exists()
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in {**finished, **encoders}.items())
 
+    # analysing a part not run yet leaves it out, and says so, instead of failing on the parts there are
+    at = study.index("disjoint") + 1
+    third = run("benchmarks/mixing_study.py", "--analyse-only", *study[:at], "random", *study[at:], cwd=tmp_path)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"condition random: no run in {tmp_path / 'runs' / 'random'} yet" in third.stdout
+    assert list(json.loads((tmp_path / "out" / "results.json").read_text())["conditions"]) == ["disjoint"]
+
 
 def test_each_test_split_is_scored_with_the_checkpoint_best_on_its_benchmarks_validation_split(tmp_path):
     """AMC's protocol: data.val_split_of keeps one best checkpoint per validation split; train.py tests each test split
