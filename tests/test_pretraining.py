@@ -234,3 +234,30 @@ def test_the_shipped_encoders_are_the_files_their_recorded_commands_made():
     for name, entry in manifest.items():
         assert entry["command"].startswith("python -m synground.models.pretraining "), name
         assert "--output" not in entry["command"], f"{name}: a shipped encoder is written where its name says"
+
+
+def test_a_rebuilt_encoder_is_judged_by_its_tensors_and_metadata_not_by_the_output_path_its_command_names(tmp_path):
+    """tools/assets.py --rebuild writes each encoder elsewhere, so the embedded command (and the digest) differ by
+    `--output <path>`; any other difference, in a tensor or in the metadata, must still be reported."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from assets import content_difference
+    from safetensors.torch import save_file
+
+    shipped = ROOT / "synground" / "assets" / "both_dense_blip.safetensors"
+    with safe_open(str(shipped), framework="pt") as file:
+        tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118
+        metadata = file.metadata()
+    about = json.loads(metadata["about"])
+    command = f"{about['command']} --output {tmp_path / 'rebuilt.safetensors'}"
+
+    def rebuilt(tensors: dict, **changes) -> Path:
+        path = tmp_path / "rebuilt.safetensors"
+        save_file(tensors, str(path), {**metadata, "about": json.dumps({**about, "command": command, **changes})})
+        return path
+
+    assert content_difference(rebuilt(tensors), shipped, command) is None
+    assert "seed" in content_difference(rebuilt(tensors, seed=1), shipped, command)
+    assert "embedded command" in content_difference(rebuilt(tensors), shipped, about["command"] + " --seed 1")
+    name = sorted(tensors)[0]
+    nudged = {**tensors, name: tensors[name] + 1e-6}
+    assert name in content_difference(rebuilt(nudged), shipped, command)

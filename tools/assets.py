@@ -5,7 +5,8 @@ that made it. Pretraining is deterministic (one thread, seeded before the model 
 command gives the same bytes again on this kind of machine.
 
     python tools/assets.py                 check: every file's sha256 and embedded command match the manifest (fast)
-    python tools/assets.py --rebuild       run every command into a temporary folder, compare the digests (~35 min)
+    python tools/assets.py --rebuild       rerun every command into a temporary folder and compare the tensors and
+                                           metadata (not the digest: the embedded command names the --output; ~25 min)
     python tools/assets.py --record        write the manifest from the files there are (after rebuilding them)
 
 Exit status 0 when everything matches, 1 with one line per mismatch.
@@ -24,6 +25,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +60,29 @@ def check(manifest: dict[str, dict[str, str]]) -> list[str]:
     return problems
 
 
+def content_difference(rebuilt: Path, shipped: Path, rebuilt_command: str) -> str | None:
+    """What differs between a rebuilt encoder and the shipped one, or None: every tensor (name, dtype, values) and
+    every metadata entry. The command embedded in the rebuilt file names its temporary --output, so it must be the
+    shipped command plus that, and nothing else: that is why the files' digests differ and their content must not."""
+    with safe_open(str(rebuilt), framework="pt") as new, safe_open(str(shipped), framework="pt") as old:
+        if set(new.keys()) != set(old.keys()):
+            return f"tensors {sorted(set(new.keys()) ^ set(old.keys()))[:5]} are in one file only"
+        for key in sorted(old.keys()):
+            a, b = new.get_tensor(key), old.get_tensor(key)
+            if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a, b):
+                return f"tensor {key} differs (largest difference {(a.double() - b.double()).abs().max().item():.3g})"
+        new_metadata, old_metadata = new.metadata(), old.metadata()
+    new_about, old_about = json.loads(new_metadata.pop("about")), json.loads(old_metadata.pop("about"))
+    if new_about.pop("command") != rebuilt_command:
+        return f"its embedded command is not `{rebuilt_command}`"
+    old_about.pop("command")
+    changed = sorted(key for key in new_about.keys() | old_about.keys() if new_about.get(key) != old_about.get(key))
+    changed += sorted(key for key in new_metadata.keys() | old_metadata.keys() if new_metadata.get(key) != old_metadata.get(key))
+    return f"metadata {', '.join(changed)} differ" if changed else None
+
+
 def rebuild(manifest: dict[str, dict[str, str]], workers: int) -> list[str]:
-    """Run each recorded command with its output in a temporary folder and compare the digests."""
+    """Run each recorded command with its output in a temporary folder and compare what the files hold."""
     problems = []
     with tempfile.TemporaryDirectory() as folder:
 
@@ -71,9 +94,9 @@ def rebuild(manifest: dict[str, dict[str, str]], workers: int) -> list[str]:
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
             if done.returncode != 0:
                 return f"{name}: `{entry['command']}` failed: {done.stderr.strip().splitlines()[-1:]}"
-            digest = sha256(output)
-            print(f"{name}: rebuilt, sha256 {'matches' if digest == entry['sha256'] else 'DIFFERS: ' + digest}", flush=True)
-            return None if digest == entry["sha256"] else f"{name}: the rebuilt file's sha256 is {digest}, not {entry['sha256']}"
+            difference = content_difference(output, ASSETS / name, f"{entry['command']} --output {output}")
+            print(f"{name}: rebuilt, {difference or 'the same tensors and metadata'}", flush=True)
+            return f"{name}: the rebuilt file differs: {difference}" if difference else None
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             problems = [problem for problem in pool.map(one, sorted(manifest.items())) if problem]
