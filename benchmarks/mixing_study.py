@@ -259,11 +259,16 @@ def equivalent_text(result: dict[str, Any]) -> str:
     )
     if interval and interval["ci95"]:
         low, high = interval["ci95"]
-        ends = f"{low:,.0f} to " + (
-            f"{high:,.0f}" if high is not None else f"more than {max(equivalent['bracket'])} (beyond the curve)"
-        )
-        where += f", 95% seed-bootstrap interval {ends} ({interval['resamples']} resamples of {len(interval['seeds'])} seeds)"
-    if len([group for group in result["learning_curve"]["values"] if group["runs"]]) == 2:
+        largest = max(equivalent["bracket"])
+        if low is None:  # the lower end too lies beyond the curve
+            where += (
+                f"; in {interval['beyond_share']:.0%} of {interval['resamples']} seed-bootstrap resamples of "
+                f"{len(interval['seeds'])} seeds the best mix beats real only at {largest} scenes"
+            )
+        else:
+            ends = f"{low:,.0f} to " + (f"{high:,.0f}" if high is not None else f"more than {largest} (beyond the curve)")
+            where += f", 95% seed-bootstrap interval {ends} ({interval['resamples']} resamples of {len(interval['seeds'])} seeds)"
+    if equivalent["size"] and len([group for group in result["learning_curve"]["values"] if group["runs"]]) == 2:
         where += (
             "; a rough reading: the curve has two pools only, so it is taken as straight in log(pool) between them, "
             "and a curve that levels off before its largest pool would give fewer scenes"
@@ -294,9 +299,11 @@ def side_by_side(record: dict[str, Any]) -> list[str]:
         gain = mean_interval(paired, sign="+") if paired and paired["mean"] is not None else "-"
         largest = f"{mean_interval(curve[-1]['metrics'][METRIC], '%')} ({curve[-1]['x']} scenes)" if curve else "-"
         equivalent = result["equivalent_real_scenes"]
-        count = f"about {equivalent['size']:,.0f}" if equivalent and equivalent.get("size") else "-"
-        if count != "-" and len(curve) == 2:
-            count += " (a two-pool curve: rough)"
+        count = "-"
+        if equivalent and equivalent.get("size"):
+            count = f"about {equivalent['size']:,.0f}" + (" (a two-pool curve: rough)" if len(curve) == 2 else "")
+        elif equivalent and equivalent["relation"] != FLAT:
+            count = f"{equivalent['relation']} ({', '.join(map(str, equivalent['bracket']))})"
         lines.append(f"| {name} ({result['pool']} real scenes) | {real} | {mix} | {gain} | {largest} | {count} |")
     return [*lines, ""]
 

@@ -253,3 +253,25 @@ def test_a_benchmark_reuses_a_finished_run_of_its_config_retrains_an_unfinished_
     assert (run_dir / "metrics.json").is_file()  # a finished run is never thrown away
     assert not finished(run_dir, ["test/pointing_game/shapes_textured"], overrides)  # killed before that score
     assert not run_dir.exists()
+
+
+def test_the_study_reports_a_mix_that_beats_real_only_at_every_pool_as_beyond_the_curve_not_a_count():
+    """The upper-bound encoder's best mix at 16 real scenes beat real only at 1,024 in every seed resample: no
+    equivalent count can be read, and the text must say so instead of failing on the interval's missing ends."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from mixing_study import equivalent_text
+
+    curve = [{"x": 16, "runs": ["a"]}, {"x": 1024, "runs": ["b"]}]
+    result = {
+        "best_ratio": {"ratio": 0.5},
+        "learning_curve": {"values": curve},
+        "equivalent_real_scenes": {"size": None, "bracket": [1024], "relation": "beyond the largest size measured", "rise": {}},
+        "equivalent_interval": {"ci95": [None, None], "beyond_share": 1.0, "resamples": 2000, "seeds": [0, 1, 2, 3, 4]},
+    }
+    text = equivalent_text(result)
+    assert text.startswith("beyond the largest size measured") and "100% of 2000" in text and "at 1024 scenes" in text
+    assert "rough reading" not in text  # nothing was interpolated
+    result["equivalent_real_scenes"] |= {"size": 332.1, "bracket": [16, 1024], "relation": "interpolated"}
+    result["equivalent_interval"] |= {"ci95": [184.2, None], "beyond_share": 0.1}
+    text = equivalent_text(result)
+    assert text.startswith("about 332 (between 16 and 1024)") and "184 to more than 1024" in text and "rough reading" in text
