@@ -268,12 +268,18 @@ def equivalent_text(result: dict[str, Any]) -> str:
         else:
             ends = f"{low:,.0f} to " + (f"{high:,.0f}" if high is not None else f"more than {largest} (beyond the curve)")
             where += f", 95% seed-bootstrap interval {ends} ({interval['resamples']} resamples of {len(interval['seeds'])} seeds)"
-    if equivalent["size"] and len([group for group in result["learning_curve"]["values"] if group["runs"]]) == 2:
+    if equivalent["size"] and len(measured_curve(result)) == 2:
         where += (
             "; a rough reading: the curve has two pools only, so it is taken as straight in log(pool) between them, "
             "and a curve that levels off before its largest pool would give fewer scenes"
         )
     return where
+
+
+def measured_curve(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A condition's real-only pools with finished runs: two for the controls, whose equivalent count and drawn line
+    between them are then an interpolation over nothing measured."""
+    return [group for group in result["learning_curve"]["values"] if group["runs"]]
 
 
 def side_by_side(record: dict[str, Any]) -> list[str]:
@@ -292,7 +298,7 @@ def side_by_side(record: dict[str, Any]) -> list[str]:
     ]
     for name, result in record["conditions"].items():
         sweep = {group["x"]: group for group in result["ratio_sweep"]["values"] if group["runs"]}
-        curve = [group for group in result["learning_curve"]["values"] if group["runs"]]
+        curve = measured_curve(result)
         best, paired = result["best_ratio"], result["best_paired"]
         real = mean_interval(sweep[0.0]["metrics"][METRIC], "%") if 0.0 in sweep else "-"
         mix = f"{best['ratio']}: {mean_interval(best[METRIC], '%')}" if best else "-"
@@ -400,8 +406,7 @@ def plots(output: Path, record: dict[str, Any]) -> None:
     sizes = set()
     for index, (name, result) in enumerate(record["conditions"].items()):
         values = result["learning_curve"]["values"]
-        measured = [group for group in values if group["runs"]]
-        if len(measured) == 2:  # the controls': a dotted line, for nothing is measured between its ends
+        if len(measured_curve(result)) == 2:  # the controls': a dotted line, for nothing is measured between its ends
             draw(axes, values, METRIC, f"{name}: real only (two pools, dotted)", linestyle=":")
         else:
             draw(axes, values, METRIC, f"{name}: real only")
