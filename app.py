@@ -5,7 +5,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from synground.app import serve
+from synground.inference.app import serve
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="app")

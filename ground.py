@@ -4,7 +4,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from synground.inference import ground
+from synground.inference.batch import ground
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="ground")

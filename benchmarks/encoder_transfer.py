@@ -24,7 +24,8 @@ from hydra.utils import instantiate
 from safetensors import safe_open
 
 from synground.files import write_atomic
-from synground.models.pretraining import probe_transfer, vision_weights_path
+from synground.models.encoders import vision_weights_path
+from synground.shapes.pretraining import probe_transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -47,7 +48,7 @@ def about(weights: str | None, architecture: str) -> dict:
 
 def main() -> None:
     if not IMAGE_LABELS.is_file():
-        command = [sys.executable, "-m", "synground.models.pretraining", "--world", "disjoint", "--labels", "image"]
+        command = [sys.executable, "-m", "synground.shapes.pretraining", "--world", "disjoint", "--labels", "image"]
         subprocess.run([*command, "--output", str(IMAGE_LABELS)], cwd=ROOT, check=True)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         config = compose("train", overrides=["experiment=shapes"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from synground import runs
 from synground.results import config_differences
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def run_all(jobs: list[tuple[str, list[str], Path]], workers: int, threads: int)
 def run_minutes(run_dir: Path) -> float:
     """A train.py run's wall time from its files: Hydra writes .hydra/config.yaml as the run starts, train.py
     metrics.json last."""
-    return ((run_dir / "metrics.json").stat().st_mtime - (run_dir / ".hydra" / "config.yaml").stat().st_mtime) / 60
+    return (runs.metrics_path(run_dir).stat().st_mtime - runs.config_path(run_dir).stat().st_mtime) / 60
 
 
 def finished(run: Path, metrics: Iterable[str], overrides: Sequence[str]) -> bool:
@@ -55,7 +56,7 @@ def finished(run: Path, metrics: Iterable[str], overrides: Sequence[str]) -> boo
     `overrides` compose now. An unfinished run directory is cleared, so that it trains again; a finished run of another
     config stops the benchmark, naming the keys that differ (its results must not be read as this config's, and it is
     not thrown away)."""
-    scores = run / "metrics.json"
+    scores = runs.metrics_path(run)
     if scores.is_file() and set(metrics) <= set(json.loads(scores.read_text())):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             stale = config_differences(run, compose("train", overrides=list(overrides)))

@@ -34,11 +34,11 @@ import torch
 import shapes_grounding
 from synground import Grounder
 from synground.files import write_atomic
-from synground.generation import ShapesGenerator
-from synground.generation.shapes import COLOURS, SHAPES
 from synground.models.gradcam import capture_attention
 from synground.models.map_metrics import point_in_boxes, predicted_points
 from synground.results import describe, mean_interval
+from synground.shapes import ShapesGenerator
+from synground.shapes.world import COLOURS, SHAPES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "shapes_diagnosis"

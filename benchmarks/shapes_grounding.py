@@ -85,8 +85,8 @@ def hits_by_colour_sharing(run: Path, overrides: tuple[str, ...]) -> dict:
     kept = run / "colour_sharing.json"
     if kept.is_file():
         return json.loads(kept.read_text())
-    from synground.generation.shapes import COLOURS
     from synground.models.map_metrics import pointing_game_hits
+    from synground.shapes.world import COLOURS
 
     cfg = shapes_config(*overrides)
     datamodule, module = instantiate(cfg.data), instantiate(cfg.model)

@@ -10,6 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from synground.runs import best_checkpoint, checkpoints_dir
 from synground.training import instantiate_group, readable_checkpoint, test_by_checkpoint, test_groups, write_metrics
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path and Path(ckpt_path).is_dir():
         run = Path(ckpt_path)
         selection = getattr(datamodule, "val_split_of", {})
-        groups = test_groups(datamodule.test_split_names, selection, str(run_best_checkpoint(run)), run / "checkpoints")
+        groups = test_groups(datamodule.test_split_names, selection, str(best_checkpoint(run)), checkpoints_dir(run))
     else:
         groups = {ckpt_path or None: datamodule.test_split_names}
     log.info("model: %s%s", cfg.model.net._target_, f" with weights from {ckpt_path}" if ckpt_path else "")
@@ -41,11 +42,3 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = test_by_checkpoint(trainer, module, datamodule, groups)
     write_metrics(metrics, Path(cfg.paths.output_dir))
     return metrics
-
-
-def run_best_checkpoint(run: Path) -> Path:
-    """A train.py run's checkpoint best on the mean validation pointing game (checkpoints/epoch*.ckpt), else its last."""
-    best = sorted((run / "checkpoints").glob("epoch*.ckpt")) or sorted((run / "checkpoints").glob("last.ckpt"))
-    if not best:
-        raise FileNotFoundError(f"ckpt_path={run}: a directory, but not a train.py run with checkpoints/*.ckpt")
-    return best[-1]

@@ -39,6 +39,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from synground import runs
 from synground.files import write_atomic
 
 # the 0.975 quantile of Student's t with 1..30 degrees of freedom (two-sided 95%)
@@ -147,16 +148,16 @@ def collect(run_dirs: list[Path], x: str) -> list[dict[str, Any]]:
     """One row per run: the swept value, its seed, its metrics (or its error), its directory; sorted by the value."""
     rows = []
     for run in run_dirs:
-        config_path = run / ".hydra" / "config.yaml"
+        config_path = runs.config_path(run)
         if not config_path.is_file():
             continue  # not a run directory (e.g. the multirun's own files)
         config = OmegaConf.load(config_path)
         row: dict[str, Any] = {"run": str(run), "x": OmegaConf.select(config, x, default=None)}
         row["seed"] = OmegaConf.select(config, "seed", default=None)
-        if (run / "metrics.json").is_file():
-            row["metrics"] = read_record(run / "metrics.json", "metrics by name")
-        elif (run / "failed.json").is_file():
-            failure = read_record(run / "failed.json", 'the run\'s error, {"error": ...}')
+        if runs.metrics_path(run).is_file():
+            row["metrics"] = read_record(runs.metrics_path(run), "metrics by name")
+        elif runs.failure_path(run).is_file():
+            failure = read_record(runs.failure_path(run), 'the run\'s error, {"error": ...}')
             if "error" not in failure:
                 raise ValueError(f"{run / 'failed.json'}: no 'error' in it; rerun that run, or leave its directory out")
             row["error"] = failure["error"]
@@ -166,7 +167,7 @@ def collect(run_dirs: list[Path], x: str) -> list[dict[str, Any]]:
     if not rows:
         raise FileNotFoundError(f"no run directory (with .hydra/config.yaml) among {[str(r) for r in run_dirs[:5]]}")
     if all(row["x"] is None for row in rows):
-        overrides = rows[0]["run"] + "/.hydra/overrides.yaml"
+        overrides = str(runs.overrides_path(rows[0]["run"]))
         swept = list(OmegaConf.load(overrides)) if Path(overrides).is_file() else []
         raise ValueError(
             f"--x {x} is in no run's .hydra/config.yaml: give the swept key"
@@ -178,7 +179,7 @@ def collect(run_dirs: list[Path], x: str) -> list[dict[str, Any]]:
 def config_differences(run: Path, expected: Any) -> list[str]:
     """The config keys (dotted) on which a run's saved .hydra/config.yaml differs from `expected` (a config, e.g. the
     one composed now for the same overrides): a finished run of another config must not be read as this one's."""
-    saved = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"))
+    saved = OmegaConf.to_container(OmegaConf.load(runs.config_path(run)))
 
     def flat(node: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(node, dict):
@@ -480,13 +481,13 @@ def main() -> None:
         "--metric", default="test/pointing_game/mean", help="the paired comparison's metric (default test/pointing_game/mean)"
     )
     args = parser.parse_args()
-    runs = [Path(p) for pattern in args.runs for p in sorted(glob.glob(pattern))]
-    if len(runs) == 1 and not (runs[0] / ".hydra").is_dir():  # a multirun directory: its numbered runs
-        runs = sorted((p for p in runs[0].iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name))
-    if not runs:
+    run_dirs = [Path(p) for pattern in args.runs for p in sorted(glob.glob(pattern))]
+    if len(run_dirs) == 1 and not runs.config_path(run_dirs[0]).parent.is_dir():  # a multirun directory: its numbered runs
+        run_dirs = sorted((p for p in run_dirs[0].iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name))
+    if not run_dirs:
         raise SystemExit(f"no directory matches {args.runs}")
-    output = args.output or (runs[0].parent if len(args.runs) == 1 else Path("."))
-    print(summarize(runs, args.x, output, args.paired_baseline, args.metric))
+    output = args.output or (run_dirs[0].parent if len(args.runs) == 1 else Path("."))
+    print(summarize(run_dirs, args.x, output, args.paired_baseline, args.metric))
     print(f"written to {output / 'results.md'} and {output / 'pointing_game.png'}")
 
 

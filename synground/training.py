@@ -23,6 +23,7 @@ from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from synground import runs
 from synground.callbacks.map_metrics import GroundingMetrics, with_split_means
 from synground.callbacks.requeue import Preempted, Requeue
 from synground.data.shards import is_remote, manifest_of
@@ -73,7 +74,7 @@ def run_or_record_failure(job: Callable[[DictConfig], Any], cfg: DictConfig) -> 
         log.exception("this run failed; the sweep goes on with the next one")
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(output_dir / "failed.json", json.dumps({"error": f"{type(error).__name__}: {error}"}, indent=2))
+        write_atomic(runs.failure_path(output_dir), json.dumps({"error": f"{type(error).__name__}: {error}"}, indent=2))
         return None
 
 
@@ -114,7 +115,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.output_dir) / "checkpoints"
+    return runs.checkpoints_dir(Path(cfg.paths.output_dir))
 
 
 def selection_checkpoints(selection: dict[str, str], dirpath: Path) -> list[ModelCheckpoint]:
@@ -271,7 +272,7 @@ def scalar_metrics(callback_metrics: dict[str, Any], prefixes: tuple[str, ...]) 
 @rank_zero_only
 def write_metrics(metrics: dict[str, float], output_dir: Path, quiet: bool = False) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(output_dir / "metrics.json", json.dumps(dict(sorted(metrics.items())), indent=2))
+    write_atomic(runs.metrics_path(output_dir), json.dumps(dict(sorted(metrics.items())), indent=2))
     if quiet:
         return
     print(results_table(metrics))

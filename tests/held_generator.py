@@ -5,7 +5,7 @@ A requeued run (Slurm sets SLURM_RESTART_COUNT) goes through. Its scenes are Sha
 import os
 import time
 
-from synground.generation import ShapesGenerator
+from synground.shapes import ShapesGenerator
 
 
 class HeldInFirstRun(ShapesGenerator):

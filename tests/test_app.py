@@ -24,11 +24,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from free_port import free_port
-from synground.app import demo_model, enlarged, split_phrases
-from synground.export import export_model
-from synground.generation.shapes import ShapesGenerator
-from synground.grounding import Grounder
-from synground.visualise import render_overlay
+from synground.inference.app import demo_model, enlarged, split_phrases
+from synground.inference.export import export_model
+from synground.inference.grounder import Grounder
+from synground.inference.overlays import render_overlay
+from synground.shapes.world import ShapesGenerator
 from test_experiments import ROOT
 
 # a tiny BLIP of the offline demo's architecture and vocabulary (experiment=shapes), small enough to build in a second
@@ -201,7 +201,7 @@ def test_without_a_checkpoint_the_offline_demo_model_is_trained_first_and_then_f
             """
         )
     )
-    with caplog.at_level(logging.WARNING, logger="synground.app"):
+    with caplog.at_level(logging.WARNING, logger="synground.inference.app"):
         checkpoint = demo_model(tmp_path / "logs", train_script)
     assert checkpoint == tmp_path / "logs" / "shapes" / "runs" / "2026-01-01_00-00-00" / "checkpoints" / "epoch004.ckpt"
     assert "no offline demo model yet: training it first with python train.py experiment=shapes" in caplog.text

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from synground.data import GenerationRequest, GeneratorSource, GroundingDataModule
-from synground.generation import ShapesGenerator
 from synground.generation.writing import generate_shards
+from synground.shapes import ShapesGenerator
 
 
 def test_the_mixed_stream_follows_the_synthetic_ratio():
@@ -148,7 +148,7 @@ def test_every_skipped_sample_reaches_the_batches_named_at_each_read(tmp_path):
     from synground.data import GenerationRequest, Manifest, write_shard
     from synground.data.datamodule import MixedTrainStream
     from synground.data.transforms import GroundingTransform
-    from synground.generation import ShapesGenerator
+    from synground.shapes import ShapesGenerator
 
     samples = ShapesGenerator("clean", image_size=64).generate([GenerationRequest(f"s-{i}", i) for i in range(8)])
     write_shard(tmp_path / "good.tar", samples)

@@ -1,4 +1,4 @@
-"""Export (synground.export): self-contained directories others load with transformers, the original ALBEF code's
+"""Export (synground.inference.export): self-contained directories others load with transformers, the original ALBEF code's
 layout or the Grounder, with a model card; and the Hub upload, up to the upload call."""
 
 import json
@@ -11,9 +11,9 @@ from transformers import AutoTokenizer, BlipForImageTextRetrieval
 
 from released_checkpoints import released_albef_shapes
 from synground import Grounder
-from synground.export import export_model, main, push_to_hub
-from synground.generation import ShapesGenerator
+from synground.inference.export import export_model, main, push_to_hub
 from synground.models.albef import IGNORED_PREFIXES
+from synground.shapes import ShapesGenerator
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +82,11 @@ def test_the_model_card_traces_the_model_to_its_data_metrics_and_commands(traine
     manifest = json.loads((run_dir / "data_manifests" / "0-synthetic-clean.json").read_text())
     assert f"`0-synthetic-clean.json`: 16 samples in 2 shards, complete; made by `{manifest['command']}`" in card
     assert (exports["blip"] / "data_manifests" / "0-synthetic-clean.json").is_file()
-    assert f"python -m synground.export {checkpoint}" in card
+    assert f"python -m synground.inference.export {checkpoint}" in card
     settings = json.loads((exports["blip"] / "synground.json").read_text())
     assert settings["architecture"] == "blip" and settings["image_size"] == 64 and settings["global_step"] == 2
     albef_card = (exports["albef"] / "README.md").read_text()
-    assert "generated on the fly by `synground.generation.ShapesGenerator`" in albef_card and "albef.pth" in albef_card
+    assert "generated on the fly by `synground.shapes.ShapesGenerator`" in albef_card and "albef.pth" in albef_card
 
 
 def test_an_export_never_replaces_a_directory_silently_and_a_failed_one_leaves_nothing(trained_runs, tmp_path, monkeypatch):

@@ -28,8 +28,8 @@ from synground.data.readers import Record, load_record, visual_genome_records
 from synground.data.shards import Manifest, iterate_shard, listed_shards, resolve_shards, write_shard
 from synground.data.transforms import clean_regions
 from synground.data.verify import main as verify_main
-from synground.generation import ShapesGenerator
 from synground.generation.writing import generate_shards
+from synground.shapes import ShapesGenerator
 from test_shards import shapes
 from test_skip_counts import GOOD, image, shard_set
 

@@ -15,9 +15,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from synground import app
-from synground.grounding import Grounder, open_image
-from synground.inference import ground, ground_files, image_files, pairs_of
+from synground.inference import app
+from synground.inference.batch import ground, ground_files, image_files, pairs_of
+from synground.inference.grounder import Grounder, open_image
 from test_app import tiny_checkpoint
 from test_experiments import ROOT
 

@@ -16,12 +16,12 @@ from PIL import Image
 
 from raw_datasets import write_visual_genome
 from synground import Grounder
-from synground.app import load_models
 from synground.callbacks.map_metrics import GroundingMetrics, GroundingMetricsCallback
 from synground.data.convert import convert_records
 from synground.data.readers import visual_genome_records
 from synground.data.shards import IncompleteShardSet, resolve_shards
-from synground.export import export_model
+from synground.inference.app import load_models
+from synground.inference.export import export_model
 from synground.models.builders import UnsafeConfigError, build_net
 from synground.models.checkpoints import CheckpointError
 

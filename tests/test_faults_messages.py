@@ -12,11 +12,12 @@ from PIL import Image
 
 from synground import results
 from synground.evaluation import evaluate
-from synground.export import SETTINGS_FILE, export_model
-from synground.grounding import Grounder
-from synground.inference import ground_files, pairs_of
+from synground.inference.batch import ground_files, pairs_of
+from synground.inference.export import export_model
+from synground.inference.export_format import SETTINGS_FILE
+from synground.inference.grounder import Grounder
+from synground.models.encoders import load_vision_weights
 from synground.models.module import GroundingModule
-from synground.models.pretraining import load_vision_weights
 from test_app import tiny_checkpoint
 from test_experiments import ROOT
 

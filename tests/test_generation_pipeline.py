@@ -456,9 +456,9 @@ def test_a_folder_of_seed_images_works_and_an_unreadable_one_is_counted_not_fata
 
 def test_detector_proposals_file_has_every_image_with_the_boxes_kept_for_its_phrases(tiny, tmp_path):
     from synground.data.proposals import load_proposals
-    from synground.generation import ShapesGenerator
     from synground.generation.proposals import main as write_proposals
     from synground.generation.writing import generate_shards
+    from synground.shapes import ShapesGenerator
 
     generate_shards(ShapesGenerator("clean", 64), tmp_path / "shards", num_samples=3, samples_per_shard=2, name="p")
     out = tmp_path / "proposals" / "p.json"

@@ -1,4 +1,4 @@
-"""Grounder (synground.grounding) and ground.py: any image and phrase, with the maps the pointing game scored."""
+"""Grounder (synground.inference.grounder) and ground.py: any image and phrase, with the maps the pointing game scored."""
 
 import json
 from collections import Counter
@@ -14,8 +14,9 @@ from PIL import Image
 from synground import Grounder
 from synground.data.datamodule import _split_samples
 from synground.data.transforms import clean_regions
-from synground.generation import ShapesGenerator
-from synground.grounding import box_from_heatmap, run_config
+from synground.inference.grounder import box_from_heatmap
+from synground.runs import run_config
+from synground.shapes import ShapesGenerator
 from test_train import run
 
 

@@ -10,9 +10,9 @@ from PIL import Image
 
 from synground.data.schema import GenerationRequest, GroundingSample, Region
 from synground.data.shards import write_shard
-from synground.generation import ShapesGenerator
 from synground.generation.report import dataset_report, main
 from synground.generation.writing import generate_shards
+from synground.shapes import ShapesGenerator
 
 
 def edit_manifest(directory, edit):

@@ -13,10 +13,10 @@ from synground.data.convert import convert_records
 from synground.data.readers import flickr30k_records
 from synground.data.schema import GenerationRequest
 from synground.data.shards import iterate_shard, resolve_shards, write_shard
-from synground.generation import ShapesGenerator, sheets
 from synground.generation.report import dataset_report, main
 from synground.generation.runtime import Rejected, StageClock
 from synground.generation.writing import REJECTED_DIR, generate_shards
+from synground.shapes import ShapesGenerator, sheets
 
 
 def write_set(directory, shards: int, per_shard: int) -> list[str]:

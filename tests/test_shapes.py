@@ -1,8 +1,8 @@
 import numpy as np
 
 from synground.data import GenerationRequest, TripletGenerator
-from synground.generation import ShapesGenerator
-from synground.generation.shapes import COLOURS
+from synground.shapes import ShapesGenerator
+from synground.shapes.world import COLOURS
 
 
 def scenes(style, n=40, size=96):

@@ -8,8 +8,8 @@ import pytest
 
 from synground.data import GenerationRequest, IncompleteShardSet, Manifest, read_manifest, resolve_shards, write_shard
 from synground.data.shards import iterate_shard
-from synground.generation import ShapesGenerator
 from synground.generation.writing import generate_shards
+from synground.shapes import ShapesGenerator
 
 
 def shapes(n, start=0):

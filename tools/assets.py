@@ -1,8 +1,9 @@
 """The packaged vision encoders (synground/assets/*.safetensors) against the commands that made them.
 
-synground/assets/manifest.json records, per file, its sha256 and the `python -m synground.models.pretraining` command
-that made it. Pretraining is deterministic (one thread, seeded before the model is built, a sorted header), so the
-command gives the same bytes again on this kind of machine.
+synground/assets/manifest.json records, per file, its sha256 and the pretraining command that made it (they name the
+module by its former path, synground.models.pretraining; it is synground.shapes.pretraining now, the same code).
+Pretraining is deterministic (one thread, seeded before the model is built, a sorted header), so the command gives
+the same bytes again on this kind of machine.
 
     python tools/assets.py                 check: every file's sha256 and embedded command match the manifest (fast)
     python tools/assets.py --rebuild       rerun every command into a temporary folder and compare the tensors and
@@ -31,6 +32,7 @@ from safetensors import safe_open
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "synground" / "assets"
 MANIFEST = ASSETS / "manifest.json"
+PRETRAINING = "synground.shapes.pretraining"
 
 
 def sha256(path: Path) -> str:
@@ -62,8 +64,9 @@ def check(manifest: dict[str, dict[str, str]]) -> list[str]:
 
 def content_difference(rebuilt: Path, shipped: Path, rebuilt_command: str) -> str | None:
     """What differs between a rebuilt encoder and the shipped one, or None: every tensor (name, dtype, values) and
-    every metadata entry. The command embedded in the rebuilt file names its temporary --output, so it must be the
-    shipped command plus that, and nothing else: that is why the files' digests differ and their content must not."""
+    every metadata entry. The command embedded in the rebuilt file names its temporary --output (and the module's
+    current path), so it must be the shipped command's arguments plus that, and nothing else: that is why the files'
+    digests differ and their content must not."""
     with safe_open(str(rebuilt), framework="pt") as new, safe_open(str(shipped), framework="pt") as old:
         if set(new.keys()) != set(old.keys()):
             return f"tensors {sorted(set(new.keys()) ^ set(old.keys()))[:5]} are in one file only"
@@ -89,12 +92,13 @@ def rebuild(manifest: dict[str, dict[str, str]], workers: int) -> list[str]:
         def one(item: tuple[str, dict[str, str]]) -> str | None:
             name, entry = item
             output = Path(folder) / name
-            arguments = shlex.split(entry["command"])[3:]  # after `python -m synground.models.pretraining`
-            command = [sys.executable, "-m", "synground.models.pretraining", *arguments, "--output", str(output)]
+            arguments = shlex.split(entry["command"])[3:]  # after `python -m <the pretraining module>`
+            command = [sys.executable, "-m", PRETRAINING, *arguments, "--output", str(output)]
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
             if done.returncode != 0:
                 return f"{name}: `{entry['command']}` failed: {done.stderr.strip().splitlines()[-1:]}"
-            difference = content_difference(output, ASSETS / name, f"{entry['command']} --output {output}")
+            expected = f"python -m {PRETRAINING} {' '.join(arguments)} --output {output}"
+            difference = content_difference(output, ASSETS / name, expected)
             print(f"{name}: rebuilt, {difference or 'the same tensors and metadata'}", flush=True)
             return f"{name}: the rebuilt file differs: {difference}" if difference else None
 

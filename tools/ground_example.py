@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from synground.generation import ShapesGenerator
-from synground.grounding import demo_checkpoint
+from synground.runs import demo_checkpoint
+from synground.shapes import ShapesGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,8 @@ import socket
 import tempfile
 from pathlib import Path
 
-from synground.app import build_app, load_models, write_examples
-from synground.grounding import demo_checkpoint
+from synground.inference.app import build_app, load_models, write_examples
+from synground.runs import demo_checkpoint
 
 VIEWPORT = {"width": 1400, "height": 900}
 

@@ -1,3 +1,1 @@
-from synground.generation.shapes import ShapesGenerator
-
-__all__ = ["ShapesGenerator"]
+"""The synthetic-data pipeline: descriptions, text-to-image, phrases, detection, filters and shard writing."""

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertTokenizer, PreTrainedTokenizerBase
 
-from synground.models.base import GroundingModel, Tokens, check_tiny_architecture
+from synground.models.base import GroundingModel, check_tiny_architecture
 from synground.models.checkpoints import CheckpointError, check_state_dict, read_state_dict, resize_position_embedding
-from synground.models.pretraining import load_vision_weights
-from synground.models.text import TextTokenizer, wordpiece_tokenizer
+from synground.models.encoders import load_vision_weights
+from synground.models.text import TextTokenizer, Tokens, wordpiece_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +442,7 @@ class AlbefGroundingModel(GroundingModel):
         As in the released model, the Grad-CAM layer is a fusion layer with fusion layers above it (8 of 12 there,
         2 of 4 here), so the eager attention above it, which the AMC loss differentiates through, is exercised.
         `vision_weights` (a file, or "synground:<name>" for a packaged one) replaces the random vision encoder with
-        a pretrained one (synground.models.pretraining).
+        a pretrained one (synground.shapes.pretraining).
         """
         check_tiny_architecture(image_size, patch_size, vision_width, text_width, heads, dropout, max_text_length)
         tokenizer = wordpiece_tokenizer(vocabulary or [])

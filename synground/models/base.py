@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from synground.models.gradcam import attention_gradcam, capture_attention
-
-if TYPE_CHECKING:
-    from synground.models.text import TextTokenizer
-
-Tokens = dict[str, torch.Tensor]  # at least input_ids and attention_mask, [B, L]
+from synground.models.text import TextTokenizer, Tokens
 
 # which text tokens' maps the Grad-CAM map averages: "all" real tokens (AMC's ALBEF recipe), or the "phrase" tokens
 # only, without the first token and a closing [SEP] (LAVIS's BlipITM.compute_gradcam, the BLIP authors' recipe)
@@ -33,7 +28,7 @@ class GroundingModel(nn.Module, ABC):
     image_size: int
     temperature: float | torch.Tensor  # of the contrastive similarities (ALBEF learns it)
 
-    architecture: str  # "blip", "albef": names the packaged files made for it (synground.models.pretraining)
+    architecture: str  # "blip", "albef": names the packaged files made for it (synground.shapes.pretraining)
     token_average: str  # one of TOKEN_AVERAGES
     text_tokenizer: TextTokenizer
 
@@ -43,7 +38,7 @@ class GroundingModel(nn.Module, ABC):
     @property
     @abstractmethod
     def vision_encoder(self) -> nn.Module:
-        """The image encoder whose output `encode_images` returns (what synground.models.pretraining trains)."""
+        """The image encoder whose output `encode_images` returns (what synground.shapes.pretraining trains)."""
 
     @abstractmethod
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

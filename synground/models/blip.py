@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval, PreTrainedTokenizerBase
 
-from synground.models.base import GroundingModel, Tokens, check_tiny_architecture
+from synground.models.base import GroundingModel, check_tiny_architecture
 from synground.models.checkpoints import CheckpointError
-from synground.models.pretraining import load_vision_weights
-from synground.models.text import TextTokenizer, wordpiece_tokenizer
+from synground.models.encoders import load_vision_weights
+from synground.models.text import TextTokenizer, Tokens, wordpiece_tokenizer
 
 # BLIP's ViT (salesforce/BLIP models/vit.py) normalises with LayerNorm(eps=1e-6)
 VISION_LAYER_NORM_EPS = 1e-6
@@ -154,7 +154,7 @@ class BlipGroundingModel(GroundingModel):
         At BERT's initializer_range of 0.02 and width 64, queries and keys start so small that cross-attention is
         uniform and image-text matching stays at chance for hundreds of steps; 0.1 lets it learn from the start.
         `vision_weights` (a file, or "synground:<name>" for a packaged one) replaces the random vision encoder with
-        a pretrained one (synground.models.pretraining).
+        a pretrained one (synground.shapes.pretraining).
         """
         check_tiny_architecture(image_size, patch_size, vision_width, text_width, heads, dropout, max_text_length)
         tokenizer = wordpiece_tokenizer(vocabulary or [])

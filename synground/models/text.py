@@ -7,10 +7,9 @@ import logging
 import torch
 from transformers import BertTokenizer, PreTrainedTokenizerBase
 
-from synground.models.base import Tokens
-
 log = logging.getLogger(__name__)
 
+Tokens = dict[str, torch.Tensor]  # at least input_ids and attention_mask, [B, L]
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[ENC]"]
 
 

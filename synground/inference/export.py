@@ -1,7 +1,7 @@
 """A trained model as a self-contained directory others can load, with a model card, and its upload to the Hub.
 
-    python -m synground.export logs/shapes/runs/<date>/checkpoints/epoch004.ckpt exports/shapes-blip-tiny
-    python -m synground.export <checkpoint> <directory> --push-to-hub <owner>/<name>
+    python -m synground.inference.export logs/shapes/runs/<date>/checkpoints/epoch004.ckpt exports/shapes-blip-tiny
+    python -m synground.inference.export <checkpoint> <directory> --push-to-hub <owner>/<name>
 
 BLIP is written in the transformers format (`BlipForImageTextRetrieval.from_pretrained(directory)` loads it), ALBEF as
 a state dict in the released key layout (model.safetensors, and albef.pth for the original ALBEF code). Beside the
@@ -12,7 +12,6 @@ metrics.json and training-data manifests, and README.md, the model card.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shlex
@@ -22,17 +21,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from synground.grounding import Grounder, check_input_settings, run_config, run_dir_of
-from synground.models.albef import AlbefGroundingModel
-from synground.models.base import GroundingModel
-from synground.models.blip import BlipGroundingModel
-from synground.models.checkpoints import CheckpointError
+from synground import runs
+from synground.inference.export_format import ARCHITECTURES, FORMAT, SETTINGS_FILE, checksums
+from synground.inference.grounder import Grounder
+from synground.runs import run_config, run_dir_of
 
 log = logging.getLogger(__name__)
-
-SETTINGS_FILE = "synground.json"
-FORMAT = 1  # of synground.json; bump when an export written before can no longer be read the same way
-ARCHITECTURES: dict[str, type[GroundingModel]] = {"blip": BlipGroundingModel, "albef": AlbefGroundingModel}
 
 
 def export_model(checkpoint: str | Path, output_dir: str | Path, overwrite: bool = False) -> Path:
@@ -65,8 +59,8 @@ def export_model(checkpoint: str | Path, output_dir: str | Path, overwrite: bool
             "global_step": grounder.global_step,
         }
         (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
-        if (run_dir / "metrics.json").is_file():
-            shutil.copy(run_dir / "metrics.json", partial / "metrics.json")
+        if runs.metrics_path(run_dir).is_file():
+            shutil.copy(runs.metrics_path(run_dir), runs.metrics_path(partial))
         if (run_dir / "data_manifests").is_dir():
             shutil.copytree(run_dir / "data_manifests", partial / "data_manifests")
         (partial / "README.md").write_text(model_card(partial, settings, run_dir, export_command(checkpoint, output_dir)))
@@ -95,86 +89,12 @@ def check_replaceable(output_dir: Path, checkpoint: Path) -> None:
         )
 
 
-def checksums(directory: Path) -> dict[str, str]:
-    """sha256 of every file of an export's model (weights, config, tokenizer), by path relative to it."""
-    return {
-        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-    }
-
-
-def verify_files(directory: Path, settings: dict[str, Any]) -> None:
-    """Every model file synground.json lists is there, unchanged (sha256); exports written before the list are
-    loaded with a warning."""
-    files = settings.get("files")
-    if files is None:
-        log.warning("%s was exported before synground recorded checksums: its files are not verified", directory)
-        return
-    if not isinstance(files, dict):
-        raise CheckpointError(
-            f"{directory / SETTINGS_FILE}: files is a {type(files).__name__}, not the sha256 of each file by name: the "
-            "export was edited or damaged; export the checkpoint again"
-        )
-    for name, expected in files.items():
-        path = directory / name
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing: the export {directory} is incomplete; export it again")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
-            raise CheckpointError(
-                f"{path} differs from the sha256 that {SETTINGS_FILE} recorded when it was exported: the file is damaged "
-                "or was changed. Export the checkpoint again (python -m synground.export <checkpoint> <directory>)"
-            )
-
-
-def load_export(directory: Path) -> tuple[GroundingModel, dict[str, Any]]:
-    """The model of an export directory and its synground.json settings, its files verified against the checksums
-    recorded at export."""
-    settings_file = directory / SETTINGS_FILE
-    if not settings_file.is_file():
-        raise FileNotFoundError(f"{directory} is not a synground export: it has no {SETTINGS_FILE} (python -m synground.export)")
-    try:
-        settings = json.loads(settings_file.read_text())
-    except (ValueError, OSError) as error:  # empty, cut short, not UTF-8
-        problem = f"{type(error).__name__}: {error}"
-    else:
-        problem = None if isinstance(settings, dict) else f"it holds a {type(settings).__name__}"
-    if problem:
-        raise ValueError(
-            f"{settings_file} is not a JSON object of settings ({problem}): the export is damaged; export the checkpoint "
-            "again (python -m synground.export <checkpoint> <directory>)"
-        )
-    settings = ExportSettings(settings, settings_file)
-    if settings.get("format") != FORMAT or settings.get("architecture") not in ARCHITECTURES:
-        raise ValueError(
-            f"{settings_file}: format {settings.get('format')} of architecture {settings.get('architecture')!r}; this "
-            f"synground reads format {FORMAT} of {sorted(ARCHITECTURES)}"
-        )
-    check_input_settings(settings.get("image_size"), settings.get("mean", []), settings.get("std", []), str(settings_file))
-    verify_files(directory, settings)
-    return ARCHITECTURES[settings["architecture"]].from_export(directory, settings), settings
-
-
-class ExportSettings(dict):
-    """synground.json's settings; reading one it lacks is an error naming the file and the key."""
-
-    def __init__(self, settings: dict[str, Any], path: Path):
-        super().__init__(settings)
-        self.path = path
-
-    def __missing__(self, key: str) -> Any:
-        raise ValueError(
-            f"{self.path} has no {key!r}: the export is incomplete or was edited; export the checkpoint again "
-            "(python -m synground.export <checkpoint> <directory>)"
-        )
-
-
 def export_command(checkpoint: Path, output_dir: Path) -> str:
-    return shlex.join(["python", "-m", "synground.export", str(checkpoint), str(output_dir)])
+    return shlex.join(["python", "-m", "synground.inference.export", str(checkpoint), str(output_dir)])
 
 
 def train_command(run_dir: Path) -> str | None:
-    overrides = run_dir / ".hydra" / "overrides.yaml"
+    overrides = runs.overrides_path(run_dir)
     if not overrides.is_file():
         return None
     return shlex.join(["python", "train.py", *OmegaConf.load(overrides)])
@@ -235,7 +155,7 @@ def model_card(directory: Path, settings: dict[str, Any], run_dir: Path, command
         "",
         "## Metrics",
         "",
-        *metrics_lines(directory / "metrics.json"),
+        *metrics_lines(runs.metrics_path(directory)),
         "",
         "## How it was made",
         "",

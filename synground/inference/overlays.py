@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from synground.grounding import Grounding
+from synground.inference.grounder import Grounding
 
 
 def render_overlay(image: Image.Image, result: Grounding, alpha: float = 0.7, caption: bool = True) -> Image.Image:

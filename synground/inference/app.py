@@ -1,11 +1,11 @@
 """The web demo: upload an image or pick an example, type phrases, and see each phrase's heat map, point and match
 score, side by side for every chosen checkpoint (`python app.py`, see conf/app.yaml).
 
-    from synground.app import build_app, load_models
+    from synground.inference.app import build_app, load_models
     build_app(load_models(["logs/shapes/runs/<date>/checkpoints/epoch004.ckpt"])).launch()
 
 Phrases are typed one per line, or several on one line separated by ';'. The maps, points and scores are the
-Grounder's (synground.grounding), drawn by synground.visualise.render_overlay.
+Grounder's (synground.inference.grounder), drawn by synground.inference.overlays.render_overlay.
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig
 from PIL import Image
 
-from synground.generation.shapes import ShapesGenerator
-from synground.grounding import (
+from synground.inference.grounder import (
     MAX_IMAGE_PIXELS,
     Grounder,
     Grounding,
     ImageTooLargeError,
     check_setting,
-    demo_checkpoint,
     open_image,
 )
-from synground.visualise import render_overlay
+from synground.inference.overlays import render_overlay
+from synground.runs import demo_checkpoint
+from synground.shapes.world import ShapesGenerator
 
 try:
     import gradio as gr

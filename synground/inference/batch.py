@@ -21,8 +21,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 from tqdm import tqdm
 
-from synground.grounding import Grounder, demo_checkpoint, open_image
-from synground.visualise import render_overlay
+from synground.inference.grounder import Grounder, open_image
+from synground.inference.overlays import render_overlay
+from synground.runs import demo_checkpoint
 
 log = logging.getLogger(__name__)
 

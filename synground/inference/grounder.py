@@ -13,7 +13,6 @@ the training size, the training normalisation), the same Grad-CAM layer, dropout
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,10 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from synground.data.transforms import CLIP_MEAN, CLIP_STD, GroundingTransform, normalize_images
+from synground.inference.export_format import check_input_settings, load_export
 from synground.models.base import GroundingModel
 from synground.models.builders import build_net
 from synground.models.checkpoints import CheckpointError, check_state_dict
 from synground.models.map_metrics import normalise_heatmap, predicted_points
+from synground.runs import run_config_path, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class Grounder:
 
     @classmethod
     def load(cls, source: str | Path, **kwargs: Any) -> Grounder:
-        """From a training checkpoint (.ckpt) or an export directory (synground.export)."""
+        """From a training checkpoint (.ckpt) or an export directory (synground.inference.export)."""
         path = Path(source).expanduser()
         if path.is_dir():
             return cls.from_export(path, **kwargs)
@@ -209,7 +210,7 @@ class Grounder:
             return cls.from_checkpoint(path, **kwargs)
         raise FileNotFoundError(
             f"{source}: expected a training checkpoint (.ckpt, e.g. logs/<task>/runs/<date>/checkpoints/last.ckpt) or "
-            "an export directory (from python -m synground.export)"
+            "an export directory (from python -m synground.inference.export)"
         )
 
     @classmethod
@@ -270,9 +271,7 @@ class Grounder:
 
     @classmethod
     def from_export(cls, directory: str | Path, **kwargs: Any) -> Grounder:
-        """The model of an export directory (synground.export): BLIP in the transformers format or ALBEF's layout."""
-        from synground.export import load_export  # export imports this module
-
+        """The model of an export directory (synground.inference.export): BLIP in the transformers format or ALBEF's layout."""
         directory = Path(directory).expanduser()
         net, settings = load_export(directory)
         return cls(
@@ -349,57 +348,6 @@ class Grounder:
             )
             for i, (phrase, row) in enumerate(zip(phrases, image_index.tolist()))
         ]
-
-
-def check_input_settings(image_size: Any, mean: Any, std: Any, where: str, prefix: str = "") -> None:
-    """The input size and normalisation a run config or an export gives: a positive size (or None) and three finite
-    means and three positive finite standard deviations (a zero std would make every score NaN). Errors name `where`
-    and the key (`prefix` + image_size, mean or std)."""
-    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
-        raise ValueError(f"{where}: {prefix}image_size {image_size!r} is not a positive whole number of pixels")
-    for name, values in (("mean", mean), ("std", std)):
-        if not isinstance(values, Sequence) or isinstance(values, str):
-            raise ValueError(f"{where}: {prefix}{name} {values!r} is not three finite numbers (one per RGB channel)")
-        values = list(values)
-        numbers = [value for value in values if isinstance(value, (int, float)) and not isinstance(value, bool)]
-        if len(values) != 3 or len(numbers) != 3 or not all(math.isfinite(value) for value in numbers):
-            raise ValueError(f"{where}: {prefix}{name} {values!r} is not three finite numbers (one per RGB channel)")
-    if not all(value > 0 for value in std):
-        raise ValueError(
-            f"{where}: {prefix}std {list(std)!r} has a value that is not positive; the images would be divided by it"
-        )
-
-
-def run_config(checkpoint: Path) -> DictConfig:
-    """The config of the train.py run that wrote `checkpoint` (<run>/checkpoints/x.ckpt -> <run>/.hydra/config.yaml)."""
-    return OmegaConf.load(run_config_path(checkpoint))
-
-
-def run_config_path(checkpoint: Path) -> Path:
-    """<run>/.hydra/config.yaml of the run that wrote `checkpoint`: beside its checkpoints folder, or beside it."""
-    for run_dir in (checkpoint.parent.parent, checkpoint.parent):
-        if (run_dir / ".hydra" / "config.yaml").is_file():
-            return run_dir / ".hydra" / "config.yaml"
-    raise FileNotFoundError(
-        f"no run config found for {checkpoint}: train.py keeps it in <run dir>/.hydra/config.yaml beside the checkpoints "
-        "folder; pass config=<that file> (or the run's experiment as model=... / data.image_size=...)"
-    )
-
-
-def demo_checkpoint(log_dir: str | Path = "logs") -> Path | None:
-    """The best checkpoint of the newest finished offline demo run (`make demo`, `python train.py experiment=shapes`):
-    <log_dir>/shapes/runs/<date>/checkpoints/epoch*.ckpt of a run that wrote metrics.json; None if there is none."""
-    runs = sorted((Path(log_dir) / "shapes" / "runs").glob("*/metrics.json"), reverse=True)
-    for metrics in runs:
-        best = sorted(metrics.parent.glob("checkpoints/epoch*.ckpt"))
-        if best:
-            return best[-1]
-    return None
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The train.py run directory of a checkpoint: <run>/checkpoints/x.ckpt, or the checkpoint's own folder."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
 def _checkpoint_name(path: Path) -> str:

@@ -15,7 +15,7 @@ pretraining worlds, and saves the encoder alone: no phrase, box-to-text pairing 
 - `--world both` (the labelled upper bound): scenes of both study styles, clean and textured, with each patch's
   kind and colour (`--labels dense`): the study's "real" domain is then partly learnt before the study starts.
 
-    python -m synground.models.pretraining --world disjoint --labels dense [model=albef_tiny] [--seed S]
+    python -m synground.shapes.pretraining --world disjoint --labels dense [model=albef_tiny] [--seed S]
 
 The run is deterministic: seeded before the model is built, deterministic kernels, one thread by default, and no
 clock in the file, so one command gives one file byte for byte (synground/assets/manifest.json records the shipped
@@ -27,106 +27,34 @@ metadata, the architecture it fits and how it was made, with linear probes of wh
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 from tqdm import tqdm
 
 from synground.data.schema import GroundingSample
 from synground.data.transforms import normalize_images
-from synground.files import write_atomic
-from synground.generation.shapes import COLOURS, SHAPES, STYLES, ShapesGenerator, scene_shapes, shape_mask, sketch_scene
 from synground.models.base import GroundingModel
-from synground.models.checkpoints import resize_position_embedding
+from synground.models.encoders import PACKAGED, save_vision_weights, vision_weights_path
+from synground.shapes.world import COLOURS, SHAPES, STYLES, ShapesGenerator, scene_shapes, shape_mask, sketch_scene
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-PACKAGED = "synground:"  # vision_weights="synground:<name>": ASSETS/<name>_<architecture>.safetensors
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's Hydra configs (model=...)
+
 WORLDS = ("disjoint", "both")
 LABELS = ("image", "dense")
-FORMER_NAMES = {"shapes": "both_dense"}  # what configs and checkpoints from before the disjoint world call an encoder
-FORMAT = "synground-vision-1"
 SEED_BASE = 1 << 40  # scenes 2^40 + i: far from the held-out splits (1e6..3e6) and the mixing study's pool (1e7)
 MIN_COVER = 0.3  # a patch is labelled with a shape that covers at least this fraction of it
-
-
-def vision_weights_path(vision_weights: str, architecture: str) -> Path:
-    """The file a model's `vision_weights` names: a path, or "synground:<name>" for the one shipped in the package."""
-    if vision_weights.startswith(PACKAGED):
-        name = vision_weights.removeprefix(PACKAGED)
-        name = FORMER_NAMES.get(name, name)
-        return ASSETS / f"{name}_{architecture}.safetensors"
-    return Path(vision_weights)
-
-
-def vision_signature(net: GroundingModel) -> dict[str, Any]:
-    """What a vision encoder file was made for (kept as metadata): the model class and the input size."""
-    return {"model": type(net).__name__, "image_size": net.image_size}
-
-
-def load_vision_weights(net: GroundingModel, vision_weights: str) -> Path:
-    """Replace `net`'s vision encoder with pretrained weights; an error names the file and what does not fit.
-
-    As for the released checkpoints, a file pretrained at another image size loads with its position embeddings
-    resized (bicubic); every other weight must match in name and shape.
-    """
-    path = vision_weights_path(vision_weights, net.architecture)
-    command = f"python -m synground.models.pretraining model=... --output {path}"
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"vision_weights={vision_weights!r}: {path} is a folder, not a weights file; give the .safetensors file "
-            f"made by `{command}`"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"vision_weights={vision_weights!r}: {path} does not exist; make it with `{command}`, or set "
-            "model.net.vision_weights=null to start from random weights"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-            weights = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (safe_open has no iterator)
-    except (SafetensorError, OSError) as error:
-        raise ValueError(
-            f"vision_weights={vision_weights!r}: {path} is not a whole safetensors file ({error}); make it again with `{command}`"
-        ) from error
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a synground vision encoder (metadata format {metadata.get('format')!r})")
-    made_for = json.loads(metadata["signature"])
-    if made_for["model"] != type(net).__name__:
-        raise ValueError(f"{path} holds a {made_for['model']} vision encoder, not a {type(net).__name__} one")
-    expected = net.vision_encoder.state_dict()
-    for name, value in weights.items():
-        target = expected.get(name)
-        if target is not None and value.ndim == 3 and target.ndim == 3 and value.shape[::2] == target.shape[::2]:
-            weights[name] = resize_position_embedding(value, math.isqrt(target.shape[1] - 1))
-    misfits = [
-        f"{name}: file {list(weights[name].shape) if name in weights else 'none'}, model "
-        f"{list(expected[name].shape) if name in expected else 'none'}"
-        for name in sorted(set(weights) | set(expected))
-        if name not in weights or name not in expected or weights[name].shape != expected[name].shape
-    ]
-    if misfits:
-        raise ValueError(
-            f"{path} was pretrained for another vision encoder ({len(misfits)} weights differ, e.g. "
-            f"{'; '.join(misfits[:3])}): set model.net.vision_weights=null, or pretrain one for this model with "
-            f"`{command}`"
-        )
-    net.vision_encoder.load_state_dict(weights)
-    return path
 
 
 def dense_targets(
@@ -331,28 +259,6 @@ def probe_transfer(net: GroundingModel, scenes: int = 48, steps: int = 300) -> d
     return result
 
 
-def save_vision_weights(net: GroundingModel, path: Path, about: dict[str, Any]) -> None:
-    """The encoder's weights with its signature and `about` (how it was made) as metadata; written whole or not at all,
-    and the same bytes for the same weights and metadata (see `canonical_safetensors`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    weights = {name: value.detach().cpu().contiguous() for name, value in net.vision_encoder.state_dict().items()}
-    metadata = {"format": FORMAT, "signature": json.dumps(vision_signature(net)), "about": json.dumps(about)}
-    write_atomic(path, canonical_safetensors(save(weights, metadata=metadata)))
-
-
-def canonical_safetensors(data: bytes) -> bytes:
-    """`data` (a safetensors file) with its JSON header's keys sorted. safetensors writes the header's maps in hash
-    order, which changes from process to process, so one set of weights and metadata gives files whose sha256
-    differs; sorted, the file is a function of its content. The header keeps its length (the same keys and values,
-    reordered), so the tensor data and its offsets are untouched."""
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + size])
-    canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(canonical) > size:
-        raise AssertionError(f"a sorted safetensors header grew from {size} to {len(canonical)} bytes")
-    return data[:8] + canonical.ljust(size, b" ") + data[8 + size :]
-
-
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
         description="Pretrain a tiny model's vision encoder on a pretraining world, deterministically (CPU, fixed seed)."
@@ -379,7 +285,7 @@ def main(argv: list[str] | None = None) -> Path:
     from hydra.utils import instantiate
 
     overrides = [f"experiment={args.experiment}", *args.overrides]
-    with initialize_config_dir(config_dir=str(ASSETS.parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         config = compose("train", overrides=overrides)
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -391,7 +297,7 @@ def main(argv: list[str] | None = None) -> Path:
     transfer = probe_transfer(net)
     # no wall-clock time or host name: the same command gives the same file, byte for byte
     about = {
-        "command": "python -m synground.models.pretraining " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m synground.shapes.pretraining " + " ".join(argv if argv is not None else sys.argv[1:]),
         "overrides": overrides,
         "world": args.world,
         "labels": args.labels,
