@@ -10,7 +10,7 @@ LOCK := requirements.lock
 PIP_VERSION := 26.3
 UV_VERSION := 0.13.8
 
-.PHONY: demo app test lint check-lock lock benchmark mixing-study dry-run
+.PHONY: demo app test test-slow test-all lint check-lock lock benchmark mixing-study dry-run
 
 # the lock is checked against pyproject.toml first (offline, on the bare venv), so a stale lock fails with the
 # requirement it misses instead of installing; `pip check` then checks that the pinned packages fit one another
@@ -64,9 +64,20 @@ APP_ARGS ?=
 app: $(STAMP)
 	$(PY) app.py $(APP_ARGS)
 
-# pytest exits 5 when it collects no test: that is a failure here too
+# The fast tier, for every change: every test but those marked slow (subprocess training, generation, ...), slurm,
+# browser or s3 (pyproject.toml lists the markers); a few minutes on 2 cores. test-slow runs just those, test-all
+# everything in one go; CI runs test, then test-slow. The slowest tests are listed at the end of each.
+# pytest exits 5 when it collects no test: that is a failure here too.
+FAST_TIER := not slow and not slurm and not browser and not s3
+PYTEST_ARGS ?=
 test: $(STAMP)
-	$(PY) -m pytest -q; status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests"; exit $$status
+	$(PY) -m pytest -q -m "$(FAST_TIER)" --durations=10 $(PYTEST_ARGS); status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests"; exit $$status
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m "not ($(FAST_TIER))" --durations=25 $(PYTEST_ARGS); status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests"; exit $$status
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS); status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests"; exit $$status
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/shapes_grounding.py

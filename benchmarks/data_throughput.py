@@ -126,7 +126,7 @@ def throughput(directory: Path, images: int, image_size: int, repeats: int = 5) 
 
 
 def conversion_worker(images: int) -> dict:
-    from raw_datasets import write_visual_genome
+    from support.raw_datasets import write_visual_genome
     from synground.data.convert import convert_records
     from synground.data.readers import visual_genome_records
 

@@ -10,7 +10,7 @@ What a user runs before renting GPUs, on data and weights that exist offline:
 2. full-size architectures with random weights in the released formats: ALBEF (ViT-B/16 + BERT-base) as ALBEF.pth
    is laid out, momentum encoders, queues and MLM head included, with a 30,522-token vocab.txt; BLIP ITM base
    through save_pretrained, with its 30,524-token tokenizer;
-3. each experiment (conf/experiment/{albef,blip}_*) through train.py, or eval.py for the off-the-shelf ones, at the
+3. each experiment (synground/conf/experiment/{albef,blip}_*) through train.py, or eval.py for the off-the-shelf ones, at the
    config's image sizes, under trainer=ddp_cpu (2 processes), 2 training steps of 2 samples per process, with the
    precision the experiment's trainer asks for (bf16-mixed), once with dropout on (0.1) and once off (0);
 4. the checkpoint of each training run with dropout off exported (python -m synground.inference.export) and the export used by
@@ -42,8 +42,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the writers of upstream formats that the tests use
 
-from raw_datasets import write_flickr30k, write_refcoco, write_visual_genome  # noqa: E402
-from released_checkpoints import bert_vocabulary, save_released_albef  # noqa: E402
+from support.raw_datasets import write_flickr30k, write_refcoco, write_visual_genome  # noqa: E402
+from support.released_checkpoints import bert_vocabulary, save_released_albef  # noqa: E402
+from synground.conf import CONFIG_DIR  # noqa: E402
 from synground.files import write_atomic  # noqa: E402
 
 EXPERIMENTS = [
@@ -188,7 +189,7 @@ def experiment_settings(name: str) -> tuple[str, str]:
     from hydra import compose, initialize_config_dir
 
     entry = "eval" if name.endswith("off_the_shelf") else "train"
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return entry, str(compose(entry, overrides=[f"experiment={name}"]).trainer.precision)
 
 

@@ -12,6 +12,7 @@ benchmarks/results/encoder_transfer.{json,md}.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -23,6 +24,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from safetensors import safe_open
 
+from synground.conf import CONFIG_DIR
 from synground.files import write_atomic
 from synground.models.encoders import vision_weights_path
 from synground.shapes.pretraining import probe_transfer
@@ -47,10 +49,11 @@ def about(weights: str | None, architecture: str) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="It takes no options.").parse_args()
     if not IMAGE_LABELS.is_file():
         command = [sys.executable, "-m", "synground.shapes.pretraining", "--world", "disjoint", "--labels", "image"]
         subprocess.run([*command, "--output", str(IMAGE_LABELS)], cwd=ROOT, check=True)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         config = compose("train", overrides=["experiment=shapes"])
     rows = {}
     for name, weights in ENCODERS.items():

@@ -66,7 +66,7 @@ def build(model: str, amc: bool):
     from synground.models.albef import AlbefConfig
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from released_checkpoints import bert_vocabulary
+    from support.released_checkpoints import bert_vocabulary
 
     torch.manual_seed(0)
     tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(bert_vocabulary(" ".join(TEXTS).split()))})

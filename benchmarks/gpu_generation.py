@@ -1,6 +1,6 @@
 """Generation throughput on a GPU: Stable Diffusion images per hour and end-to-end SynGround triplets per hour.
 
-    python benchmarks/gpu_generation.py                      # the real models of conf/generation/synground.yaml
+    python benchmarks/gpu_generation.py                      # the real models of synground/conf/generation/synground.yaml
     python benchmarks/gpu_generation.py --batch-size 16 --steps 50 --images 64 --requests 256
     python benchmarks/gpu_generation.py --tiny               # the same code on random tiny components, on the CPU
 
@@ -28,6 +28,7 @@ import hydra
 import torch
 from hydra import compose, initialize_config_dir
 
+from synground.conf import CONFIG_DIR
 from synground.files import write_atomic
 from synground.generation.runtime import StageClock
 from synground.generation.writing import ShardPlan, generate_shards
@@ -38,7 +39,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def pipeline_config(tiny_dir: Path | None, overrides: list[str]):
     generation = ["generation=synground_tiny", f"generation.tiny_dir={tiny_dir}"] if tiny_dir else ["generation=synground"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("generate", overrides=[*generation, "generation/descriptions=concept2text", *overrides])
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from synground.conf import CONFIG_DIR
 from synground.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def build(model_name: str, items: int, batch_size: int):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "train",
             overrides=["experiment=shapes", f"model={model_name}", "data.num_workers=0", f"data.eval_batch_size={batch_size}"],

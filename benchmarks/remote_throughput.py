@@ -11,6 +11,7 @@ a real object store would not take CPU from them, so the remote numbers here are
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))  # the S3 server the tests start
 
 from data_throughput import write_shards  # noqa: E402
-from s3_server import start_s3_server  # noqa: E402
+from support.s3_server import start_s3_server  # noqa: E402
 from synground.files import write_atomic  # noqa: E402
 
 
@@ -41,6 +42,7 @@ def read_stream(source: str, images: int, workers: int) -> int:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="It takes no options.").parse_args()
     images = 400
     server, endpoint = start_s3_server()
     os.environ.update(

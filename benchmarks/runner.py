@@ -17,6 +17,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from synground import runs
+from synground.conf import CONFIG_DIR
 from synground.results import config_differences
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def finished(run: Path, metrics: Iterable[str], overrides: Sequence[str]) -> boo
     not thrown away)."""
     scores = runs.metrics_path(run)
     if scores.is_file() and set(metrics) <= set(json.loads(scores.read_text())):
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             stale = config_differences(run, compose("train", overrides=list(overrides)))
         if stale:
             raise SystemExit(

@@ -42,7 +42,7 @@ from synground.shapes.world import COLOURS, SHAPES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "shapes_diagnosis"
-TEST_SEED = 3_000_000  # conf/data/shapes.yaml's textured test split
+TEST_SEED = 3_000_000  # synground/conf/data/shapes.yaml's textured test split
 
 
 def colour_and_shape(phrase: str) -> tuple[str, str]:

@@ -29,6 +29,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from runner import finished, run_all, run_minutes
+from synground.conf import CONFIG_DIR
 from synground.files import write_atomic
 from synground.results import describe, mean_interval
 
@@ -67,7 +68,7 @@ def missing(runs_dir: Path, seeds: list[int], extra: tuple[str, ...]) -> list[tu
 
 
 def shapes_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=["experiment=shapes", "data.num_workers=0", *overrides])
 
 

@@ -469,7 +469,7 @@ def parse_value(text: str) -> int | float | str:
     return text
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Table and plot of a sweep's pointing game against a swept value.")
     parser.add_argument("runs", nargs="+", help="a multirun directory, or run directories / glob patterns")
     parser.add_argument("--x", default="data.synthetic_ratio", help="the swept config key (default data.synthetic_ratio)")
@@ -480,7 +480,7 @@ def main() -> None:
     parser.add_argument(
         "--metric", default="test/pointing_game/mean", help="the paired comparison's metric (default test/pointing_game/mean)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     run_dirs = [Path(p) for pattern in args.runs for p in sorted(glob.glob(pattern))]
     if len(run_dirs) == 1 and not runs.config_path(run_dirs[0]).parent.is_dir():  # a multirun directory: its numbered runs
         run_dirs = sorted((p for p in run_dirs[0].iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name))

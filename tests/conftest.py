@@ -4,33 +4,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import pytest
-import torch
 
+import support
+from support import run_ok
+from synground.generation.tiny import write_tiny_components
 from synground.models import AlbefGroundingModel, BlipGroundingModel
-
-WORDS = ["the", "red", "blue", "circle", "square", "on", "left", "right"]
 
 
 @pytest.fixture
 def tiny_blip() -> BlipGroundingModel:
-    torch.manual_seed(0)
-    return BlipGroundingModel.tiny(WORDS, image_size=64, vision_width=32, text_width=32, heads=2, vision_layers=2, text_layers=3)
+    return support.tiny_blip()
 
 
 @pytest.fixture
 def tiny_albef() -> AlbefGroundingModel:
-    torch.manual_seed(0)
-    return AlbefGroundingModel.tiny(
-        WORDS,
-        image_size=64,
-        vision_width=32,
-        text_width=32,
-        heads=2,
-        vision_layers=2,
-        text_layers=4,
-        fusion_layer=1,
-        gradcam_layer=2,
-    )
+    return support.tiny_albef()
 
 
 @pytest.fixture(params=["blip", "albef"])
@@ -39,11 +27,11 @@ def tiny_model(request):
     return request.getfixturevalue(f"tiny_{request.param}")
 
 
-def _run(script: str, *overrides: str, cwd) -> None:
-    from test_train import run
-
-    result = run(script, *overrides, cwd=cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
+@pytest.fixture(scope="session")
+def tiny_components(tmp_path_factory) -> dict[str, str]:
+    """Random-weight tiny stand-ins of every generation model (LLM, Stable Diffusion, GLIGEN, detectors, CLIP), saved
+    the way the hub stores them, by name: written once per session."""
+    return write_tiny_components(tmp_path_factory.mktemp("tiny_components"))
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +42,7 @@ def trained_runs(tmp_path_factory) -> dict:
     (run directory, checkpoint of the weights the run tested)."""
     root = tmp_path_factory.mktemp("trained_runs")
     for style, count in (("clean", 16), ("textured", 8)):
-        _run(
+        run_ok(
             "generate.py",
             "generation=shapes",
             f"generation.generator.style={style}",
@@ -73,7 +61,7 @@ def trained_runs(tmp_path_factory) -> dict:
         "data.batches_per_epoch=2",
         "data.batch_size=4",
     ]
-    _run(
+    run_ok(
         "train.py",
         "data=shards",
         f"data.train.synthetic=[{root}/clean]",
@@ -83,7 +71,7 @@ def trained_runs(tmp_path_factory) -> dict:
         f"hydra.run.dir={root}/blip",
         cwd=root,
     )
-    _run(
+    run_ok(
         "train.py",
         "experiment=shapes",
         "model=albef_tiny",

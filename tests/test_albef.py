@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from released_checkpoints import random_state_dict, released_albef_shapes
+from support.released_checkpoints import random_state_dict, released_albef_shapes
 from synground.models import AlbefGroundingModel
 from synground.models.albef import AlbefConfig, bert_tokenizer
 from synground.models.checkpoints import CheckpointError, read_state_dict
@@ -176,7 +176,7 @@ def test_a_checkpoint_of_other_sizes_loads_with_every_size_read_from_the_file(tm
 
 def test_weights_saved_in_the_released_layout_load_back_into_the_same_model(tmp_path):
     """The path of the dry run's ALBEF.pth: momentum copies, queues and MLM head written, then from_checkpoint."""
-    from released_checkpoints import save_released_albef
+    from support.released_checkpoints import save_released_albef
 
     torch.manual_seed(0)
     model = AlbefGroundingModel.tiny(["the", "red", "circle"], image_size=64, vision_width=64, text_width=64, heads=1).eval()

@@ -15,49 +15,20 @@ import textwrap
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from PIL import Image
 
-from free_port import free_port
+from support import ROOT
+from support.checkpoints import tiny_checkpoint
+from support.free_port import free_port
 from synground.inference.app import demo_model, enlarged, split_phrases
 from synground.inference.export import export_model
 from synground.inference.grounder import Grounder
 from synground.inference.overlays import render_overlay
 from synground.shapes.world import ShapesGenerator
-from test_experiments import ROOT
 
-# a tiny BLIP of the offline demo's architecture and vocabulary (experiment=shapes), small enough to build in a second
-TINY = [
-    "experiment=shapes",
-    "data.image_size=64",
-    "model.net.vision_width=32",
-    "model.net.vision_layers=2",
-    "model.net.text_width=32",
-    "model.net.heads=2",
-    "model.net.vision_weights=null",  # the packaged encoder is the full-size one
-]
-# the rows of the page's table of points and scores (gradio's dataframe is a grid of ARIA rows and cells)
 RESULT_ROWS = "#results [role=row]:has([role=gridcell])"
-
-
-def tiny_checkpoint(run_dir: Path, seed: int) -> Path:
-    """A train.py checkpoint of a tiny random BLIP as a run leaves it: <run>/checkpoints/epoch000.ckpt with the run's
-    config in <run>/.hydra/config.yaml, which is what Grounder.load reads."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=TINY)
-    torch.manual_seed(seed)
-    net = hydra.utils.instantiate(cfg.model.net)
-    (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    checkpoint = run_dir / "checkpoints" / "epoch000.ckpt"
-    checkpoint.parent.mkdir()
-    torch.save({"state_dict": {f"net.{key}": value for key, value in net.state_dict().items()}, "global_step": 0}, checkpoint)
-    return checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +108,7 @@ def ground_in_page(page, image: Path, phrases: str) -> None:
     page.get_by_role("button", name="Ground").click()
 
 
+@pytest.mark.browser
 def test_the_page_shows_the_grounders_point_score_and_overlay_for_each_model(page, models, tmp_path):
     image = tmp_path / "scene.png"
     scene = ShapesGenerator(style="textured").scene("scene", seed=3000000)
@@ -161,6 +133,7 @@ def test_the_page_shows_the_grounders_point_score_and_overlay_for_each_model(pag
         assert np.abs(np.asarray(picture.convert("RGB"), dtype=int) - drawn).max() <= 1
 
 
+@pytest.mark.browser
 def test_a_file_that_is_not_an_image_and_an_empty_phrase_get_a_message_in_the_page(page, tmp_path):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("a text file with an image's name\n")
@@ -202,12 +175,12 @@ def test_without_a_checkpoint_the_offline_demo_model_is_trained_first_and_then_f
         )
     )
     with caplog.at_level(logging.WARNING, logger="synground.inference.app"):
-        checkpoint = demo_model(tmp_path / "logs", train_script)
+        checkpoint = demo_model(tmp_path / "logs", [sys.executable, str(train_script)])
     assert checkpoint == tmp_path / "logs" / "shapes" / "runs" / "2026-01-01_00-00-00" / "checkpoints" / "epoch004.ckpt"
     assert "no offline demo model yet: training it first with python train.py experiment=shapes" in caplog.text
     # once it exists, nothing is trained again
     train_script.write_text("raise SystemExit(1)")
-    assert demo_model(tmp_path / "logs", train_script) == checkpoint
+    assert demo_model(tmp_path / "logs", [sys.executable, str(train_script)]) == checkpoint
 
     with pytest.raises(RuntimeError, match="training the offline demo model failed"):
-        demo_model(tmp_path / "other_logs", train_script)
+        demo_model(tmp_path / "other_logs", [sys.executable, str(train_script)])

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_experiments import SHORT, run
+from support import ROOT, SHORT, run_ok
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 def train_steps(model: str, devices: int, out: Path) -> dict:
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "tests" / "ddp_train_steps.py"),
+            str(ROOT / "tests" / "support" / "ddp_train_steps.py"),
             "--model",
             model,
             "--devices",
@@ -55,8 +55,7 @@ def test_two_ddp_processes_end_with_the_weights_of_one_process_accumulating_thei
 
 def test_train_py_under_ddp_with_itc_off(tmp_path):
     """The default tiny BLIP trains ITM + AMC without ITC: its projections must not stop DDP at the second step."""
-    result = run("train.py", *SHORT, "trainer=ddp_cpu", "data.num_workers=0", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ok("train.py", *SHORT, "trainer=ddp_cpu", "data.num_workers=0", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train/global_step"] == 6 and math.isfinite(metrics["train/loss"])  # debug=limit: 2 epochs of 3 batches
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()

@@ -2,40 +2,20 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-SHORT = [
-    "experiment=shapes",
-    "debug=limit",
-    "data.test.shapes_clean.num_samples=20",
-    "data.test.shapes_textured.num_samples=20",
-    "data.val.shapes_textured.num_samples=20",
-]
+from support import ROOT, SHORT, run, run_ok
+from synground.conf import CONFIG_DIR
 
 
-def run(script: str, *overrides: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *overrides],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
-
-
+@pytest.mark.slow
 def test_a_ratio_sweep_runs_every_ratio_survives_a_bad_one_and_summarises(tmp_path):
-    result = run("train.py", "-m", *SHORT, "data.synthetic_ratio=0,1.5,1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ok("train.py", "-m", *SHORT, "data.synthetic_ratio=0,1.5,1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     runs = [tmp_path / "sweep" / str(i) for i in range(3)]
     assert (runs[0] / "metrics.json").exists() and (runs[2] / "metrics.json").exists()
     failure = json.loads((runs[1] / "failed.json").read_text())["error"]
@@ -60,17 +40,18 @@ def test_a_ratio_sweep_runs_every_ratio_survives_a_bad_one_and_summarises(tmp_pa
         assert plot.format == "PNG"
 
 
+@pytest.mark.slow
 def test_sweeping_a_key_that_does_not_exist_fails_before_training(tmp_path):
     result = run("train.py", "-m", *SHORT, "data.synthetic_rato=0,1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert result.returncode != 0 and "synthetic_rato" in result.stderr
     assert not list((tmp_path / "sweep").rglob("metrics.json"))
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_score_the_same_pointing_game_as_one(tmp_path):
     scores = {}
     for name, trainer in (("one", "trainer=default"), ("two", "trainer=ddp_cpu")):
-        result = run("eval.py", *SHORT, trainer, "data.num_workers=0", f"hydra.run.dir={tmp_path}/{name}", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
+        run_ok("eval.py", *SHORT, trainer, "data.num_workers=0", f"hydra.run.dir={tmp_path}/{name}", cwd=tmp_path)
         scores[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     # every map metric and item count summed over both ranks: counts and ratios of counts exactly, the mass in the box
     # (a sum of floats, added in another order over two ranks) to float precision
@@ -83,20 +64,18 @@ def test_two_ddp_processes_score_the_same_pointing_game_as_one(tmp_path):
     assert scores["one"]["test/items/shapes_textured"] > 20  # every phrase of the 20 scenes, none twice
 
 
+@pytest.mark.slow
 def test_resuming_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tmp_path):
     common = [*SHORT, "trainer.max_epochs=2", "test=false"]
-    straight = run("train.py", *common, f"hydra.run.dir={tmp_path}/straight", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    first = run("train.py", *SHORT, "trainer.max_epochs=1", "test=false", f"hydra.run.dir={tmp_path}/first", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run(
+    run_ok("train.py", *common, f"hydra.run.dir={tmp_path}/straight", cwd=tmp_path)
+    run_ok("train.py", *SHORT, "trainer.max_epochs=1", "test=false", f"hydra.run.dir={tmp_path}/first", cwd=tmp_path)
+    run_ok(
         "train.py",
         *common,
         f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt",
         f"hydra.run.dir={tmp_path}/resumed",
         cwd=tmp_path,
     )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     got = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert got.keys() == expected.keys() and "train/loss" in got
@@ -107,6 +86,7 @@ def test_resuming_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tmp_pat
     assert {k: v for k, v in got.items() if "pointing_game" in k} == {k: v for k, v in expected.items() if "pointing_game" in k}
 
 
+@pytest.mark.slow
 def test_wandb_without_a_login_logs_offline_with_a_warning_and_never_prompts(tmp_path):
     env = {
         "WANDB_MODE": "",
@@ -115,10 +95,9 @@ def test_wandb_without_a_login_logs_offline_with_a_warning_and_never_prompts(tmp
         "NETRC": str(tmp_path / "no-netrc"),
         "WANDB_DIR": str(tmp_path),
     }
-    result = run(
+    result = run_ok(
         "train.py", *SHORT, "trainer.max_epochs=1", "logger=wandb", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, env=env
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert "no login found" in result.stderr + result.stdout
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -131,7 +110,7 @@ def test_the_paper_experiments_compose_with_their_models_data_and_ratios():
     from hydra import compose, initialize_config_dir
 
     expected = {"amc_vg": 0.0, "synground": 1.0, "synground_vg": 0.5}
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for model, target in (("albef", "AlbefGroundingModel.from_checkpoint"), ("blip", "BlipGroundingModel.from_pretrained")):
             off_the_shelf = compose("eval", overrides=[f"experiment={model}_off_the_shelf"])
             assert off_the_shelf.model.net._target_.endswith(target) and "refcoco_plus_testA" in off_the_shelf.data.test
@@ -142,6 +121,7 @@ def test_the_paper_experiments_compose_with_their_models_data_and_ratios():
                 assert bool(cfg.data.train.synthetic) == (ratio > 0) and bool(cfg.data.train.real) == (ratio < 1)
 
 
+@pytest.mark.slow
 def test_the_mixing_study_pretrains_its_encoders_trains_both_sweeps_analyses_them_and_resumes(tmp_path):
     """The primary condition at 2 ratios x 2 seeds, a real pool of 8 and a real-only pool of 4: 2 encoders (one per
     seed, 2 steps) and 6 runs of 2 steps, two processes at a time."""
@@ -152,8 +132,7 @@ def test_the_mixing_study_pretrains_its_encoders_trains_both_sweeps_analyses_the
         *("--extra", "data.image_size=64", "data.batch_size=4", "data.num_workers=0"),
         *(f"data.{split}.num_samples=4" for split in ("val.shapes_textured", "test.shapes_textured")),
     ]
-    first = run("benchmarks/mixing_study.py", *study, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
+    first = run_ok("benchmarks/mixing_study.py", *study, cwd=tmp_path)
     assert "pretraining 2 encoders" in first.stdout and "0 of 6 runs finished already; training 6" in first.stdout
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
         "results.md",
@@ -182,20 +161,19 @@ def test_the_mixing_study_pretrains_its_encoders_trains_both_sweeps_analyses_the
     (killed / "metrics.json").unlink()  # as if killed before the end
     finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/*/metrics.json")}
     encoders = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "encoders").glob("*.safetensors")}
-    second = run("benchmarks/mixing_study.py", *study, cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
+    second = run_ok("benchmarks/mixing_study.py", *study, cwd=tmp_path)
     assert "pretraining 0 encoders" in second.stdout and "5 of 6 runs finished already; training 1" in second.stdout
     assert f"clearing unfinished run {killed}" in second.stdout and (killed / "metrics.json").exists()
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in {**finished, **encoders}.items())
 
     # analysing a part not run yet leaves it out, and says so, instead of failing on the parts there are
     at = study.index("disjoint") + 1
-    third = run("benchmarks/mixing_study.py", "--analyse-only", *study[:at], "random", *study[at:], cwd=tmp_path)
-    assert third.returncode == 0, third.stderr[-3000:]
+    third = run_ok("benchmarks/mixing_study.py", "--analyse-only", *study[:at], "random", *study[at:], cwd=tmp_path)
     assert f"condition random: no run in {tmp_path / 'runs' / 'random'} yet" in third.stdout
     assert list(json.loads((tmp_path / "out" / "results.json").read_text())["conditions"]) == ["disjoint"]
 
 
+@pytest.mark.slow
 def test_each_test_split_is_scored_with_the_checkpoint_best_on_its_benchmarks_validation_split(tmp_path):
     """AMC's protocol: data.val_split_of keeps one best checkpoint per validation split; train.py tests each test split
     with its own, and eval.py given the run directory does the same in one command."""
@@ -204,16 +182,14 @@ def test_each_test_split_is_scored_with_the_checkpoint_best_on_its_benchmarks_va
         "+data.val.shapes_clean=${data.test.shapes_clean}",  # the clean test scenes stand in for a clean benchmark's val
         "+data.val_split_of={shapes_clean: shapes_clean, shapes_textured: shapes_textured}",
     ]
-    trained = run("train.py", *per_benchmark, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_ok("train.py", *per_benchmark, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     checkpoints = tmp_path / "run" / "checkpoints"
     assert {path.name for path in checkpoints.glob("best-*.ckpt")} == {"best-shapes_clean.ckpt", "best-shapes_textured.ckpt"}
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
 
     scores = {}
     for name, checkpoint in (("run", tmp_path / "run"), ("clean", checkpoints / "best-shapes_clean.ckpt")):
-        result = run("eval.py", *per_benchmark, f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path}/eval-{name}", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
+        run_ok("eval.py", *per_benchmark, f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path}/eval-{name}", cwd=tmp_path)
         scores[name] = json.loads((tmp_path / f"eval-{name}" / "metrics.json").read_text())
     tested = {key: value for key, value in metrics.items() if key.startswith("test/")}
     assert scores["run"] == pytest.approx(tested)  # eval.py on the run directory scores as train.py's own test
@@ -224,6 +200,7 @@ def test_each_test_split_is_scored_with_the_checkpoint_best_on_its_benchmarks_va
         assert tested[f"test/{metric}/mean"] == pytest.approx(means)  # the mean over both splits, not over one group
 
 
+@pytest.mark.slow
 def test_a_val_split_of_naming_no_split_is_refused_before_training(tmp_path):
     result = run(
         "train.py", *SHORT, "+data.val_split_of={shapes_clean: shapes_clen}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
@@ -240,7 +217,7 @@ def test_a_benchmark_reuses_a_finished_run_of_its_config_retrains_an_unfinished_
     from runner import finished
 
     overrides = ["experiment=shapes_short", "seed=3"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         config = compose("train", overrides=overrides)
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)

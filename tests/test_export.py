@@ -9,11 +9,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BlipForImageTextRetrieval
 
-from released_checkpoints import released_albef_shapes
+from support.released_checkpoints import released_albef_shapes
 from synground import Grounder
 from synground.inference.export import export_model, main, push_to_hub
 from synground.models.albef import IGNORED_PREFIXES
 from synground.shapes import ShapesGenerator
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from raw_datasets import write_visual_genome
+from support.raw_datasets import write_visual_genome
+from support.shards import GOOD, image, shapes, shard_set
 from synground.callbacks import DataIssueCounts
 from synground.data import GroundingDataModule, GroundingSample, Region
 from synground.data import datamodule as datamodule_code
@@ -30,8 +31,6 @@ from synground.data.transforms import clean_regions
 from synground.data.verify import main as verify_main
 from synground.generation.writing import generate_shards
 from synground.shapes import ShapesGenerator
-from test_shards import shapes
-from test_skip_counts import GOOD, image, shard_set
 
 
 def replace_members(source: Path, target: Path, payloads: dict[str, bytes]) -> None:

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -16,11 +15,10 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
+from support import ROOT
 from synground.callbacks.requeue import Requeue
 from synground.files import write_atomic
 from synground.training import AtomicCheckpointIO, resume_path, trainer_plugins
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -88,6 +86,7 @@ def test_result_files_are_written_whole_or_keep_their_former_content(small_disk)
     assert not name.exists()
 
 
+@pytest.mark.slow
 def test_a_missing_test_split_stops_train_py_before_training(tmp_path):
     result = subprocess.run(
         [

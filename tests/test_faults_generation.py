@@ -13,19 +13,14 @@ from synground.generation.phrases import PROMPTS, PhraseExtractor
 from synground.generation.pipeline import SynGroundGenerator
 from synground.generation.runtime import StageClock
 from synground.generation.text_to_image import StableDiffusion
-from synground.generation.tiny import WORDS, write_tiny_components
+from synground.generation.tiny import WORDS
 
 OUT_OF_MEMORY = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, str]:
-    return write_tiny_components(tmp_path_factory.mktemp("tiny"))
-
-
 @pytest.fixture
-def tiny_llm(tiny) -> LanguageModel:
-    return LanguageModel(tiny["llm"], device="cpu", dtype="float32", max_new_tokens=8, batch_size=4)
+def tiny_llm(tiny_components) -> LanguageModel:
+    return LanguageModel(tiny_components["llm"], device="cpu", dtype="float32", max_new_tokens=8, batch_size=4)
 
 
 def failing_on(llm: LanguageModel, monkeypatch, kind: str | None) -> None:
@@ -50,13 +45,13 @@ def test_an_llm_out_of_memory_is_counted_once_not_again_as_no_phrases(tiny_llm, 
     assert clock.rejections == {"out_of_memory": 2}
 
 
-def test_a_description_lost_to_memory_is_not_counted_again_as_no_description(tiny, tiny_llm, monkeypatch):
+def test_a_description_lost_to_memory_is_not_counted_again_as_no_description(tiny_components, tiny_llm, monkeypatch):
     failing_on(tiny_llm, monkeypatch, None)
     generator = SynGroundGenerator(
         Concept2Text(tiny_llm, WORDS[11:30]),
-        StableDiffusion(tiny["stable_diffusion"], steps=2, height=64, width=64, device="cpu", dtype="float32"),
+        StableDiffusion(tiny_components["stable_diffusion"], steps=2, height=64, width=64, device="cpu", dtype="float32"),
         PhraseExtractor(tiny_llm),
-        OpenVocabularyDetector(tiny["grounding_dino"], device="cpu"),
+        OpenVocabularyDetector(tiny_components["grounding_dino"], device="cpu"),
     )
     requests = [GenerationRequest(key=f"r{i}", seed=i) for i in range(3)]
     assert generator.generate(requests) == []

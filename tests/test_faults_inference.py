@@ -5,6 +5,7 @@ readable result or a clear refusal, never in a lost pair or a crash."""
 import json
 import logging
 import struct
+import sys
 import zlib
 from pathlib import Path
 from unittest.mock import Mock
@@ -15,11 +16,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from support import ROOT
+from support.checkpoints import tiny_checkpoint
+from synground.conf import CONFIG_DIR
 from synground.inference import app
 from synground.inference.batch import ground, ground_files, image_files, pairs_of
 from synground.inference.grounder import Grounder, open_image
-from test_app import tiny_checkpoint
-from test_experiments import ROOT
 
 PHRASE = "the red circle"
 
@@ -86,7 +88,7 @@ def test_a_rerun_with_the_images_spelt_another_way_grounds_nothing_again(tiny_bl
 def test_a_batch_size_below_one_is_refused_naming_the_key(tmp_path, batch_size):
     write_images(tmp_path / "photos", 1)
     overrides = ["model=albef_tiny", "data.image_size=64", f"images={tmp_path}/photos", f"phrases={PHRASE}"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("ground", overrides=[*overrides, f"output_dir={tmp_path}/out", f"batch_size={batch_size}"])
     with pytest.raises(ValueError, match=rf"batch_size={batch_size}: .*1 or more"):
         ground(cfg)
@@ -144,7 +146,7 @@ def test_pils_decompression_bomb_error_becomes_the_same_clear_refusal(tmp_path):
 def test_ground_py_takes_max_image_pixels_from_its_config(tmp_path):
     write_images(tmp_path / "photos", 1)
     overrides = ["model=albef_tiny", "data.image_size=64", f"images={tmp_path}/photos", f"phrases={PHRASE}"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         assert compose("ground", overrides=overrides).max_image_pixels == 40_000_000
         cfg = compose("ground", overrides=[*overrides, f"output_dir={tmp_path}/out", "max_image_pixels=1000"])
     with pytest.raises(ValueError, match=r"image0\.png is 48 x 40 pixels.*max_image_pixels=1000"):
@@ -191,12 +193,12 @@ def test_the_apps_config_sets_its_limits(tmp_path, monkeypatch):
     checkpoint = tiny_checkpoint(tmp_path / "run", seed=0)
     served = {}
     monkeypatch.setattr(app, "build_app", lambda models, examples, max_phrases: served.update(locals()) or Mock())
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         defaults = compose("app")
         cfg = compose("app", overrides=[f"ckpt_path={checkpoint}", "max_image_pixels=1000", "max_phrases=2"])
     assert (defaults.max_image_pixels, defaults.max_phrases) == (40_000_000, 32)
     cfg.paths.output_dir = str(tmp_path / "out")
-    app.serve(cfg, train_script=ROOT / "train.py")
+    app.serve(cfg, train_command=[sys.executable, str(ROOT / "train.py")])
     assert served["max_phrases"] == 2 and [m.max_image_pixels for m in served["models"].values()] == [1000]
     monkeypatch.undo()
     with pytest.raises(ValueError, match=r"max_phrases=0: "):

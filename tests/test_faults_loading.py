@@ -14,7 +14,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from raw_datasets import write_visual_genome
+from support import ROOT
+from support.raw_datasets import write_visual_genome
 from synground import Grounder
 from synground.callbacks.map_metrics import GroundingMetrics, GroundingMetricsCallback
 from synground.data.convert import convert_records
@@ -25,7 +26,6 @@ from synground.inference.export import export_model
 from synground.models.builders import UnsafeConfigError, build_net
 from synground.models.checkpoints import CheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_NET = {
     "_target_": "synground.models.BlipGroundingModel.tiny",
     "vocabulary": ["the", "red", "circle"],
@@ -86,6 +86,7 @@ def test_a_shared_runs_config_naming_any_other_callable_runs_nothing_on_every_lo
     assert canary.read_text() == "precious" and not marker.exists()
 
 
+@pytest.mark.slow
 def test_ground_py_refuses_a_shared_run_whose_config_runs_a_shell_command(tmp_path):
     marker = tmp_path / "marker"
     checkpoint = write_run(tmp_path / "run", {"_target_": "webdataset.gopen", "url": f"pipe:touch {marker}"})

@@ -10,7 +10,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
+from support.checkpoints import tiny_checkpoint
 from synground import results
+from synground.conf import CONFIG_DIR
 from synground.evaluation import evaluate
 from synground.inference.batch import ground_files, pairs_of
 from synground.inference.export import export_model
@@ -18,8 +20,6 @@ from synground.inference.export_format import SETTINGS_FILE
 from synground.inference.grounder import Grounder
 from synground.models.encoders import load_vision_weights
 from synground.models.module import GroundingModule
-from test_app import tiny_checkpoint
-from test_experiments import ROOT
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_a_setting_missing_or_misshapen_in_an_export_is_named_by_its_key_and_fil
 def test_eval_names_a_damaged_ckpt_path_before_building_anything(tmp_path):
     broken = tmp_path / "last.ckpt"
     broken.write_bytes(b"")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=[f"ckpt_path={broken}", f"paths.output_dir={tmp_path}", "logger=none"])
     with pytest.raises(ValueError, match=rf"ckpt_path={broken} is not a whole checkpoint"):
         evaluate(cfg)

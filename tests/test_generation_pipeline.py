@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from support import ROOT
 from synground.data import GroundingDataModule
 from synground.data.schema import GenerationRequest, GroundingSample, Region
 from synground.data.shards import IncompleteShardSet, iterate_shard, read_manifest, resolve_shards, write_shard
@@ -27,10 +28,9 @@ from synground.generation.pipeline import SynGroundGenerator
 from synground.generation.report import dataset_report
 from synground.generation.runtime import Rejected, StageClock
 from synground.generation.text_to_image import StableDiffusion, checked_image
-from synground.generation.tiny import WORDS, write_tiny_components
+from synground.generation.tiny import WORDS
 from synground.generation.writing import REJECTED_DIR, generate_shards
 
-ROOT = Path(__file__).resolve().parents[1]
 REJECTION_REASONS = {
     "no_description",
     "nan_image",
@@ -43,46 +43,41 @@ REJECTION_REASONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, str]:
-    return write_tiny_components(tmp_path_factory.mktemp("tiny"))
+def llm(tiny_components) -> LanguageModel:
+    return LanguageModel(tiny_components["llm"], device="cpu", dtype="float32", max_new_tokens=12, batch_size=4)
 
 
-def llm(tiny) -> LanguageModel:
-    return LanguageModel(tiny["llm"], device="cpu", dtype="float32", max_new_tokens=12, batch_size=4)
-
-
-def diffusion(tiny, **settings) -> StableDiffusion:
+def diffusion(tiny_components, **settings) -> StableDiffusion:
     return StableDiffusion(
-        tiny["stable_diffusion"], steps=2, height=64, width=64, device="cpu", dtype="float32", batch_size=4, **settings
+        tiny_components["stable_diffusion"], steps=2, height=64, width=64, device="cpu", dtype="float32", batch_size=4, **settings
     )
 
 
-def detector(tiny, kind="grounding_dino", **settings) -> OpenVocabularyDetector:
+def detector(tiny_components, kind="grounding_dino", **settings) -> OpenVocabularyDetector:
     return OpenVocabularyDetector(
-        tiny[kind],
+        tiny_components[kind],
         **{"box_threshold": 0.3, "text_threshold": 0.3, "min_box_size": 2, "device": "cpu", "batch_size": 4, **settings},
     )
 
 
-def clip(tiny, min_score=-1.0) -> ClipScore:
+def clip(tiny_components, min_score=-1.0) -> ClipScore:
     return ClipScore(
-        tiny["open_clip_model"],
-        pretrained=tiny["open_clip_checkpoint"],
-        model_config=tiny["open_clip_config"],
+        tiny_components["open_clip_model"],
+        pretrained=tiny_components["open_clip_checkpoint"],
+        model_config=tiny_components["open_clip_config"],
         min_score=min_score,
         device="cpu",
     )
 
 
-def synground(tiny, descriptions=None, **stages) -> SynGroundGenerator:
+def synground(tiny_components, descriptions=None, **stages) -> SynGroundGenerator:
     return SynGroundGenerator(
         **{
-            "descriptions": descriptions or Concept2Text(llm(tiny), WORDS[11:30]),
-            "text_to_image": diffusion(tiny),
-            "phrases": PhraseExtractor(llm(tiny), max_words={"short": 12}),
-            "detector": detector(tiny),
-            "clip_filter": clip(tiny),
+            "descriptions": descriptions or Concept2Text(llm(tiny_components), WORDS[11:30]),
+            "text_to_image": diffusion(tiny_components),
+            "phrases": PhraseExtractor(llm(tiny_components), max_words={"short": 12}),
+            "detector": detector(tiny_components),
+            "clip_filter": clip(tiny_components),
             **stages,
         }
     )
@@ -95,9 +90,9 @@ def read_samples(directory: Path) -> list[GroundingSample]:
     return samples
 
 
-def test_triplets_reach_the_shards_with_boxes_phrases_and_provenance(tiny, tmp_path):
+def test_triplets_reach_the_shards_with_boxes_phrases_and_provenance(tiny_components, tmp_path):
     manifest = generate_shards(
-        synground(tiny),
+        synground(tiny_components),
         tmp_path / "out",
         num_samples=12,
         samples_per_shard=4,
@@ -114,9 +109,14 @@ def test_triplets_reach_the_shards_with_boxes_phrases_and_provenance(tiny, tmp_p
             for x0, y0, x1, y1 in region.boxes:
                 assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64 and min(x1 - x0, y1 - y0) >= 2
         provenance = sample.provenance
-        assert provenance["text_to_image"]["model"] == tiny["stable_diffusion"] and provenance["text_to_image"]["steps"] == 2
-        assert provenance["detector"]["model"] == tiny["grounding_dino"]
-        assert provenance["phrases"]["llm"]["model"] == tiny["llm"] and provenance["phrases"]["prompt_versions"]["short"]
+        assert (
+            provenance["text_to_image"]["model"] == tiny_components["stable_diffusion"]
+            and provenance["text_to_image"]["steps"] == 2
+        )
+        assert provenance["detector"]["model"] == tiny_components["grounding_dino"]
+        assert (
+            provenance["phrases"]["llm"]["model"] == tiny_components["llm"] and provenance["phrases"]["prompt_versions"]["short"]
+        )
         assert provenance["description"]["source"] == "concept2text" and provenance["description"]["concepts"]
         assert isinstance(provenance["clip_score"], float) and provenance["seed"] == int(sample.key.split("-")[1])
     # every request ends as a sample or as exactly one counted rejection; every stage is timed
@@ -127,8 +127,8 @@ def test_triplets_reach_the_shards_with_boxes_phrases_and_provenance(tiny, tmp_p
     assert {"describe", "text_to_image", "phrases", "detect", "clip_score", "write", "generate"} <= timed
 
 
-def test_a_detector_that_finds_nothing_leaves_empty_shards_and_counts_every_request(tiny, tmp_path):
-    generator = synground(tiny, detector=detector(tiny, box_threshold=1.01))
+def test_a_detector_that_finds_nothing_leaves_empty_shards_and_counts_every_request(tiny_components, tmp_path):
+    generator = synground(tiny_components, detector=detector(tiny_components, box_threshold=1.01))
     manifest = generate_shards(
         generator, tmp_path / "out", num_samples=6, samples_per_shard=3, name="none", chunk_size=3, keep_rejected=1
     )
@@ -146,7 +146,7 @@ def test_a_detector_that_finds_nothing_leaves_empty_shards_and_counts_every_requ
     assert record["score"] == max(region["score"] for region in record["regions"]) and record["caption"]
 
 
-def test_nan_and_black_images_are_rejected_and_counted(tiny, monkeypatch):
+def test_nan_and_black_images_are_rejected_and_counted(tiny_components, monkeypatch):
     clock = StageClock(keep=1)
     assert checked_image(torch.full((3, 8, 8), float("nan")), clock, Rejected("k-0", "a dog")) is None
     assert checked_image(torch.zeros(3, 8, 8), clock, Rejected("k-1", "a cat")) is None
@@ -158,7 +158,7 @@ def test_nan_and_black_images_are_rejected_and_counted(tiny, monkeypatch):
     (black,) = kept["black_image"]
     assert (black.key, black.score, black.threshold) == ("k-1", 0.0, 2.0) and black.image.shape == (3, 8, 8)
 
-    generator = synground(tiny)
+    generator = synground(tiny_components)
     real_draw = generator.text_to_image._draw
     monkeypatch.setattr(
         generator.text_to_image,
@@ -170,8 +170,10 @@ def test_nan_and_black_images_are_rejected_and_counted(tiny, monkeypatch):
     assert taken["rejections"]["nan_image"] == 2 and all(s.provenance["seed"] % 2 == 0 for s in samples)
 
 
-def test_rejected_candidates_of_the_pipeline_are_kept_per_reason_and_drawn_in_the_report(tiny, tmp_path):
-    generator = synground(tiny, clip_filter=clip(tiny, min_score=-0.1))  # random embeddings: about half score below
+def test_rejected_candidates_of_the_pipeline_are_kept_per_reason_and_drawn_in_the_report(tiny_components, tmp_path):
+    generator = synground(
+        tiny_components, clip_filter=clip(tiny_components, min_score=-0.1)
+    )  # random embeddings: about half score below
     manifest = generate_shards(
         generator,
         tmp_path,
@@ -206,21 +208,23 @@ def test_rejected_candidates_of_the_pipeline_are_kept_per_reason_and_drawn_in_th
         assert f"](rejected_{reason}.png)" in (tmp_path / "report" / "report.md").read_text()
 
 
-def test_long_descriptions_are_cut_at_a_sentence_boundary_and_counted(tiny):
-    stage = diffusion(tiny)
+def test_long_descriptions_are_cut_at_a_sentence_boundary_and_counted(tiny_components):
+    stage = diffusion(tiny_components)
     tokenizer = stage.load().tokenizer
     short = "a red dog on the grass."
     long = short + " " + " ".join(["a blue car near the house"] * 30) + "."
     assert stage.fit_prompt(short) == short
     assert stage.fit_prompt(long) == short
-    cut = StableDiffusion(tiny["stable_diffusion"], device="cpu", dtype="float32", long_prompts="truncate").fit_prompt(long)
+    cut = StableDiffusion(tiny_components["stable_diffusion"], device="cpu", dtype="float32", long_prompts="truncate").fit_prompt(
+        long
+    )
     assert len(tokenizer(cut).input_ids) <= tokenizer.model_max_length and cut.startswith("a red dog")
     clock = StageClock()
     stage.generate([short, long], [0, 1], clock)
     assert clock.events["prompt_shortened"] == 1
 
 
-def test_image2text_captions_seed_images_and_carries_their_ids_for_the_leakage_check(tiny, tmp_path):
+def test_image2text_captions_seed_images_and_carries_their_ids_for_the_leakage_check(tiny_components, tmp_path):
     seeds = [
         GroundingSample(
             f"vg-{i}",
@@ -236,7 +240,7 @@ def test_image2text_captions_seed_images_and_carries_their_ids_for_the_leakage_c
     seed_images = SeedImages(str(tmp_path / "seeds" / "*.tar"))
     captioner = Image2Text(
         seed_images,
-        tiny["llava"],
+        tiny_components["llava"],
         prompt="USER: <image>\nDescribe the image. ASSISTANT:",
         max_new_tokens=8,
         device="cpu",
@@ -250,17 +254,19 @@ def test_image2text_captions_seed_images_and_carries_their_ids_for_the_leakage_c
     for request, description in zip(requests, described):
         if description is not None:  # request i describes seed image i modulo 3
             seed = request.index % 3
-            assert description.provenance["seed_key"] == f"vg-{seed}" and description.provenance["model"] == tiny["llava"]
+            assert (
+                description.provenance["seed_key"] == f"vg-{seed}" and description.provenance["model"] == tiny_components["llava"]
+            )
             assert description.provenance["image_ids"] == [f"vg:{seed}", f"coco:{100 + seed}"]
 
     concat = RegionConcat(seed_images).describe([GenerationRequest("c", 0, index=4)], clock)[0]
     assert concat.text == "a red dog." and concat.provenance["seed_key"] == "vg-1"  # index 4 wraps to seed 1
 
 
-def test_owlv2_is_a_drop_in_detector(tiny):
-    generator = synground(tiny, detector=detector(tiny, "owlv2", box_threshold=0.0, text_threshold=0.0))
+def test_owlv2_is_a_drop_in_detector(tiny_components):
+    generator = synground(tiny_components, detector=detector(tiny_components, "owlv2", box_threshold=0.0, text_threshold=0.0))
     samples = generator.generate([GenerationRequest(f"o-{i}", i, i) for i in range(3)])
-    assert samples and all(s.provenance["detector"]["model"] == tiny["owlv2"] for s in samples)
+    assert samples and all(s.provenance["detector"]["model"] == tiny_components["owlv2"] for s in samples)
     for sample in samples:
         assert all(0 <= v <= 64 for region in sample.regions for box in region.boxes for v in box)
 
@@ -276,17 +282,17 @@ class ScriptedLanguageModel(LanguageModel):
         return [self.answer] * len(prompts)
 
 
-def layout_generator(tiny, answer) -> LayoutGenerator:
+def layout_generator(tiny_components, answer) -> LayoutGenerator:
     return LayoutGenerator(
-        Concept2Text(llm(tiny), WORDS[11:30]),
+        Concept2Text(llm(tiny_components), WORDS[11:30]),
         ScriptedLanguageModel(answer),
-        Gligen(tiny["gligen"], steps=2, height=64, width=64, device="cpu", dtype="float32"),
-        clip_filter=clip(tiny),
+        Gligen(tiny_components["gligen"], steps=2, height=64, width=64, device="cpu", dtype="float32"),
+        clip_filter=clip(tiny_components),
     )
 
 
-def test_layout_generator_draws_the_proposed_boxes_with_gligen(tiny):
-    generator = layout_generator(tiny, "1. a red dog: 0.1 0.2 0.5 0.9\n2. a tree: 0.5 0.0 1.0 0.6")
+def test_layout_generator_draws_the_proposed_boxes_with_gligen(tiny_components):
+    generator = layout_generator(tiny_components, "1. a red dog: 0.1 0.2 0.5 0.9\n2. a tree: 0.5 0.0 1.0 0.6")
     samples = generator.generate([GenerationRequest(f"l-{i}", i, i) for i in range(2)])
     assert len(samples) == 2
     for sample in samples:
@@ -294,16 +300,16 @@ def test_layout_generator_draws_the_proposed_boxes_with_gligen(tiny):
             ("a red dog", [[6.4, 12.8, 32.0, 57.6]]),
             ("a tree", [[32.0, 0.0, 64.0, 38.4]]),
         ]
-        assert sample.provenance["text_to_image"]["model"] == tiny["gligen"]
+        assert sample.provenance["text_to_image"]["model"] == tiny_components["gligen"]
 
-    refusing = layout_generator(tiny, "I cannot draw boxes.")  # no layout, even when asked again
+    refusing = layout_generator(tiny_components, "I cannot draw boxes.")  # no layout, even when asked again
     assert refusing.generate([GenerationRequest("l-bad", 1, 9)]) == []
     taken = refusing.clock.take()
     assert taken["rejections"] == {"no_layout": 1} and taken["events"]["layout_retried"] == 1
 
 
-def test_on_the_fly_training_batches_come_from_the_pipeline(tiny):
-    generator = synground(tiny)
+def test_on_the_fly_training_batches_come_from_the_pipeline(tiny_components):
+    generator = synground(tiny_components)
     datamodule = GroundingDataModule(
         train={"synthetic": generator}, image_size=32, batch_size=2, batches_per_epoch=1, num_workers=0
     )
@@ -349,8 +355,9 @@ def _shard_set(directory: Path) -> list[tuple[str, str, int]]:
     return [(e["name"], e["sha256"], e["samples"]) for e in read_manifest(directory / "manifest.json")["shards"]]
 
 
-def test_a_killed_generation_run_resumes_to_the_same_shards(tiny, tmp_path):
-    tiny_dir = Path(tiny["llm"]).parent
+@pytest.mark.slow
+def test_a_killed_generation_run_resumes_to_the_same_shards(tiny_components, tmp_path):
+    tiny_dir = Path(tiny_components["llm"]).parent
     full = _generate(tiny_dir, tmp_path / "full")
     killed = _generate(tiny_dir, tmp_path / "killed")
     entries = tmp_path / "killed" / "manifest.d"
@@ -383,6 +390,7 @@ def test_a_killed_generation_run_resumes_to_the_same_shards(tiny, tmp_path):
     assert not list((tmp_path / "killed").rglob("*.partial"))
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_shard_set_as_one(tmp_path):
     """DDP generation: each rank writes whole shards, none twice, and the set equals a single process's."""
     common = [
@@ -404,6 +412,7 @@ def test_two_processes_write_the_same_shard_set_as_one(tmp_path):
     assert len(keys) == len(set(keys)) == 20
 
 
+@pytest.mark.slow
 def test_the_gpu_benchmark_script_runs_on_tiny_components(tmp_path):
     output = tmp_path / "tiny_generation.json"
     result = subprocess.run(
@@ -434,13 +443,13 @@ def test_the_gpu_benchmark_script_runs_on_tiny_components(tmp_path):
     assert "text_to_image" in measured["end_to_end"]["items_per_second"]
 
 
-def test_a_folder_of_seed_images_works_and_an_unreadable_one_is_counted_not_fatal(tiny, tmp_path):
+def test_a_folder_of_seed_images_works_and_an_unreadable_one_is_counted_not_fatal(tiny_components, tmp_path):
     for name in ("a", "b"):
         Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / f"{name}.jpg")
     (tmp_path / "c.jpg").write_bytes(b"not a jpeg at all")
     captioner = Image2Text(
         SeedImages(str(tmp_path)),
-        tiny["llava"],
+        tiny_components["llava"],
         prompt="USER: <image>\nDescribe. ASSISTANT:",
         max_new_tokens=6,
         device="cpu",
@@ -454,7 +463,7 @@ def test_a_folder_of_seed_images_works_and_an_unreadable_one_is_counted_not_fata
             assert description.provenance["image_ids"] == [f"file:{name}.jpg"]
 
 
-def test_detector_proposals_file_has_every_image_with_the_boxes_kept_for_its_phrases(tiny, tmp_path):
+def test_detector_proposals_file_has_every_image_with_the_boxes_kept_for_its_phrases(tiny_components, tmp_path):
     from synground.data.proposals import load_proposals
     from synground.generation.proposals import main as write_proposals
     from synground.generation.writing import generate_shards
@@ -462,7 +471,7 @@ def test_detector_proposals_file_has_every_image_with_the_boxes_kept_for_its_phr
 
     generate_shards(ShapesGenerator("clean", 64), tmp_path / "shards", num_samples=3, samples_per_shard=2, name="p")
     out = tmp_path / "proposals" / "p.json"
-    common = [str(tmp_path / "shards"), str(out), "--detector", tiny["grounding_dino"], "--device", "cpu"]
+    common = [str(tmp_path / "shards"), str(out), "--detector", tiny_components["grounding_dino"], "--device", "cpu"]
     everything = ["--box-threshold", "0", "--text-threshold", "0", "--min-box-size", "0", "--max-box-area", "1"]
     write_proposals([*common, *everything, "--max-boxes-per-phrase", "2"])
     proposals = load_proposals(out)  # the format the datamodule reads

@@ -11,13 +11,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from support import run, run_ok
 from synground import Grounder
 from synground.data.datamodule import _split_samples
 from synground.data.transforms import clean_regions
 from synground.inference.grounder import box_from_heatmap
 from synground.runs import run_config
 from synground.shapes import ShapesGenerator
-from test_train import run
 
 
 def split_samples(run_dir: Path, split: str) -> list:
@@ -26,6 +26,7 @@ def split_samples(run_dir: Path, split: str) -> list:
     return list(_split_samples(source if isinstance(source, str) else hydra.utils.instantiate(source), 0, 1, Counter()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, split", [("blip", "held_out"), ("albef", "shapes_clean"), ("albef", "shapes_textured")])
 def test_the_grounders_points_score_the_runs_own_pointing_game_on_its_test_split(trained_runs, model, split):
     # the whole path a user takes (checkpoint + run config, own preprocessing, dropout off) against what train.py's
@@ -47,6 +48,7 @@ def test_the_grounders_points_score_the_runs_own_pointing_game_on_its_test_split
     assert hits / items == pytest.approx(metrics[f"test/pointing_game/{split}"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_batching_or_on_the_other_pairs(trained_runs):
     grounder = Grounder.load(trained_runs["albef"][1], batch_size=16)
     one_by_one = Grounder.load(trained_runs["albef"][1], batch_size=1)
@@ -60,6 +62,7 @@ def test_results_do_not_depend_on_batching_or_on_the_other_pairs(trained_runs):
         torch.testing.assert_close(a.cam, b.cam, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_one_image_many_phrases_many_images_one_phrase_and_the_maps_of_a_non_square_image(trained_runs):
     grounder = Grounder.load(trained_runs["blip"][1])
     wide = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 200, 3), dtype=np.uint8))
@@ -76,6 +79,7 @@ def test_one_image_many_phrases_many_images_one_phrase_and_the_maps_of_a_non_squ
     assert len(grounder([wide, np.asarray(wide)], "the red circle")) == 2
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_named(trained_runs, tmp_path):
     grounder = Grounder.load(trained_runs["blip"][1])
     image = Image.new("RGB", (64, 64))
@@ -109,6 +113,7 @@ def test_the_box_is_the_thresholded_region_around_the_point_not_every_hot_pixel(
         box_from_heatmap(heat, (40, 20), threshold=0)
 
 
+@pytest.mark.slow
 def test_ground_py_grounds_a_folder_with_a_phrase_file_and_a_rerun_skips_what_is_done(trained_runs, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -120,8 +125,7 @@ def test_ground_py_grounds_a_folder_with_a_phrase_file_and_a_rerun_skips_what_is
     phrases.write_text(f"the red circle\n\nscene1.png\t{scenes[1].regions[0].phrase}\n")
     checkpoint = trained_runs["albef"][1]
     args = [f"ckpt_path={checkpoint}", f"images={folder}", f"phrases={phrases}", "boxes=true", f"hydra.run.dir={tmp_path}/out"]
-    result = run("ground.py", *args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok("ground.py", *args, cwd=tmp_path)
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [(Path(r["image"]).name, r["phrase"]) for r in records] == [
         ("scene0.png", "the red circle"),
@@ -135,12 +139,12 @@ def test_ground_py_grounds_a_folder_with_a_phrase_file_and_a_rerun_skips_what_is
     x, y = expected.point
     assert overlay.getpixel((x + (overlay.width - 80) // 2, y))[:3] == (255, 255, 255)  # the cross at the point
 
-    result = run("ground.py", *args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok("ground.py", *args, cwd=tmp_path)
     assert "4 of 4 pairs already in" in result.stdout
     assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_ground_py_names_a_phrase_line_for_an_image_it_was_not_given(trained_runs, tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     (tmp_path / "phrases.txt").write_text("b.png\tthe dog\n")
@@ -156,9 +160,10 @@ def test_ground_py_names_a_phrase_line_for_an_image_it_was_not_given(trained_run
     assert "phrases.txt:1: no image named 'b.png'" in result.stderr
 
 
+@pytest.mark.slow
 def test_ground_py_with_a_model_config_and_without_any_model(tmp_path):
     Image.new("RGB", (40, 30), "red").save(tmp_path / "red.png")
-    result = run(
+    result = run_ok(
         "ground.py",
         "model=albef_tiny",
         "data.image_size=64",
@@ -167,7 +172,6 @@ def test_ground_py_with_a_model_config_and_without_any_model(tmp_path):
         f"hydra.run.dir={tmp_path}/out",
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [r["phrase"] for r in records] == ["a red square", "the sky"]
     assert all(r["model"] == "synground.models.AlbefGroundingModel.tiny" and r["image_size"] == [40, 30] for r in records)

@@ -4,7 +4,7 @@ import shutil
 
 from PIL import Image
 
-from raw_datasets import write_refcoco, write_visual_genome
+from support.raw_datasets import write_refcoco, write_visual_genome
 from synground.data import GroundingDataModule
 from synground.data.convert import convert_records
 from synground.data.leakage import difference_hash, main

@@ -7,7 +7,11 @@ pretrained encoder's loading lands the pointing game near ITM alone and fails he
 
 import json
 
-from test_train import run
+import pytest
+
+from support import run_ok
+
+pytestmark = pytest.mark.slow
 
 HELD_OUT = ("shapes_clean", "shapes_textured")
 SHARED = "shapes_shared_colour"  # the textured test scenes' phrases whose colour a shape of another kind shares
@@ -22,8 +26,7 @@ SHARED_COLOUR_FLOOR = 0.60
 
 
 def short_run(tmp_path, name: str, *overrides: str) -> dict[str, float]:
-    result = run("train.py", "experiment=shapes_short", "seed=0", *overrides, f"hydra.run.dir={tmp_path}/{name}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ok("train.py", "experiment=shapes_short", "seed=0", *overrides, f"hydra.run.dir={tmp_path}/{name}", cwd=tmp_path)
     metrics = json.loads((tmp_path / name / "metrics.json").read_text())
     return {
         "held_out": sum(metrics[f"test/pointing_game/{split}"] for split in HELD_OUT) / len(HELD_OUT),

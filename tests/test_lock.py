@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT
+
 spec = importlib.util.spec_from_file_location("check_lock", ROOT / "tools" / "check_lock.py")
 check_lock = sys.modules["check_lock"] = importlib.util.module_from_spec(spec)  # dataclasses look the module up
 spec.loader.exec_module(check_lock)

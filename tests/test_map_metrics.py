@@ -244,6 +244,7 @@ def _update_on_rank(rank: int, store: str, maps, boxes, sizes, candidates, out: 
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_compute_every_metric_of_all_their_items(tmp_path):
     generator = torch.Generator().manual_seed(0)
     maps = torch.rand(10, 4, 4, generator=generator)

@@ -14,16 +14,17 @@ import pytest
 
 s3fs = pytest.importorskip("s3fs")
 
-from raw_datasets import write_visual_genome  # noqa: E402
-from s3_server import start_s3_server  # noqa: E402
+from support import ROOT  # noqa: E402
+from support.raw_datasets import write_visual_genome  # noqa: E402
+from support.s3_server import start_s3_server  # noqa: E402
+from support.shards import OddRejecter  # noqa: E402
 from synground.data import IncompleteShardSet, resolve_shards  # noqa: E402
 from synground.data.shards import iterate_shard  # noqa: E402
 from synground.generation.report import dataset_report  # noqa: E402
 from synground.generation.writing import generate_shards  # noqa: E402
 from synground.shapes import ShapesGenerator  # noqa: E402
-from test_sample_sheets import OddRejecter  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.s3
 
 
 @pytest.fixture(scope="module")

@@ -11,20 +11,20 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from support import ONE_EPOCH, ROOT, run_ok
+from synground.conf import CONFIG_DIR
 from synground.models import AlbefGroundingModel, BlipGroundingModel
 from synground.models.encoders import save_vision_weights, vision_weights_path
 from synground.shapes import ShapesGenerator
 from synground.shapes.pretraining import (
     PretrainingBatches,
     dense_targets,
-    main,
     patch_features,
+    pretrain,
     pretrain_vision,
 )
 from synground.shapes.world import COLOURS, SHAPES, scene_shapes, shape_mask
-from test_train import ONE_EPOCH, run
 
-ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["the", "red", "circle"]
 
 
@@ -134,10 +134,8 @@ def test_the_packaged_encoders_know_shape_kinds_and_a_random_one_does_not(archit
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from synground.models.encoders import ASSETS
-
     overrides = ["experiment=shapes", f"model={architecture}_tiny"]
-    with initialize_config_dir(config_dir=str(ASSETS.parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         config = compose("train", overrides=overrides)
     accuracy = {}
     for name, weights in (("packaged", f"synground:{packaged}"), ("random", None)):
@@ -166,10 +164,11 @@ def test_the_packaged_encoders_know_shape_kinds_and_a_random_one_does_not(archit
         assert accuracy["packaged"] > accuracy["random"] + 0.2, accuracy
 
 
+@pytest.mark.slow
 def test_pretraining_command_writes_a_file_train_py_loads(tmp_path):
     output = tmp_path / "vision.safetensors"
     small_model = ["data.image_size=64", "model.net.vision_width=32", "model.net.vision_layers=2", "model.net.heads=2"]
-    result = run(
+    run_ok(
         "synground/shapes/pretraining.py",
         *small_model,
         "--steps",
@@ -180,11 +179,10 @@ def test_pretraining_command_writes_a_file_train_py_loads(tmp_path):
         str(output),
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     with safe_open(str(output), framework="pt") as file:
         about = json.loads(file.metadata()["about"])
     assert about["steps"] == 2 and about["history"][-1]["step"] == 2 and "experiment=shapes" in about["overrides"]
-    result = run(
+    run_ok(
         "train.py",
         "experiment=shapes",
         *small_model,
@@ -196,7 +194,6 @@ def test_pretraining_command_writes_a_file_train_py_loads(tmp_path):
         f"hydra.run.dir={tmp_path}/run",
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_two_pretraining_runs_of_one_command_write_the_same_file(tmp_path, monkeypatch):
@@ -211,13 +208,13 @@ def test_two_pretraining_runs_of_one_command_write_the_same_file(tmp_path, monke
         (tmp_path / name).mkdir()
         monkeypatch.chdir(tmp_path / name)
         torch.manual_seed(len(name))  # whatever the caller's random state was
-        digests.append(hashlib.sha256((main(command)).read_bytes()).hexdigest())
+        digests.append(hashlib.sha256((pretrain(command)).read_bytes()).hexdigest())
     assert digests[0] == digests[1]
     other_seed = [*command[:-4], "--seed", "6", *command[-2:]]
     (tmp_path / "third").mkdir()
     monkeypatch.chdir(tmp_path / "third")
     with (
-        safe_open(str(main(other_seed)), framework="pt") as changed,
+        safe_open(str(pretrain(other_seed)), framework="pt") as changed,
         safe_open(str(tmp_path / "first" / "vision.safetensors"), framework="pt") as first,
     ):
         assert any(not torch.equal(changed.get_tensor(name), first.get_tensor(name)) for name in first.keys())  # noqa: SIM118

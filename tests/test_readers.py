@@ -6,7 +6,7 @@ from collections import Counter, OrderedDict
 
 import pytest
 
-from raw_datasets import write_flickr30k, write_image, write_refcoco, write_visual_genome
+from support.raw_datasets import write_flickr30k, write_image, write_refcoco, write_visual_genome
 from synground.data.convert import REPORT_NAME, convert_records
 from synground.data.readers import amc_json_records, flickr30k_records, load_refs, refcoco_records, visual_genome_records
 from synground.data.shards import iterate_shard, resolve_shards
@@ -236,6 +236,7 @@ def test_a_conversion_stopped_by_a_truncated_file_is_refused_until_a_rerun_finis
     assert resumed["totals"]["samples"] == 7
 
 
+@pytest.mark.slow
 def test_convert_py_killed_mid_run_is_refused_then_resumes_to_the_same_bytes(tmp_path):
     import signal
     import subprocess

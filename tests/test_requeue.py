@@ -1,11 +1,10 @@
 """Stopping on a cluster's requeue signal and resuming: the resumed run ends with the metrics of an uninterrupted one.
 
-The signal is sent by tests/signal_at.py from inside the run, at an exact point (mid-epoch, on an epoch's last batch,
+The signal is sent by tests/support/signal_at.py from inside the run, at an exact point (mid-epoch, on an epoch's last batch,
 during validation; on one DDP rank only); tests/test_slurm.py sends it through a real Slurm.
 """
 
 import json
-import math
 import signal
 from pathlib import Path
 
@@ -15,40 +14,20 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from signal_at import SignalAt
+from support import run, run_ok
+from support.resume import TWO_EPOCHS, assert_same_metrics
+from support.signal_at import SignalAt
 from synground.callbacks.requeue import Preempted, Requeue
-from test_experiments import run
-
-SHORT = [
-    "experiment=shapes",
-    "data.batches_per_epoch=6",
-    "data.batch_size=8",
-    "trainer.max_epochs=2",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "data.test.shapes_clean.num_samples=20",
-    "data.test.shapes_textured.num_samples=20",
-    "data.val.shapes_textured.num_samples=20",
-]
 
 
 def signal_at(hook: str, epoch: int, batch: int, rank: int = 0) -> list[str]:
     return [
-        "+callbacks.signal._target_=tests.signal_at.SignalAt",
+        "+callbacks.signal._target_=tests.support.signal_at.SignalAt",
         f"+callbacks.signal.hook={hook}",
         f"+callbacks.signal.epoch={epoch}",
         f"+callbacks.signal.batch={batch}",
         f"+callbacks.signal.rank={rank}",
     ]
-
-
-def assert_same_metrics(got: dict, expected: dict) -> None:
-    """Pointing game and step count exactly; losses to float noise (two uninterrupted runs differ by as much)."""
-    assert got.keys() == expected.keys() and "test/pointing_game/mean" in got
-    timed = "train/seconds_per_step"
-    assert all(math.isclose(got[name], value, rel_tol=1e-5) for name, value in expected.items() if name != timed), (got, expected)
-    exact = [name for name in expected if "pointing_game" in name or "items" in name or name == "train/global_step"]
-    assert {name: got[name] for name in exact} == {name: expected[name] for name in exact}
 
 
 def interrupt_and_resume(tmp_path: Path, name: str, overrides: list[str], stop: list[str], stopped_at_step: int) -> dict:
@@ -61,8 +40,7 @@ def interrupt_and_resume(tmp_path: Path, name: str, overrides: list[str], stop: 
     assert checkpoint["global_step"] == stopped_at_step
     assert "resume with the same command" in stopped.stdout + stopped.stderr
 
-    resumed = run("train.py", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = run_ok("train.py", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert f"resuming from {run_dir}/checkpoints/requeue.ckpt" in resumed.stdout + resumed.stderr
     return json.loads((run_dir / "metrics.json").read_text())
 
@@ -70,11 +48,11 @@ def interrupt_and_resume(tmp_path: Path, name: str, overrides: list[str], stop: 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict:
     tmp_path = tmp_path_factory.mktemp("uninterrupted")
-    result = run("train.py", *SHORT, "data.num_workers=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ok("train.py", *TWO_EPOCHS, "data.num_workers=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     return json.loads((tmp_path / "run" / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "where, stop, step",
     [
@@ -89,14 +67,14 @@ def uninterrupted(tmp_path_factory) -> dict:
 def test_a_run_stopped_by_the_requeue_signal_resumes_to_the_metrics_of_an_uninterrupted_run(
     tmp_path, uninterrupted, where, stop, step
 ):
-    resumed = interrupt_and_resume(tmp_path, where, [*SHORT, "data.num_workers=2"], stop, stopped_at_step=step)
+    resumed = interrupt_and_resume(tmp_path, where, [*TWO_EPOCHS, "data.num_workers=2"], stop, stopped_at_step=step)
     assert_same_metrics(resumed, uninterrupted)
 
 
+@pytest.mark.slow
 def test_two_ddp_ranks_stop_at_the_same_step_when_only_one_gets_the_signal(tmp_path):
-    overrides = [*SHORT, "trainer=ddp_cpu", "data.num_workers=1"]
-    straight = run("train.py", *overrides, f"hydra.run.dir={tmp_path}/straight", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    overrides = [*TWO_EPOCHS, "trainer=ddp_cpu", "data.num_workers=1"]
+    run_ok("train.py", *overrides, f"hydra.run.dir={tmp_path}/straight", cwd=tmp_path)
     # rank 1 alone is signalled, in the second epoch: both ranks save step 6 + 2 and stop
     resumed = interrupt_and_resume(tmp_path, "ddp", overrides, signal_at("train_batch_end", epoch=1, batch=1, rank=1), 8)
     assert_same_metrics(resumed, json.loads((tmp_path / "straight" / "metrics.json").read_text()))

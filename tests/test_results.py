@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from support import ROOT
 from synground.results import (
     T_975,
     aggregate,
@@ -27,7 +28,6 @@ from synground.results import (
     table,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = "test/pointing_game/shapes_textured"
 
 

@@ -8,15 +8,16 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from raw_datasets import write_flickr30k
+from support.raw_datasets import write_flickr30k
+from support.shards import OddRejecter
 from synground.data.convert import convert_records
 from synground.data.readers import flickr30k_records
 from synground.data.schema import GenerationRequest
 from synground.data.shards import iterate_shard, resolve_shards, write_shard
+from synground.generation import sheets
 from synground.generation.report import dataset_report, main
-from synground.generation.runtime import Rejected, StageClock
 from synground.generation.writing import REJECTED_DIR, generate_shards
-from synground.shapes import ShapesGenerator, sheets
+from synground.shapes import ShapesGenerator
 
 
 def write_set(directory, shards: int, per_shard: int) -> list[str]:
@@ -100,23 +101,6 @@ def test_only_the_shards_holding_drawn_samples_are_opened_and_read_up_to_them(tm
     (sample,) = sheets.drawn_samples(f"{tmp_path}/long/", shards, 1, seed)
     assert int(sample.key[2:]) < 10
     assert counting.read[f"{tmp_path}/long/s-000000.tar"] < (tmp_path / "long" / "s-000000.tar").stat().st_size / 2
-
-
-class OddRejecter:
-    """Shapes scenes of which every odd request is rejected as `odd_index`, kept with its index as the failing score."""
-
-    def __init__(self):
-        self.shapes, self.clock = ShapesGenerator("clean", 32), StageClock()
-
-    def generate(self, requests):
-        kept = []
-        for request, sample in zip(requests, self.shapes.generate(requests)):
-            if request.index % 2:
-                candidate = Rejected(sample.key, sample.caption, sample.image, sample.regions)
-                self.clock.reject("odd_index", candidate=candidate, score=float(request.index), threshold=0.0)
-            else:
-                kept.append(sample)
-        return kept
 
 
 def test_rejected_candidates_are_kept_up_to_the_bound_beside_the_shards_and_drawn(tmp_path):

@@ -6,14 +6,11 @@ from collections import Counter
 
 import pytest
 
-from synground.data import GenerationRequest, IncompleteShardSet, Manifest, read_manifest, resolve_shards, write_shard
+from support.shards import shapes
+from synground.data import IncompleteShardSet, Manifest, read_manifest, resolve_shards, write_shard
 from synground.data.shards import iterate_shard
 from synground.generation.writing import generate_shards
 from synground.shapes import ShapesGenerator
-
-
-def shapes(n, start=0):
-    return ShapesGenerator("clean", image_size=64).generate([GenerationRequest(f"s-{i}", i) for i in range(start, start + n)])
 
 
 def test_round_trip_keeps_keys_text_boxes_and_image(tmp_path):

@@ -1,75 +1,23 @@
 """Counts that add up: known numbers of each fault are planted in raw data and in shard sets, and every skipped
 shard, sample, box and region must appear exactly once in the conversion report and in a DDP run's logged totals."""
 
-import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from collections import Counter
-from pathlib import Path
 
-import numpy as np
-from PIL import Image
+import pytest
 
-from raw_datasets import write_visual_genome
-from synground.data import GroundingSample, Manifest, Region, write_shard
+from support import ROOT
+from support.raw_datasets import write_visual_genome
+from support.shards import GOOD, shard_set
+from synground.data import Region
 from synground.data.convert import convert_records
 from synground.data.readers import visual_genome_records
 
-ROOT = Path(__file__).resolve().parents[1]
-GOOD = [[8.0, 8.0, 40.0, 40.0]]
 
-
-def image(seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-
-
-def planted_shard(path: Path, regions: list[list[Region]], broken: dict[int, str]) -> None:
-    """One shard of len(regions) samples; broken[i] = "jpg" or "json" makes sample i's image or record unreadable."""
-    samples = [
-        GroundingSample(f"{path.stem}-{i}", image(i), "", sample_regions, "planted") for i, sample_regions in enumerate(regions)
-    ]
-    write_shard(path.with_suffix(".tmp.tar"), samples)
-    with tarfile.open(path.with_suffix(".tmp.tar")) as source, tarfile.open(path, "w") as target:
-        for member in source.getmembers():
-            key, extension = member.name.rsplit(".", 1)
-            payload = source.extractfile(member).read()
-            if broken.get(int(key.rsplit("-", 1)[1])) == extension:
-                payload = b"not a jpeg" if extension == "jpg" else b'{"regions": [broken'
-            member.size = len(payload)
-            target.addfile(member, io.BytesIO(payload))
-    path.with_suffix(".tmp.tar").unlink()
-
-
-def shard_set(directory: Path, shards: dict[str, tuple[list[list[Region]], dict[int, str]] | bytes]) -> str:
-    """A finished set of planted shards (see `planted_shard`) or files of the given bytes, its manifest listing each as
-    it is, as the writer that made them would have: only the planted faults are met."""
-    directory.mkdir(parents=True)
-    manifest = Manifest(directory)
-    for name, content in shards.items():
-        if isinstance(content, bytes):
-            (directory / name).write_bytes(content)
-        else:
-            planted_shard(directory / name, *content)
-        manifest.add(listed_entry(directory / name))
-    manifest.finish({})
-    return str(directory)
-
-
-def listed_entry(path: Path) -> dict:
-    """A manifest entry for the file as it is: its size, sha256 and, if it is a readable tar, the keys it holds."""
-    data = path.read_bytes()
-    try:
-        with tarfile.open(path) as tar:
-            samples = len({member.name.split(".", 1)[0] for member in tar.getmembers()})
-    except tarfile.TarError:
-        samples = 0
-    return {"name": path.name, "samples": samples, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-
-
+@pytest.mark.slow
 def test_planted_faults_are_counted_once_in_a_ddp_run_s_training_and_test_logs(tmp_path):
     # training: 2 shards, one per rank, each 8 samples of which 2 unreadable and 1 with a clipped box. 4 batches of 3
     # per rank read each rank's shard exactly twice; each bad sample counts once: 4 samples skipped, 2 boxes clipped.

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import missing, slurm_cluster
-from test_experiments import ROOT
-from test_requeue import SHORT, assert_same_metrics
+from support import ROOT
+from support.resume import TWO_EPOCHS, assert_same_metrics
+from support.slurm_cluster import missing, slurm_cluster
+
+pytestmark = pytest.mark.slurm
 
 # CPU jobs of one task on one core each: both runs of a sweep fit the 2-core node at once
 CPU_JOBS = [
@@ -81,7 +83,7 @@ def test_a_sweep_runs_one_job_per_run_and_a_job_signalled_before_its_time_limit_
     sweep = tmp_path / "sweep"
     # two runs of one configuration: run 1 gets the time-limit signal, run 0 shows where it should end
     overrides = [
-        *SHORT,
+        *TWO_EPOCHS,
         "data.batches_per_epoch=12",
         "data.batch_size=4",
         "data.num_workers=0",
@@ -137,7 +139,7 @@ def test_a_generation_job_runs_its_tasks_as_ranks_and_a_signalled_job_requeues_t
     # finished shards. The whole set takes under a second, so in the first run each rank holds after 2 shards (one
     # generate call per shard): without it the run could finish before Slurm kills it, and the rerun would do nothing.
     held = [
-        "generation.generator._target_=held_generator.HeldInFirstRun",
+        "generation.generator._target_=support.held_generator.HeldInFirstRun",
         "+generation.generator.hold_after=2",
     ]
     job, _ = run_and_signal(

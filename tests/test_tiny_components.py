@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -23,34 +22,29 @@ KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, str]:
-    return write_tiny_components(tmp_path_factory.mktemp("tiny"))
-
-
 def images(count: int, size: int = 64) -> list[Image.Image]:
     generator = np.random.default_rng(0)
     return [Image.fromarray(generator.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
 
 
-def test_every_component_is_written(tiny):
-    assert set(tiny) == KEYS
-    assert all(Path(path).exists() for key, path in tiny.items() if key != "open_clip_model")
+def test_every_component_is_written(tiny_components):
+    assert set(tiny_components) == KEYS
+    assert all(Path(path).exists() for key, path in tiny_components.items() if key != "open_clip_model")
 
 
-def test_stable_diffusion_draws_a_batch(tiny):
+def test_stable_diffusion_draws_a_batch(tiny_components):
     from diffusers import StableDiffusionPipeline
 
-    pipeline = StableDiffusionPipeline.from_pretrained(tiny["stable_diffusion"])
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_components["stable_diffusion"])
     pipeline.set_progress_bar_config(disable=True)
     output = pipeline(["a red dog on the grass", "a tree"], num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert [image.size for image in output.images] == [(64, 64), (64, 64)]
 
 
-def test_gligen_draws_a_batch_with_one_layout(tiny):
+def test_gligen_draws_a_batch_with_one_layout(tiny_components):
     from diffusers import StableDiffusionGLIGENPipeline
 
-    pipeline = StableDiffusionGLIGENPipeline.from_pretrained(tiny["gligen"])
+    pipeline = StableDiffusionGLIGENPipeline.from_pretrained(tiny_components["gligen"])
     pipeline.set_progress_bar_config(disable=True)
     output = pipeline(
         prompt=["a dog near a tree", "a dog near a tree"],
@@ -63,11 +57,11 @@ def test_gligen_draws_a_batch_with_one_layout(tiny):
     assert [image.size for image in output.images] == [(64, 64), (64, 64)]
 
 
-def test_llm_writes_words_of_its_vocabulary(tiny):
+def test_llm_writes_words_of_its_vocabulary(tiny_components):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny["llm"])
-    model = AutoModelForCausalLM.from_pretrained(tiny["llm"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_components["llm"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_components["llm"])
     tokenizer.padding_side = "left"
     inputs = tokenizer(
         ["USER: a photo of a dog in the park. ASSISTANT:", "USER: a tree ASSISTANT:"], return_tensors="pt", padding=True
@@ -80,11 +74,11 @@ def test_llm_writes_words_of_its_vocabulary(tiny):
     assert all(text.split() and set(text.split()) <= vocabulary for text in texts)
 
 
-def test_llava_describes_a_batch_of_images(tiny):
+def test_llava_describes_a_batch_of_images(tiny_components):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    processor = AutoProcessor.from_pretrained(tiny["llava"])
-    model = LlavaForConditionalGeneration.from_pretrained(tiny["llava"])
+    processor = AutoProcessor.from_pretrained(tiny_components["llava"])
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_components["llava"])
     processor.tokenizer.padding_side = "left"
     prompts = ["USER: <image>\nDescribe the image. ASSISTANT:", "USER: <image>\nDescribe the dog. ASSISTANT: a"]
     inputs = processor(images=images(2), text=prompts, return_tensors="pt", padding=True)
@@ -94,11 +88,11 @@ def test_llava_describes_a_batch_of_images(tiny):
     assert all(isinstance(text, str) for text in texts)
 
 
-def test_owlv2_boxes_for_a_batch(tiny):
+def test_owlv2_boxes_for_a_batch(tiny_components):
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(tiny["owlv2"])
-    model = AutoModelForZeroShotObjectDetection.from_pretrained(tiny["owlv2"])
+    processor = AutoProcessor.from_pretrained(tiny_components["owlv2"])
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(tiny_components["owlv2"])
     text_labels = [["a red dog", "a tree"], ["a car", "a man"]]  # ragged lists are padded with " " queries the labels lack
     inputs = processor(text=text_labels, images=images(2), return_tensors="pt")
     with torch.no_grad():
@@ -113,11 +107,11 @@ def test_owlv2_boxes_for_a_batch(tiny):
         assert result["labels"].max() < len(labels)
 
 
-def test_grounding_dino_boxes_for_a_batch(tiny):
+def test_grounding_dino_boxes_for_a_batch(tiny_components):
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(tiny["grounding_dino"])
-    model = AutoModelForZeroShotObjectDetection.from_pretrained(tiny["grounding_dino"])
+    processor = AutoProcessor.from_pretrained(tiny_components["grounding_dino"])
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(tiny_components["grounding_dino"])
     inputs = processor(images=images(2), text=["a red dog. a tree.", "a car."], return_tensors="pt", padding=True)
     assert processor.tokenizer.convert_ids_to_tokens(inputs.input_ids[0]) == [
         "[CLS]",
@@ -141,25 +135,27 @@ def test_grounding_dino_boxes_for_a_batch(tiny):
         assert len(result["scores"]) == len(result["text_labels"]) == model.config.num_queries
 
 
-def test_open_clip_embeds_images_and_texts(tiny):
+def test_open_clip_embeds_images_and_texts(tiny_components):
     import open_clip
 
-    open_clip.add_model_config(tiny["open_clip_config"])
-    model, _, preprocess = open_clip.create_model_and_transforms(tiny["open_clip_model"], pretrained=tiny["open_clip_checkpoint"])
-    tokenizer = open_clip.get_tokenizer(tiny["open_clip_model"])
+    open_clip.add_model_config(tiny_components["open_clip_config"])
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        tiny_components["open_clip_model"], pretrained=tiny_components["open_clip_checkpoint"]
+    )
+    tokenizer = open_clip.get_tokenizer(tiny_components["open_clip_model"])
     with torch.no_grad():
         image_features = model.encode_image(torch.stack([preprocess(image) for image in images(2)]))
         text_features = model.encode_text(tokenizer(["a red dog", "a tree"]))
     assert image_features.shape == text_features.shape == (2, 16)
-    saved = load_file(tiny["open_clip_checkpoint"])
+    saved = load_file(tiny_components["open_clip_checkpoint"])
     assert all(torch.equal(saved[name], value) for name, value in model.state_dict().items())
 
 
-def test_the_same_seed_writes_the_same_weights(tiny, tmp_path):
+def test_the_same_seed_writes_the_same_weights(tiny_components, tmp_path):
     again = write_tiny_components(tmp_path, seed=0)
     for first, second in [
-        (Path(tiny["llava"]) / "model.safetensors", Path(again["llava"]) / "model.safetensors"),
-        (tiny["open_clip_checkpoint"], again["open_clip_checkpoint"]),
+        (Path(tiny_components["llava"]) / "model.safetensors", Path(again["llava"]) / "model.safetensors"),
+        (tiny_components["open_clip_checkpoint"], again["open_clip_checkpoint"]),
     ]:
         first, second = load_file(first), load_file(second)
         assert first.keys() == second.keys()

@@ -69,12 +69,12 @@ def write_proposals(proposals: Proposals, path: Path) -> None:
     ShardStore(path.parent).write_bytes(path.name, json.dumps(proposals).encode())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a proposals file from AMC's detections file (xywh per COCO id).")
     parser.add_argument("detections", type=Path, help="AMC's det_file, e.g. dets/refcoco+_dets.json")
     parser.add_argument("output", type=Path, help="the proposals JSON to write (data.proposals.<split>=<it>)")
     parser.add_argument("--key-prefix", default="coco-", help="sample keys are <prefix><image id> (convert.py: coco-)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     proposals = from_amc_detections(json.loads(args.detections.read_text()), args.key_prefix)
     write_proposals(proposals, args.output)
     print(f"{args.output}: candidate boxes for {len(proposals)} images")

@@ -251,7 +251,7 @@ def _positive(text: str) -> int:
     return number
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Report of a shard set, generated or converted (counts, histograms, rejections, sample sheets)."
     )
@@ -264,7 +264,7 @@ def main() -> None:
         "rejected_<reason>.png (reads only the shards drawn from)",
     )
     parser.add_argument("--seed", type=int, default=0, help="the seed of the samples drawn (default 0)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         summary = dataset_report(args.shard_dir, args.output, args.samples, args.seed)
     except (FileNotFoundError, ValueError) as error:

@@ -342,7 +342,11 @@ def write_tiny_components(root: str | Path, seed: int = 0) -> dict[str, str]:
     return {**paths, **_open_clip(root)}
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write random-weight tiny generation components, saved like hub checkpoints.")
     parser.add_argument("output_dir")
-    print(json.dumps(write_tiny_components(parser.parse_args().output_dir), indent=2))
+    print(json.dumps(write_tiny_components(parser.parse_args(argv).output_dir), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,5 @@
 """The web demo: upload an image or pick an example, type phrases, and see each phrase's heat map, point and match
-score, side by side for every chosen checkpoint (`python app.py`, see conf/app.yaml).
+score, side by side for every chosen checkpoint (`python app.py`, see synground/conf/app.yaml).
 
     from synground.inference.app import build_app, load_models
     build_app(load_models(["logs/shapes/runs/<date>/checkpoints/epoch004.ckpt"])).launch()
@@ -16,7 +16,6 @@ import math
 import re
 import shlex
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
@@ -46,7 +45,7 @@ log = logging.getLogger(__name__)
 
 PHRASE_SEPARATOR = re.compile(r"[;\n]")
 TABLE_HEADERS = ["phrase", "checkpoint", "x", "y", "match score"]
-# the page's examples: scenes of the shapes test splits (their seeds, conf/data/shapes.yaml; training draws random
+# the page's examples: scenes of the shapes test splits (their seeds, synground/conf/data/shapes.yaml; training draws random
 # 62-bit seeds), both styles; in the last two a colour is shared by two shapes, which the offline demo model confuses
 EXAMPLE_SCENES = [("textured", 3000002), ("clean", 2000001), ("textured", 3000000), ("clean", 2000005)]
 # small images are enlarged (by a whole factor, nearest neighbour) to about this side, so that the browser shows the
@@ -55,7 +54,7 @@ DISPLAY_SIDE = 384
 # large images are drawn at most this large (longer side) on the page, which shows them smaller anyway: an overlay of
 # a 40 megapixel photo takes seconds and gigabytes to draw at full size. The table's points stay in the image's pixels.
 DISPLAY_MAX_SIDE = 1024
-# phrases per request (max_phrases in conf/app.yaml): each is a Grad-CAM pass per checkpoint
+# phrases per request (max_phrases in synground/conf/app.yaml): each is a Grad-CAM pass per checkpoint
 MAX_PHRASES = 32
 
 
@@ -77,13 +76,13 @@ def load_models(sources: Sequence[str | Path], max_image_pixels: int = MAX_IMAGE
     return models
 
 
-def demo_model(log_dir: str | Path, train_script: Path) -> Path:
+def demo_model(log_dir: str | Path, train_command: Sequence[str]) -> Path:
     """The offline demo's checkpoint under `log_dir` (demo_checkpoint); when there is none yet it is trained first, by
-    running `train_script experiment=shapes` with this Python, as `make demo` does."""
+    running `train_command experiment=shapes` (synground-train), as `make demo` does."""
     checkpoint = demo_checkpoint(log_dir)
     if checkpoint is not None:
         return checkpoint
-    command = [sys.executable, str(train_script), "experiment=shapes", f"paths.log_dir={log_dir}"]
+    command = [*train_command, "experiment=shapes", f"paths.log_dir={log_dir}"]
     log.warning(
         "no offline demo model yet: training it first with python train.py experiment=shapes (about 5 minutes on 2 cores); "
         "give ckpt_path=... to serve another model"
@@ -237,12 +236,12 @@ def build_app(
     return demo
 
 
-def serve(cfg: DictConfig, train_script: Path) -> None:
+def serve(cfg: DictConfig, train_command: Sequence[str]) -> None:
     """app.py: load the configured checkpoints (or the offline demo's model), write the examples into the run
     directory and serve the page until interrupted."""
     sources = cfg.ckpt_path
     if sources is None:
-        sources = [demo_model(cfg.paths.log_dir, train_script)]
+        sources = [demo_model(cfg.paths.log_dir, train_command)]
     elif not isinstance(sources, ListConfig):
         sources = [sources]
     models = load_models(sources, cfg.max_image_pixels)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from synground.conf import CONFIG_DIR
 from synground.data.schema import GroundingSample
 from synground.data.transforms import normalize_images
 from synground.models.base import GroundingModel
@@ -49,7 +50,6 @@ from synground.shapes.world import COLOURS, SHAPES, STYLES, ShapesGenerator, sce
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's Hydra configs (model=...)
 
 WORLDS = ("disjoint", "both")
 LABELS = ("image", "dense")
@@ -259,7 +259,8 @@ def probe_transfer(net: GroundingModel, scenes: int = 48, steps: int = 300) -> d
     return result
 
 
-def main(argv: list[str] | None = None) -> Path:
+def pretrain(argv: list[str] | None = None) -> Path:
+    """What synground-pretrain-encoder does, given its arguments; returns the file written."""
     parser = argparse.ArgumentParser(
         description="Pretrain a tiny model's vision encoder on a pretraining world, deterministically (CPU, fixed seed)."
     )
@@ -317,6 +318,10 @@ def main(argv: list[str] | None = None) -> Path:
         f"({(time.perf_counter() - start) / 60:.1f} min)"
     )
     return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    pretrain(argv)
 
 
 if __name__ == "__main__":

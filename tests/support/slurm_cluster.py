@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from free_port import free_port
+from support.free_port import free_port
 
 MUNGE_KEY = Path("/etc/munge/munge.key")
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from free_port import free_port
+from support.free_port import free_port
 
 
 def start_s3_server(timeout: float = 60.0) -> tuple[subprocess.Popen, str]:

@@ -1,6 +1,6 @@
 """A callback for tests that stands in for Slurm: it sends its own process a signal at one point of training.
 
-    python train.py ... +callbacks.signal._target_=tests.signal_at.SignalAt +callbacks.signal.hook=train_batch_end
+    python train.py ... +callbacks.signal._target_=tests.support.signal_at.SignalAt +callbacks.signal.hook=train_batch_end
                         +callbacks.signal.epoch=0 +callbacks.signal.batch=2 [+callbacks.signal.rank=1]
 
 `hook` is train_batch_end or validation_batch_end; the signal goes out after that batch of that epoch, on one rank.

@@ -1,7 +1,7 @@
 """Train a tiny grounding model a few steps under Lightning, on 2 DDP processes or on 1 with accumulated micro-batches.
 
-    python tests/ddp_train_steps.py --model albef --devices 2 --out weights.pt
-    python tests/ddp_train_steps.py --model albef --devices 1 --out weights.pt
+    python tests/support/ddp_train_steps.py --model albef --devices 2 --out weights.pt
+    python tests/support/ddp_train_steps.py --model albef --devices 1 --out weights.pt
 
 Step s of either run sees the same two micro-batches: rank r's batch under DDP is the single process's r-th
 accumulated micro-batch. Negatives and ITC stay within each micro-batch (as in the AMC reference), so both runs take
@@ -24,8 +24,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import WORDS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the support package
+from support import WORDS
 from synground.models import AlbefGroundingModel, BlipGroundingModel, GroundingModule
 
 TEXTS = [
