@@ -6,7 +6,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import pytest
 
 import support
-from support import run_ok
+from support import generate_shapes, run_ok
 from synground.generation.tiny import write_tiny_components
 from synground.models import AlbefGroundingModel, BlipGroundingModel
 
@@ -42,18 +42,7 @@ def trained_runs(tmp_path_factory) -> dict:
     (run directory, checkpoint of the weights the run tested)."""
     root = tmp_path_factory.mktemp("trained_runs")
     for style, count in (("clean", 16), ("textured", 8)):
-        run_ok(
-            "generate.py",
-            "generation=shapes",
-            f"generation.generator.style={style}",
-            "generation.generator.image_size=64",
-            f"generation.num_samples={count}",
-            "generation.samples_per_shard=8",
-            f"output_dir={root}/{style}",
-            f"hydra.run.dir={root}/gen-{style}",
-            "report=false",
-            cwd=root,
-        )
+        generate_shapes(root / style, style, count, 8, "report=false")
     small = [
         "data.image_size=64",
         "model.net.patch_size=8",

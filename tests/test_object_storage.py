@@ -14,7 +14,7 @@ import pytest
 
 s3fs = pytest.importorskip("s3fs")
 
-from support import ROOT  # noqa: E402
+from support import ROOT, run  # noqa: E402
 from support.raw_datasets import write_visual_genome  # noqa: E402
 from support.s3_server import start_s3_server  # noqa: E402
 from support.shards import OddRejecter  # noqa: E402
@@ -105,30 +105,23 @@ def test_an_unfinished_or_missing_remote_set_is_refused_by_name(s3_env, tmp_path
 def test_train_py_trains_and_evaluates_from_a_set_generated_on_s3(s3_env, tmp_path):
     fs = make_bucket("bucket-c")
     generate_shards(ShapesGenerator("clean", image_size=64), "s3://bucket-c/set", num_samples=16, samples_per_shard=4)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "data=shards",
-            "data.image_size=64",
-            "data.mask_size=32",
-            "data.train.real=[s3://bucket-c/set]",
-            "+data.val.remote=s3://bucket-c/set",
-            "+data.test.remote=s3://bucket-c/set",
-            "data.batch_size=4",
-            "data.batches_per_epoch=2",
-            "data.num_workers=1",
-            "data.pin_memory=false",
-            "trainer.max_epochs=1",
-            "model.net.image_size=64",
-            f"hydra.run.dir={tmp_path}/run",
-        ],
+    result = run(
+        "train.py",
+        "data=shards",
+        "data.image_size=64",
+        "data.mask_size=32",
+        "data.train.real=[s3://bucket-c/set]",
+        "+data.val.remote=s3://bucket-c/set",
+        "+data.test.remote=s3://bucket-c/set",
+        "data.batch_size=4",
+        "data.batches_per_epoch=2",
+        "data.num_workers=1",
+        "data.pin_memory=false",
+        "trainer.max_epochs=1",
+        "model.net.image_size=64",
+        f"hydra.run.dir={tmp_path}/run",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **s3_env},
+        env=s3_env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -2,14 +2,11 @@
 shard, sample, box and region must appear exactly once in the conversion report and in a DDP run's logged totals."""
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
 
-from support import ROOT
+from support import run
 from support.raw_datasets import write_visual_genome
 from support.shards import GOOD, shard_set
 from synground.data import Region
@@ -57,32 +54,25 @@ def test_planted_faults_are_counted_once_in_a_ddp_run_s_training_and_test_logs(t
     }
     items = 8  # two, three, four, five, seven, eight, eleven, twelve: the regions left in the readable samples
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "data=shards",
-            "trainer=ddp_cpu",
-            "data.image_size=64",
-            "data.mask_size=32",
-            f"data.train.real=[{tmp_path / 'train'}]",
-            f"+data.val.planted={tmp_path / 'eval'}",
-            f"+data.test.planted={tmp_path / 'eval'}",
-            "data.batch_size=3",
-            "data.eval_batch_size=4",
-            "data.batches_per_epoch=4",
-            "data.num_workers=0",
-            "data.pin_memory=false",
-            "trainer.max_epochs=1",
-            "model.net.image_size=64",
-            f"hydra.run.dir={tmp_path}/run",
-        ],
+    result = run(
+        "train.py",
+        "data=shards",
+        "trainer=ddp_cpu",
+        "data.image_size=64",
+        "data.mask_size=32",
+        f"data.train.real=[{tmp_path / 'train'}]",
+        f"+data.val.planted={tmp_path / 'eval'}",
+        f"+data.test.planted={tmp_path / 'eval'}",
+        "data.batch_size=3",
+        "data.eval_batch_size=4",
+        "data.batches_per_epoch=4",
+        "data.num_workers=0",
+        "data.pin_memory=false",
+        "trainer.max_epochs=1",
+        "model.net.image_size=64",
+        f"hydra.run.dir={tmp_path}/run",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "WANDB_MODE": "disabled"},
+        env={"WANDB_MODE": "disabled"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

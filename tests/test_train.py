@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from support import ONE_EPOCH, run, run_ok
+from support import ONE_EPOCH, generate_shapes, run, run_ok
 from support.raw_datasets import write_flickr30k
 
 
@@ -40,17 +40,7 @@ def test_an_unknown_config_key_fails_before_any_work(tmp_path):
 @pytest.mark.slow
 def test_generated_shards_train_and_evaluate_through_the_shards_config(tmp_path):
     for style, count in (("clean", 24), ("textured", 12)):
-        run_ok(
-            "generate.py",
-            "generation=shapes",
-            f"generation.generator.style={style}",
-            "generation.generator.image_size=64",
-            f"generation.num_samples={count}",
-            "generation.samples_per_shard=10",
-            f"output_dir={tmp_path}/{style}",
-            f"hydra.run.dir={tmp_path}/gen-{style}",
-            cwd=tmp_path,
-        )
+        generate_shapes(tmp_path / style, style, count, 10)
     assert len(json.loads((tmp_path / "clean" / "manifest.json").read_text())["shards"]) == 3
     run_ok(
         "train.py",

@@ -51,6 +51,23 @@ def run_ok(script: str, *arguments: str, cwd: Path, env: dict | None = None) -> 
     return succeeded(run(script, *arguments, cwd=cwd, env=env))
 
 
+def generate_shapes(output: Path, style: str, count: int, samples_per_shard: int, *overrides: str) -> None:
+    """`python generate.py generation=shapes` at 64 px: `count` scenes of `style` into the shard set `output`, its run
+    directory beside it (gen-<name>)."""
+    run_ok(
+        "generate.py",
+        "generation=shapes",
+        f"generation.generator.style={style}",
+        "generation.generator.image_size=64",
+        f"generation.num_samples={count}",
+        f"generation.samples_per_shard={samples_per_shard}",
+        f"output_dir={output}",
+        f"hydra.run.dir={output.parent}/gen-{output.name}",
+        *overrides,
+        cwd=output.parent,
+    )
+
+
 def tiny_blip():
     from synground.models import BlipGroundingModel
 
