@@ -13,7 +13,7 @@ What a user runs before renting GPUs, on data and weights that exist offline:
 3. each experiment (synground/conf/experiment/{albef,blip}_*) through train.py, or eval.py for the off-the-shelf ones, at the
    config's image sizes, under trainer=ddp_cpu (2 processes), 2 training steps of 2 samples per process, with the
    precision the experiment's trainer asks for (bf16-mixed), once with dropout on (0.1) and once off (0);
-4. the checkpoint of each training run with dropout off exported (python -m synground.inference.export) and the export used by
+4. the checkpoint of each training run with dropout off exported (synground-export) and the export used by
    ground.py on a photo-sized image.
 It prints a table (experiment, steps, final loss finite, seconds per step, peak memory), writes
 benchmarks/results/dry_run.{json,md}, and exits non-zero if any run failed. Peak memory is the largest sum of the
@@ -263,7 +263,7 @@ def run_experiment(name: str, dropout: str | None, paths: dict[str, Path], work:
 
 
 def export_and_ground(run_dir: Path, work: Path) -> list[str]:
-    """The trained full-size model through `python -m synground.inference.export` and `ground.py` on the export, as a user
+    """The trained full-size model through `synground-export` and `ground.py` on the export, as a user
     hands it on: BLIP through save_pretrained/from_pretrained, ALBEF through the released layout. Problems found."""
     checkpoints = sorted((run_dir / "checkpoints").glob("epoch*.ckpt")) or [run_dir / "checkpoints" / "last.ckpt"]
     export = run_dir / "export"

@@ -9,7 +9,7 @@ experiment=shapes_mixing trains the tiny BLIP on a fixed pool of real (textured)
 ones, and tests on held-out real scenes. The plan's three encoder conditions (CONDITIONS) differ in the vision encoder
 every run starts from: pretrained on the sketch world, which shares neither study style (the primary condition, the
 ImageNet analogue); random weights; pretrained on both study styles (the upper bound). Study seed s trains with seed s
-from an encoder pretrained with seed s (`python -m synground.shapes.pretraining`, deterministic), so the spread over
+from an encoder pretrained with seed s (`synground-pretrain-encoder`, deterministic), so the spread over
 seeds holds the encoder's too. Each condition runs its ratio sweep at its real pool and its real-only learning curve.
 
 Every encoder and run is a file or directory named by what it is (<runs dir>/encoders/<world>_<labels>-seed<s>_blip

@@ -1,9 +1,9 @@
 """Results of a sweep: every run's metrics.json against a swept config value, aggregated over seeds, as tables and a
 PNG plot.
 
-    python -m synground.results logs/shapes_mixing/multiruns/2026-11-22_10-00-00      # a Hydra multirun
-    python -m synground.results "logs/train/runs/*" --x data.synthetic_ratio          # e.g. W&B sweep runs
-    python -m synground.results <multirun> --paired-baseline 0 --metric test/pointing_game/shapes_textured
+    synground-results logs/shapes_mixing/multiruns/2026-11-22_10-00-00      # a Hydra multirun
+    synground-results "logs/train/runs/*" --x data.synthetic_ratio          # e.g. W&B sweep runs
+    synground-results <multirun> --paired-baseline 0 --metric test/pointing_game/shapes_textured
 
 Each run directory holds `.hydra/config.yaml` (the value of `--x` and the run's `seed` are read from it), and
 `metrics.json` or, for a run that crashed, `failed.json`. The runs of one swept value (any number, e.g. one per

@@ -84,7 +84,7 @@ def test_the_model_card_traces_the_model_to_its_data_metrics_and_commands(traine
     manifest = json.loads((run_dir / "data_manifests" / "0-synthetic-clean.json").read_text())
     assert f"`0-synthetic-clean.json`: 16 samples in 2 shards, complete; made by `{manifest['command']}`" in card
     assert (exports["blip"] / "data_manifests" / "0-synthetic-clean.json").is_file()
-    assert f"python -m synground.inference.export {checkpoint}" in card
+    assert f"synground-export {checkpoint}" in card
     settings = json.loads((exports["blip"] / "synground.json").read_text())
     assert settings["architecture"] == "blip" and settings["image_size"] == 64 and settings["global_step"] == 2
     albef_card = (exports["albef"] / "README.md").read_text()

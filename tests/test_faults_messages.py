@@ -155,7 +155,7 @@ def test_an_empty_vision_weights_file_is_named_not_a_raw_safetensors_error(tiny_
         load_vision_weights(tiny_blip, str(empty))
 
 
-# python -m synground.results
+# synground-results
 
 
 def sweep_run(root: Path, name: str, ratio: float, metrics: str | None = None, failed: str | None = None) -> Path:

@@ -80,7 +80,7 @@ def test_vision_weights_that_do_not_fit_are_refused_naming_the_file(tmp_path):
         small(BlipGroundingModel, vision_width=64, vision_weights=str(path))
     with pytest.raises(ValueError, match="holds a BlipGroundingModel vision encoder, not a AlbefGroundingModel"):
         small(AlbefGroundingModel, vision_weights=str(path))
-    with pytest.raises(FileNotFoundError, match=r"missing.safetensors does not exist; make it with `python -m synground"):
+    with pytest.raises(FileNotFoundError, match=r"missing.safetensors does not exist; make it with `synground-pretrain-encoder"):
         small(BlipGroundingModel, vision_weights=str(tmp_path / "missing.safetensors"))
     assert vision_weights_path("synground:disjoint_image", "albef").name == "disjoint_image_albef.safetensors"
     assert vision_weights_path("synground:shapes", "blip").name == "both_dense_blip.safetensors"  # its former name

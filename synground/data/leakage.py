@@ -1,6 +1,6 @@
 """Leakage between training data and evaluation splits: shared image ids and near-duplicate images.
 
-    python -m synground.data.leakage --train data/visual_genome data/synthetic \\
+    synground-leakage --train data/visual_genome data/synthetic \\
         --eval data/refcoco_plus-testA data/refcoco_plus-testB data/flickr30k-test --exclude-file data/leaked_keys.txt
 
 A training sample leaks when it names an image an evaluation sample also names (`provenance["image_ids"]`, e.g.

@@ -2,9 +2,9 @@
 the sample's own annotated boxes.
 
 A proposals file is JSON, `{"<sample key>": [[x0, y0, x1, y1], ...], ...}`, boxes in the pixels of the stored image
-(the image the sample key names, as `convert.py` and `generate.py` write it). `python -m synground.data.proposals`
+(the image the sample key names, as `convert.py` and `generate.py` write it). `synground-amc-proposals`
 writes one from AMC's detections file (`{"<COCO image id>": [[x, y, w, h, ...], ...]}`, the MAttNet detections its
-RefCOCO+ evaluation reads); `python -m synground.generation.proposals` from the open-vocabulary detector.
+RefCOCO+ evaluation reads); `synground-detector-proposals` from the open-vocabulary detector.
 `annotations` takes every annotated box of the sample (every region's), the "ground-truth proposals" setting.
 """
 
@@ -45,7 +45,7 @@ def load_proposals(path: str | Path) -> Proposals:
     if not path.is_file():
         raise FileNotFoundError(
             f"proposals file {path}: no such file (JSON {{sample key: [[x0, y0, x1, y1], ...]}}; "
-            "python -m synground.data.proposals converts AMC's detections)"
+            "synground-amc-proposals converts AMC's detections)"
         )
     try:
         data = json.loads(path.read_text())

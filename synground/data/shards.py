@@ -417,7 +417,7 @@ def iterate_shard(url: str, issues: Counter[str], entry: Mapping[str, Any] | Non
     and counted. With its manifest `entry` (`listed_shards`), a local shard of another size than listed is not read
     (counted as `shard_mismatch`), and a shard read whole that holds another number of samples than listed is counted
     so too; its samples have been read by then. The sha256 is not checked here: that reads the shard twice (see
-    `shard_difference`, checked when a writer resumes and by `python -m synground.data.verify`)."""
+    `shard_difference`, checked when a writer resumes and by `synground-verify-shards`)."""
     entry = entry or {}
     if entry.get("bytes") is not None and not is_remote(url) and not url.startswith("pipe:") and os.path.isfile(url):
         size = os.path.getsize(url)
@@ -425,7 +425,7 @@ def iterate_shard(url: str, issues: Counter[str], entry: Mapping[str, Any] | Non
             count_skip(issues, "shard_mismatch", url)
             log.warning(
                 "shard %s is %d bytes, its manifest lists %d: not the shard that was written, so none of it is read. "
-                "Running the command that wrote the set again rewrites it; python -m synground.data.verify checks a set",
+                "Running the command that wrote the set again rewrites it; synground-verify-shards checks a set",
                 url,
                 size,
                 entry["bytes"],
@@ -473,7 +473,7 @@ def iterate_shard(url: str, issues: Counter[str], entry: Mapping[str, Any] | Non
         count_skip(issues, "shard_mismatch", url)
         log.warning(
             "shard %s holds %d samples, its manifest lists %d: not the shard that was written (its samples were read). "
-            "Running the command that wrote the set again rewrites it; python -m synground.data.verify checks a set",
+            "Running the command that wrote the set again rewrites it; synground-verify-shards checks a set",
             url,
             len(seen),
             entry["samples"],

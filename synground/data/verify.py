@@ -1,6 +1,6 @@
 """Whether a shard set's files are the ones its manifest lists: every shard present, of the listed size and sha256.
 
-    python -m synground.data.verify data/visual_genome data/flickr30k-test
+    synground-verify-shards data/visual_genome data/flickr30k-test
 
 Reading checks less, on every pass: a local shard's size when it is opened and its sample count once it is read (see
 `iterate_shard`). The sha256 reads every shard once more, so it is checked here, on demand, and when a conversion or

@@ -1,6 +1,6 @@
 """Candidate boxes from the generation pipeline's open-vocabulary detector, for box accuracy from proposals:
 
-    python -m synground.generation.proposals data/refcoco_plus-testA proposals/refcoco_plus-testA.json
+    synground-detector-proposals data/refcoco_plus-testA proposals/refcoco_plus-testA.json
     python eval.py ... +data.proposals.refcoco_plus_testA=proposals/refcoco_plus-testA.json
 
 Each image of the shard set is asked for all of its phrases at once, as the pipeline's detector stage asks a

@@ -2,7 +2,7 @@
 not decoded): counts, distributions as PNG histograms, rejections by reason and throughput per stage. With `samples`,
 sample sheets too (sheets.py): that many samples drawn at random (seeded) with their boxes and phrases, and per
 rejection reason as many of the candidates generation kept as they were (reading only the shards and files drawn).
-`generate.py` and `convert.py` write it at the end of a run; `python -m synground.generation.report SHARD_DIR
+`generate.py` and `convert.py` write it at the end of a run; `synground-report SHARD_DIR
 [--output DIR] [--samples N [--seed S]]` writes it for any shard set, local or on object storage.
 """
 

@@ -4,7 +4,7 @@ They let the pipeline's real loading code (`from_pretrained` on a directory, ope
 tests, benchmarks and CPU smoke runs. Their outputs are noise-like images, random words and random boxes: they
 exercise the code, not the science.
 
-    python -m synground.generation.tiny data/tiny   # then: python generate.py generation=synground_tiny
+    synground-tiny-models data/tiny   # then: python generate.py generation=synground_tiny
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A trained model as a self-contained directory others can load, with a model card, and its upload to the Hub.
 
-    python -m synground.inference.export logs/shapes/runs/<date>/checkpoints/epoch004.ckpt exports/shapes-blip-tiny
-    python -m synground.inference.export <checkpoint> <directory> --push-to-hub <owner>/<name>
+    synground-export logs/shapes/runs/<date>/checkpoints/epoch004.ckpt exports/shapes-blip-tiny
+    synground-export <checkpoint> <directory> --push-to-hub <owner>/<name>
 
 BLIP is written in the transformers format (`BlipForImageTextRetrieval.from_pretrained(directory)` loads it), ALBEF as
 a state dict in the released key layout (model.safetensors, and albef.pth for the original ALBEF code). Beside the
@@ -90,7 +90,7 @@ def check_replaceable(output_dir: Path, checkpoint: Path) -> None:
 
 
 def export_command(checkpoint: Path, output_dir: Path) -> str:
-    return shlex.join(["python", "-m", "synground.inference.export", str(checkpoint), str(output_dir)])
+    return shlex.join(["synground-export", str(checkpoint), str(output_dir)])
 
 
 def train_command(run_dir: Path) -> str | None:

@@ -57,7 +57,7 @@ def verify_files(directory: Path, settings: dict[str, Any]) -> None:
         if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
             raise CheckpointError(
                 f"{path} differs from the sha256 that {SETTINGS_FILE} recorded when it was exported: the file is damaged "
-                "or was changed. Export the checkpoint again (python -m synground.inference.export <checkpoint> <directory>)"
+                "or was changed. Export the checkpoint again (synground-export <checkpoint> <directory>)"
             )
 
 
@@ -66,9 +66,7 @@ def load_export(directory: Path) -> tuple[GroundingModel, dict[str, Any]]:
     recorded at export."""
     settings_file = directory / SETTINGS_FILE
     if not settings_file.is_file():
-        raise FileNotFoundError(
-            f"{directory} is not a synground export: it has no {SETTINGS_FILE} (python -m synground.inference.export)"
-        )
+        raise FileNotFoundError(f"{directory} is not a synground export: it has no {SETTINGS_FILE} (synground-export)")
     try:
         settings = json.loads(settings_file.read_text())
     except (ValueError, OSError) as error:  # empty, cut short, not UTF-8
@@ -78,7 +76,7 @@ def load_export(directory: Path) -> tuple[GroundingModel, dict[str, Any]]:
     if problem:
         raise ValueError(
             f"{settings_file} is not a JSON object of settings ({problem}): the export is damaged; export the checkpoint "
-            "again (python -m synground.inference.export <checkpoint> <directory>)"
+            "again (synground-export <checkpoint> <directory>)"
         )
     settings = ExportSettings(settings, settings_file)
     if settings.get("format") != FORMAT or settings.get("architecture") not in ARCHITECTURES:
@@ -101,7 +99,7 @@ class ExportSettings(dict):
     def __missing__(self, key: str) -> Any:
         raise ValueError(
             f"{self.path} has no {key!r}: the export is incomplete or was edited; export the checkpoint again "
-            "(python -m synground.inference.export <checkpoint> <directory>)"
+            "(synground-export <checkpoint> <directory>)"
         )
 
 

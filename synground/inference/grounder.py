@@ -6,7 +6,7 @@ the pointing game's point, the ITM match score and, on request, a box read off t
     [result] = grounder("photo.jpg", "the red circle")
     result.point, result.score, result.heatmap  # (x, y) in the photo's pixels, P(match), [H, W] in [0, 1]
 
-The maps are the evaluation maps of training (PROTOCOL.md section 2): the same preprocessing (square bicubic resize to
+The maps are the evaluation maps of training (docs/protocol.md, Grad-CAM conventions): the same preprocessing (square bicubic resize to
 the training size, the training normalisation), the same Grad-CAM layer, dropout off.
 """
 
@@ -210,7 +210,7 @@ class Grounder:
             return cls.from_checkpoint(path, **kwargs)
         raise FileNotFoundError(
             f"{source}: expected a training checkpoint (.ckpt, e.g. logs/<task>/runs/<date>/checkpoints/last.ckpt) or "
-            "an export directory (from python -m synground.inference.export)"
+            "an export directory (from synground-export)"
         )
 
     @classmethod

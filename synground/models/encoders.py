@@ -47,7 +47,7 @@ def load_vision_weights(net: GroundingModel, vision_weights: str) -> Path:
     resized (bicubic); every other weight must match in name and shape.
     """
     path = vision_weights_path(vision_weights, net.architecture)
-    command = f"python -m synground.shapes.pretraining model=... --output {path}"
+    command = f"synground-pretrain-encoder model=... --output {path}"
     if path.is_dir():
         raise IsADirectoryError(
             f"vision_weights={vision_weights!r}: {path} is a folder, not a weights file; give the .safetensors file "

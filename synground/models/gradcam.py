@@ -1,4 +1,4 @@
-"""Grad-CAM on one cross-attention layer (PROTOCOL.md section 2): capture, combine, normalise."""
+"""Grad-CAM on one cross-attention layer (docs/protocol.md, Grad-CAM conventions): capture, combine, normalise."""
 
 from __future__ import annotations
 

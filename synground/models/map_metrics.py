@@ -1,5 +1,5 @@
 """The map metrics of grounding papers, all read off the evaluation Grad-CAM map upsampled bicubically to the original
-image size (no ReLU, no normalisation; PROTOCOL.md section 3). Boxes are xyxy in the original image's pixels.
+image size (no ReLU, no normalisation; docs/protocol.md, the pointing game). Boxes are xyxy in the original image's pixels.
 
 - pointing game: the map's first maximum (row-major) lies strictly inside a ground-truth box (AMC's point_in_box).
 - pointing game with a tolerance (TorchRay's PointingGame, 15 px): some pixel of the ground-truth region lies at a

@@ -15,7 +15,7 @@ pretraining worlds, and saves the encoder alone: no phrase, box-to-text pairing 
 - `--world both` (the labelled upper bound): scenes of both study styles, clean and textured, with each patch's
   kind and colour (`--labels dense`): the study's "real" domain is then partly learnt before the study starts.
 
-    python -m synground.shapes.pretraining --world disjoint --labels dense [model=albef_tiny] [--seed S]
+    synground-pretrain-encoder --world disjoint --labels dense [model=albef_tiny] [--seed S]
 
 The run is deterministic: seeded before the model is built, deterministic kernels, one thread by default, and no
 clock in the file, so one command gives one file byte for byte (synground/assets/manifest.json records the shipped
