@@ -164,7 +164,8 @@ def prepare(work: Path) -> dict[str, Path]:
 def write_full_size_weights(paths: dict[str, Path]) -> None:
     from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
 
-    from synground.models.albef import AlbefConfig, AlbefGroundingModel
+    from synground.models.albef import AlbefGroundingModel
+    from synground.models.albef_network import AlbefConfig
 
     start = time.perf_counter()
     tokens = bert_vocabulary(WORDS)

@@ -63,7 +63,7 @@ def build(model: str, amc: bool):
     from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
 
     from synground.models import AlbefGroundingModel, BlipGroundingModel, GroundingModule
-    from synground.models.albef import AlbefConfig
+    from synground.models.albef_network import AlbefConfig
 
     sys.path.insert(0, str(ROOT / "tests"))
     from support.released_checkpoints import bert_vocabulary

@@ -8,7 +8,8 @@ import torch
 
 from support.released_checkpoints import random_state_dict, released_albef_shapes
 from synground.models import AlbefGroundingModel
-from synground.models.albef import AlbefConfig, bert_tokenizer
+from synground.models.albef import bert_tokenizer
+from synground.models.albef_network import AlbefConfig
 from synground.models.checkpoints import CheckpointError, read_state_dict
 
 

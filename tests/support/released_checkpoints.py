@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from synground.models.albef import AlbefConfig
+from synground.models.albef_network import AlbefConfig
 
 
 def released_albef_shapes(c: AlbefConfig, grid: int, bert: str = "text_encoder.bert.", queue: int = 8) -> dict[str, tuple]:
