@@ -125,7 +125,7 @@ def test_unknown_train_keys_are_rejected():
 
 
 def test_ranks_read_disjoint_shards_and_no_sample_twice_in_an_epoch(tmp_path, monkeypatch):
-    import synground.data.datamodule as datamodule_module
+    import synground.data.streams as streams
 
     generate_shards(ShapesGenerator("clean", 32), tmp_path / "syn", num_samples=48, samples_per_shard=4, name="s")
     datamodule = GroundingDataModule(
@@ -133,7 +133,7 @@ def test_ranks_read_disjoint_shards_and_no_sample_twice_in_an_epoch(tmp_path, mo
     )  # 20 of each rank's 24 samples
     seen = {}
     for rank in (0, 1):
-        monkeypatch.setattr(datamodule_module, "_worker_slot", lambda worker=None, rank=rank: (rank, 2))
+        monkeypatch.setattr(streams, "_worker_slot", lambda worker=None, rank=rank: (rank, 2))
         seen[rank] = [key for batch in datamodule.train_dataloader() for key in batch["keys"]]
     assert len(seen[0]) == len(seen[1]) == 20  # every rank the same number of batches
     assert len(set(seen[0])) == 20 and len(set(seen[1])) == 20 and not set(seen[0]) & set(seen[1])
@@ -146,7 +146,7 @@ def test_every_skipped_sample_reaches_the_batches_named_at_each_read(tmp_path):
     import tarfile
 
     from synground.data import GenerationRequest, Manifest, write_shard
-    from synground.data.datamodule import MixedTrainStream
+    from synground.data.streams import MixedTrainStream
     from synground.data.transforms import GroundingTransform
     from synground.shapes import ShapesGenerator
 
@@ -207,7 +207,7 @@ def _keys(samples, count: int) -> list[str]:
 def test_a_generator_pool_in_training_reads_its_n_scenes_once_per_pass_dealt_to_the_slots():
     from collections import Counter
 
-    from synground.data.datamodule import _endless_samples, _split_samples
+    from synground.data.streams import _endless_samples, _split_samples
 
     source = GeneratorSource(ShapesGenerator("textured", 32), num_samples=10, seed=10_000_000, requests_per_call=4, name="p")
     split = list(_split_samples(source, 0, 1, Counter()))  # the same scenes, under the same keys, as an eval split
@@ -229,7 +229,7 @@ def test_a_generator_pool_in_training_reads_its_n_scenes_once_per_pass_dealt_to_
 def test_a_training_pool_smaller_than_the_slots_is_read_whole_by_every_slot():
     from collections import Counter
 
-    from synground.data.datamodule import _endless_samples
+    from synground.data.streams import _endless_samples
 
     source = GeneratorSource(ShapesGenerator("clean", 32), num_samples=3, seed=5, name="p")
     for slot in range(4):
@@ -250,7 +250,7 @@ def test_an_epoch_over_a_training_pool_sees_every_scene_once_across_workers(work
 def test_an_endless_generator_source_still_draws_fresh_62_bit_seeds():
     from collections import Counter
 
-    from synground.data.datamodule import _endless_samples
+    from synground.data.streams import _endless_samples
 
     source = GeneratorSource(ShapesGenerator("clean", 32), requests_per_call=3, name="g")
     keys = _keys(_endless_samples(source, random.Random(7), Counter()), 7)

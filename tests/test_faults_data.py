@@ -21,8 +21,7 @@ from PIL import Image
 from support.raw_datasets import write_visual_genome
 from support.shards import GOOD, image, shapes, shard_set
 from synground.callbacks import DataIssueCounts
-from synground.data import GroundingDataModule, GroundingSample, Region
-from synground.data import datamodule as datamodule_code
+from synground.data import GroundingDataModule, GroundingSample, Region, streams
 from synground.data.convert import convert_records
 from synground.data.leakage import leakage_report
 from synground.data.readers import Record, load_record, visual_genome_records
@@ -255,7 +254,7 @@ def test_a_bad_sample_met_in_several_training_passes_counts_once_per_epoch_with_
 
 
 def test_a_rank_whose_whole_share_is_unreadable_still_reports_it(damaged_set, monkeypatch):
-    monkeypatch.setattr(datamodule_code, "_worker_slot", lambda worker=None: (1, 2))  # rank 1 of 2: d-000001.tar alone
+    monkeypatch.setattr(streams, "_worker_slot", lambda worker=None: (1, 2))  # rank 1 of 2: d-000001.tar alone
     loader = GroundingDataModule(test={"damaged": damaged_set}, image_size=32, num_workers=0).test_dataloader()[0]
     assert list(loader) == []
     assert loader.data_issues == {"corrupt_shard": 1}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from support import run, run_ok
 from synground import Grounder
-from synground.data.datamodule import _split_samples
+from synground.data.streams import _split_samples
 from synground.data.transforms import clean_regions
 from synground.inference.grounder import box_from_heatmap
 from synground.runs import run_config
