@@ -6,6 +6,7 @@ from collections import Counter, OrderedDict
 
 import pytest
 
+from support import ROOT
 from support.raw_datasets import write_flickr30k, write_image, write_refcoco, write_visual_genome
 from synground.data.convert import REPORT_NAME, convert_records
 from synground.data.readers import amc_json_records, flickr30k_records, load_refs, refcoco_records, visual_genome_records
@@ -242,18 +243,16 @@ def test_convert_py_killed_mid_run_is_refused_then_resumes_to_the_same_bytes(tmp
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     from synground.data import IncompleteShardSet
 
-    root = Path(__file__).resolve().parents[1]
     write_visual_genome(tmp_path / "raw" / "visual_genome", count=400, regions_per_image=2, size=(320, 240))
 
     def convert(output: str) -> subprocess.Popen:
         return subprocess.Popen(
             [
                 sys.executable,
-                str(root / "convert.py"),
+                str(ROOT / "convert.py"),
                 "dataset=visual_genome",
                 f"paths.data_dir={tmp_path}",
                 f"output_dir={tmp_path / output}",
