@@ -323,3 +323,48 @@ def test_amcs_detections_become_a_proposals_file_keyed_as_the_refcoco_shards(tmp
     monkeypatch.setattr("sys.argv", ["proposals", str(tmp_path / "dets.json"), str(tmp_path / "out" / "p.json")])
     main()
     assert load_proposals(tmp_path / "out" / "p.json") == {"coco-581857": [[10, 20, 40, 60], [0, 0, 5, 5]], "coco-42": []}
+
+
+PLAIN_LOOP = """
+import sys, typing
+import torch
+from torch.utils.data import DataLoader
+from synground.data import EvalSplit, GeneratorSource, GroundingBatch, GroundingTransform, MixedTrainStream, collate
+from synground.shapes import ShapesGenerator
+
+clean, textured = ShapesGenerator("clean", image_size=64), ShapesGenerator("textured", image_size=64)
+train = MixedTrainStream([GeneratorSource(clean)], [GeneratorSource(textured)], 0.5, GroundingTransform(64, 32), 4, 2, 0)
+test = EvalSplit("textured", GeneratorSource(textured, num_samples=3, seed=7), GroundingTransform(64))
+# the training stream batches itself; evaluation items are batched by collate (phrases of one image share its row)
+batches = [*DataLoader(train, batch_size=None, num_workers=1), *DataLoader(test, batch_size=64, collate_fn=collate)]
+assert "lightning" not in sys.modules, "the data package imported Lightning"
+declared = typing.get_type_hints(GroundingBatch)
+for batch in batches:
+    batch = {key: value for key, value in batch.items() if key != "data_issues"}
+    assert set(batch) <= set(declared), set(batch) - set(declared)
+    for key, value in batch.items():
+        kind = typing.get_origin(declared[key]) or declared[key]
+        assert isinstance(value, kind), (key, type(value))
+    items, rows = len(batch["texts"]), len(batch["images"])
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape[1:] == (3, 64, 64)
+    assert batch["image_index"].shape == (items,) and int(batch["image_index"].max()) < rows
+    assert batch["original_sizes"].shape == (items, 2) and batch["original_sizes"].dtype == torch.int64
+    assert all(boxes.ndim == 2 and boxes.shape[1] == 4 and boxes.dtype == torch.float32 for boxes in batch["boxes"])
+    assert len(batch["keys"]) == len(batch["image_keys"]) == len(batch["original_boxes"]) == items
+    if "masks" in batch:
+        assert batch["masks"].shape == (items, 32, 32) and batch["masks"].dtype == torch.uint8 and rows == items
+    else:
+        assert rows == len(set(batch["image_keys"])) == 3 and items > rows  # 3 scenes, several phrases each
+print(len(batches), sum("masks" in batch for batch in batches))
+"""
+
+
+def test_the_streams_batch_as_documented_in_a_plain_pytorch_loop_without_lightning():
+    """A project without Lightning: the training stream and an evaluation split through torch's DataLoader, every
+    batch key declared in GroundingBatch with its type, shapes and dtypes as documented, Lightning never imported."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PLAIN_LOOP], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["3", "2"]  # 2 training batches with masks, 1 evaluation batch

@@ -6,7 +6,7 @@ import math
 import random
 import re
 from collections import Counter
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -133,7 +133,27 @@ def normalize_images(
     return (images.float() - mean_) / std_
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+class GroundingBatch(TypedDict, total=False):
+    """A batch as `collate` makes it (the training stream and the evaluation splits yield these). B items (one phrase
+    each), U distinct images (U = B in training; in evaluation the phrases of one image share its row), S the input
+    size, M the mask size, n_i the number of boxes of item i. Boxes are xyxy float32 pixels."""
+
+    images: torch.Tensor  # [U, 3, S, S] uint8, not normalised (normalize_images does it on the device)
+    image_index: torch.Tensor  # [B] int64: each item's row of `images`
+    texts: list[str]  # the B phrases ("left" and "right" swapped where a training image was flipped)
+    boxes: list[torch.Tensor]  # B tensors [n_i, 4]: each item's boxes in the S x S input (after a training flip)
+    original_sizes: torch.Tensor  # [B, 2] int64: (height, width) of the stored image
+    original_boxes: list[torch.Tensor]  # B tensors [n_i, 4]: each item's boxes in the stored image's pixels
+    keys: list[str]  # the B sample keys; an evaluation item's is "<sample key>-<region index>"
+    image_keys: list[str]  # the key of each item's image (its sample's key)
+    masks: torch.Tensor  # [B, M, M] uint8, 1 on the pixels the item's boxes touch: training batches only
+    candidate_boxes: list[torch.Tensor]  # B tensors [c_i, 4] in the stored image's pixels: splits with proposals
+    synthetic: torch.Tensor  # [B] bool: which items came from a synthetic source (training batches)
+    data_issues: dict[str, int]  # what was skipped before these items, by reason
+    data_faults: list[str]  # training: each skip named, "<reason> <shard> <key> ..." (counted once by DataIssueCounts)
+
+
+def collate(items: list[dict[str, Any]]) -> GroundingBatch:
     """Stack tensors of equal shape; boxes stay lists (each item has its own number of boxes).
 
     Items with the same `image_key` (the phrases of one evaluation image) share one row of `images`: the batch
