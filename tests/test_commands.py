@@ -82,7 +82,7 @@ def test_the_commands_run_from_an_installed_wheel_outside_any_checkout(tmp_path)
     configs, and the demo's model config finds its packaged vision encoder."""
     source = tmp_path / "source"
     shutil.copytree(ROOT / "synground", source / "synground", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source], check=True)
