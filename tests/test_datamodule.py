@@ -120,8 +120,17 @@ def test_a_missing_shard_path_fails_at_setup_of_the_stage_that_reads_it(tmp_path
 
 
 def test_unknown_train_keys_are_rejected():
-    with pytest.raises(ValueError, match="synthtic"):
+    with pytest.raises(ValueError, match=r"train \(data\.train\) has unknown keys \['synthtic'\]"):
         GroundingDataModule(train={"synthtic": ShapesGenerator()})
+
+
+def test_errors_name_the_argument_as_the_constructor_takes_it_and_as_a_config_sets_it():
+    from synground.data import GroundingTransform, MixedTrainStream
+
+    with pytest.raises(ValueError, match=r"give synthetic and/or real sources \(data\.train\.synthetic, data\.train\.real\)"):
+        MixedTrainStream([], [], 0.5, GroundingTransform(64), batch_size=2, batches_per_epoch=1, seed=0)
+    with pytest.raises(FileNotFoundError, match=r"exclude_keys \(data\.exclude_keys\)=missing\.txt: no such file"):
+        GroundingDataModule(train={"real": ShapesGenerator()}, exclude_keys="missing.txt")
 
 
 def test_ranks_read_disjoint_shards_and_no_sample_twice_in_an_epoch(tmp_path, monkeypatch):
@@ -259,7 +268,7 @@ def test_an_endless_generator_source_still_draws_fresh_62_bit_seeds():
 
 
 def test_an_empty_training_pool_is_refused():
-    with pytest.raises(ValueError, match=r"data\.train\.real.*'p'.*num_samples=0"):
+    with pytest.raises(ValueError, match=r"train \(data\.train\)\['real'\]: source 'p'.*num_samples=0"):
         GroundingDataModule(train={"real": GeneratorSource(ShapesGenerator(), num_samples=0, name="p")})
 
 
@@ -311,7 +320,7 @@ def test_a_malformed_proposals_file_is_refused_naming_the_key_and_box(tmp_path, 
     (tmp_path / "p.json").write_text(content)
     with pytest.raises(ValueError, match=message):
         GroundingDataModule(test={"t": str(tmp_path)}, proposals={"t": str(tmp_path / "p.json")})
-    with pytest.raises(ValueError, match=r"data.proposals names splits that are not in data.val or data.test: \['other'\]"):
+    with pytest.raises(ValueError, match=r"proposals \(data.proposals\) names splits that are not in val or test: \['other'\]"):
         GroundingDataModule(test={"t": str(tmp_path)}, proposals={"other": "annotations"})
 
 

@@ -19,7 +19,7 @@ def test_a_ratio_sweep_runs_every_ratio_survives_a_bad_one_and_summarises(tmp_pa
     runs = [tmp_path / "sweep" / str(i) for i in range(3)]
     assert (runs[0] / "metrics.json").exists() and (runs[2] / "metrics.json").exists()
     failure = json.loads((runs[1] / "failed.json").read_text())["error"]
-    assert "synthetic_ratio must lie in [0, 1]" in failure and not (runs[1] / "metrics.json").exists()
+    assert "synthetic_ratio (data.synthetic_ratio) must lie in [0, 1]" in failure and not (runs[1] / "metrics.json").exists()
     # the Grad-CAM gallery of each run, as PNG grids when W&B is off
     with Image.open(runs[0] / "gallery" / "val_shapes_textured_epoch001.png") as grid:
         assert grid.format == "PNG" and grid.width > 400
@@ -206,7 +206,7 @@ def test_a_val_split_of_naming_no_split_is_refused_before_training(tmp_path):
         "train.py", *SHORT, "+data.val_split_of={shapes_clean: shapes_clen}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
     )
     assert result.returncode != 0
-    assert "data.val_split_of.shapes_clean=shapes_clen: needs a test split 'shapes_clean'" in result.stderr
+    assert "val_split_of (data.val_split_of)['shapes_clean']=shapes_clen: needs a test split 'shapes_clean'" in result.stderr
 
 
 def test_a_benchmark_reuses_a_finished_run_of_its_config_retrains_an_unfinished_one_and_stops_on_another_config(tmp_path):

@@ -200,10 +200,10 @@ def test_an_unreadable_metrics_or_failed_file_is_named(tmp_path, name, metrics, 
 @pytest.mark.parametrize(
     "setting,message",
     [
-        ({"synthetic_ratio": "half"}, r"data\.synthetic_ratio must be a number in \[0, 1\], got 'half'"),
-        ({"batch_size": 0}, r"data\.batch_size must be a whole number, 1 or more; got 0"),
-        ({"eval_batch_size": -2}, r"data\.eval_batch_size must be a whole number, 1 or more; got -2"),
-        ({"num_workers": -1}, r"data\.num_workers must be a whole number, 0 or more"),
+        ({"synthetic_ratio": "half"}, r"synthetic_ratio \(data\.synthetic_ratio\) must be a number in \[0, 1\], got 'half'"),
+        ({"batch_size": 0}, r"batch_size \(data\.batch_size\) must be a whole number, 1 or more; got 0"),
+        ({"eval_batch_size": -2}, r"eval_batch_size \(data\.eval_batch_size\) must be a whole number, 1 or more; got -2"),
+        ({"num_workers": -1}, r"num_workers \(data\.num_workers\) must be a whole number, 0 or more"),
     ],
 )
 def test_a_datamodule_setting_of_the_wrong_type_or_range_is_named(setting, message):

@@ -21,6 +21,11 @@ from synground.data.transforms import CLIP_MEAN, CLIP_STD, GroundingTransform, c
 log = logging.getLogger(__name__)
 
 
+def argument(name: str) -> str:
+    """How errors name a GroundingDataModule argument: as the constructor takes it and as a config sets it."""
+    return f"{name} (data.{name})"
+
+
 class EvalLoader(DataLoader):
     """An evaluation split's loader: passes on the batches that hold items, and keeps in `data_issues` what its
     workers skipped during the current pass, complete once the pass has ended (`DataIssueCounts` logs it). The counts
@@ -110,29 +115,29 @@ class GroundingDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if not isinstance(synthetic_ratio, (int, float)) or isinstance(synthetic_ratio, bool):
-            raise ValueError(f"data.synthetic_ratio must be a number in [0, 1], got {synthetic_ratio!r}")
+            raise ValueError(f"{argument('synthetic_ratio')} must be a number in [0, 1], got {synthetic_ratio!r}")
         if not 0.0 <= synthetic_ratio <= 1.0:
-            raise ValueError(f"data.synthetic_ratio must lie in [0, 1], got {synthetic_ratio}")
+            raise ValueError(f"{argument('synthetic_ratio')} must lie in [0, 1], got {synthetic_ratio}")
         for key, value in (
             ("batch_size", batch_size),
             ("eval_batch_size", eval_batch_size),
             ("batches_per_epoch", batches_per_epoch),
         ):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"data.{key} must be a whole number, 1 or more; got {value!r}")
+                raise ValueError(f"{argument(key)} must be a whole number, 1 or more; got {value!r}")
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
             raise ValueError(
-                f"data.num_workers must be a whole number, 0 or more (0: load in the main process); got {num_workers!r}"
+                f"{argument('num_workers')} must be a whole number, 0 or more (0: load in the main process); got {num_workers!r}"
             )
         unknown = set(train or {}) - {"synthetic", "real"}
         if unknown:
-            raise ValueError(f"data.train has unknown keys {sorted(unknown)}: use 'synthetic' and/or 'real'")
+            raise ValueError(f"{argument('train')} has unknown keys {sorted(unknown)}: use 'synthetic' and/or 'real'")
         self.train_sources = {name: [as_source(s) for s in _as_list((train or {}).get(name))] for name in ("synthetic", "real")}
         for name, sources in self.train_sources.items():
             for source in sources:  # an empty pool would leave its stream looping forever without a sample
                 if isinstance(source, GeneratorSource) and source.num_samples is not None and source.num_samples < 1:
                     raise ValueError(
-                        f"data.train.{name}: source {source.name!r} has num_samples={source.num_samples}: "
+                        f"{argument('train')}[{name!r}]: source {source.name!r} has num_samples={source.num_samples}: "
                         "a training pool needs at least 1 sample (null for endless fresh scenes)"
                     )
         self.val_sources = {name: as_source(s) for name, s in (val or {}).items()}
@@ -148,7 +153,7 @@ class GroundingDataModule(L.LightningDataModule):
         self.exclude_keys = frozenset()  # e.g. training samples that leak into evaluation (synground.data.leakage)
         if exclude_keys:
             if not Path(exclude_keys).is_file():
-                raise FileNotFoundError(f"data.exclude_keys={exclude_keys}: no such file (one sample key per line)")
+                raise FileNotFoundError(f"{argument('exclude_keys')}={exclude_keys}: no such file (one sample key per line)")
             self.exclude_keys = frozenset(Path(exclude_keys).read_text().split())
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = GroundingTransform(image_size, mask_size, flip_prob)
@@ -159,8 +164,8 @@ class GroundingDataModule(L.LightningDataModule):
         for test_split, val_split in self.val_split_of.items():
             if test_split not in self.test_sources or val_split not in self.val_sources:
                 raise ValueError(
-                    f"data.val_split_of.{test_split}={val_split}: needs a test split {test_split!r} (data.test has "
-                    f"{sorted(self.test_sources)}) and a validation split {val_split!r} (data.val has {sorted(self.val_sources)})"
+                    f"{argument('val_split_of')}[{test_split!r}]={val_split}: needs a test split {test_split!r} (test has "
+                    f"{sorted(self.test_sources)}) and a validation split {val_split!r} (val has {sorted(self.val_sources)})"
                 )
         # per split: candidate boxes for box accuracy from proposals, a proposals file or "annotations"; one value for all
         if isinstance(proposals, str):
@@ -181,7 +186,7 @@ class GroundingDataModule(L.LightningDataModule):
     def _check_split_names(self, setting: str, per_split: Mapping[str, Any]) -> None:
         unknown = set(per_split) - set(self.val_sources) - set(self.test_sources)
         if unknown:
-            raise ValueError(f"data.{setting} names splits that are not in data.val or data.test: {sorted(unknown)}")
+            raise ValueError(f"{argument(setting)} names splits that are not in val or test: {sorted(unknown)}")
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """uint8 images and masks -> normalised float images and float masks, once the (4x smaller) uint8 batch is

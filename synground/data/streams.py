@@ -171,7 +171,7 @@ class MixedTrainStream(IterableDataset):
         allow_partial: bool = False,
     ):
         if not synthetic and not real:
-            raise ValueError("no training source: give data.train.synthetic and/or data.train.real")
+            raise ValueError("no training source: give synthetic and/or real sources (data.train.synthetic, data.train.real)")
         self.synthetic, self.real = list(synthetic), list(real)
         self.synthetic_ratio = synthetic_ratio if synthetic and real else float(bool(synthetic))
         if self.synthetic_ratio != synthetic_ratio:
@@ -230,7 +230,7 @@ class MixedTrainStream(IterableDataset):
                     count_skip(issues, "excluded_sample", sample.key)
                     excluded += 1
                     if excluded > 1000 * self.batch_size:
-                        raise RuntimeError("nearly every training sample is in data.exclude_keys")
+                        raise RuntimeError("nearly every training sample is in exclude_keys (data.exclude_keys)")
                     continue
                 regions = clean_regions(sample, issues)
                 if not regions:
