@@ -218,6 +218,7 @@ class GroundingDataModule(L.LightningDataModule):
         return list(self.test_sources)
 
     def train_dataloader(self) -> DataLoader:
+        """The mixed training stream: `batches_per_epoch` `GroundingBatch`es per epoch and rank, with masks."""
         dataset = MixedTrainStream(
             self.train_sources["synthetic"],
             self.train_sources["real"],
@@ -250,9 +251,12 @@ class GroundingDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> list[EvalLoader]:
+        """One loader per validation split, in the order of `val_split_names` (Lightning's dataloader_idx indexes it);
+        its batches are `GroundingBatch`es without masks."""
         return [self._eval_loader(name, source) for name, source in self.val_sources.items()]
 
     def test_dataloader(self) -> list[EvalLoader]:
+        """One loader per test split, in the order of `test_split_names`, as `val_dataloader`."""
         return [self._eval_loader(name, source) for name, source in self.test_sources.items()]
 
     def _eval_loader(self, name: str, source: str | GeneratorSource) -> EvalLoader:
