@@ -38,7 +38,6 @@ def generate(cfg: DictConfig) -> None:
     """Generate image-text-box triplets into WebDataset shards (synground/conf/generate.yaml), then their report."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from synground.generation.report import dataset_report
     from synground.generation.writing import generate_shards
 
     generation = cfg.generation
@@ -60,16 +59,13 @@ def generate(cfg: DictConfig) -> None:
     if rank_zero_only.rank != 0:  # every rank runs this command under DDP; one reports
         return
     print(f"{sum(s['samples'] for s in manifest.shards)} samples in {len(manifest.shards)} shards: {manifest.path}")
-    if cfg.report:
-        dataset_report(cfg.output_dir, samples=cfg.report_samples or None)
-        print(f"dataset report: {cfg.output_dir}/report/report.md")
+    write_report(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIGS, config_name="convert")
 def convert(cfg: DictConfig) -> None:
     """Convert a real dataset from its own files into WebDataset shards (synground/conf/convert.yaml)."""
     from synground.data.convert import convert_records
-    from synground.generation.report import dataset_report
 
     issues: Counter[str] = Counter()
     reader = hydra.utils.instantiate(cfg.dataset.reader, _partial_=True)
@@ -86,6 +82,13 @@ def convert(cfg: DictConfig) -> None:
     print(f"{report['samples']} images with {report['regions']} phrases in {report['shards']} shards: {report['manifest']}")
     if report["skipped"]:
         print("skipped: " + ", ".join(f"{reason} {count}" for reason, count in report["skipped"].items()))
+    write_report(cfg)
+
+
+def write_report(cfg: DictConfig) -> None:
+    """The dataset report of the shard set generate or convert wrote, unless report=false."""
+    from synground.generation.report import dataset_report
+
     if cfg.report:
         dataset_report(cfg.output_dir, samples=cfg.report_samples or None)
         print(f"dataset report: {cfg.output_dir}/report/report.md")

@@ -24,7 +24,6 @@ from omegaconf import OmegaConf
 from synground import runs
 from synground.inference.export_format import ARCHITECTURES, FORMAT, SETTINGS_FILE, checksums
 from synground.inference.grounder import Grounder
-from synground.runs import run_config, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def export_model(checkpoint: str | Path, output_dir: str | Path, overwrite: bool
     architecture = next((name for name, kind in ARCHITECTURES.items() if isinstance(grounder.net, kind)), None)
     if architecture is None:
         raise TypeError(f"cannot export {type(grounder.net).__name__}: only {sorted(ARCHITECTURES)} models")
-    run_dir = run_dir_of(checkpoint)
+    run_dir = runs.run_dir_of(checkpoint)
     partial = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -76,7 +75,7 @@ def export_model(checkpoint: str | Path, output_dir: str | Path, overwrite: bool
 def check_replaceable(output_dir: Path, checkpoint: Path) -> None:
     """--overwrite replaces an earlier export, nothing else: not a folder holding the checkpoint or its training run
     (exporting into the run directory would delete the run), not a folder that is not an export."""
-    target, run_dir = output_dir.resolve(), run_dir_of(checkpoint).resolve()
+    target, run_dir = output_dir.resolve(), runs.run_dir_of(checkpoint).resolve()
     if target == run_dir or target in run_dir.parents or target in checkpoint.resolve().parents:
         raise FileExistsError(
             f"--overwrite would replace {output_dir}, which holds the checkpoint's training run {run_dir}: "
@@ -103,7 +102,7 @@ def train_command(run_dir: Path) -> str | None:
 def model_card(directory: Path, settings: dict[str, Any], run_dir: Path, command: str) -> str:
     """README.md of an export: how to load it, what it was trained on (with the shard sets' lineage), its metrics and
     the commands that made it."""
-    config = run_config(Path(settings["checkpoint"]))
+    config = runs.run_config(Path(settings["checkpoint"]))
     architecture = settings["architecture"]
     lines = [
         "---",

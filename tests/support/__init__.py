@@ -40,15 +40,11 @@ def run(script: str, *arguments: str, cwd: Path, env: dict | None = None, timeou
     )
 
 
-def succeeded(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    """`result`, after checking it exited 0; the failure shows the end of its stderr."""
+def run_ok(script: str, *arguments: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`run`, which must exit 0; a failure shows the end of its stderr."""
+    result = run(script, *arguments, cwd=cwd, env=env)
     assert result.returncode == 0, f"{result.args} exited {result.returncode}:\n{result.stderr[-3000:]}"
     return result
-
-
-def run_ok(script: str, *arguments: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`run`, which must succeed."""
-    return succeeded(run(script, *arguments, cwd=cwd, env=env))
 
 
 def generate_shapes(output: Path, style: str, count: int, samples_per_shard: int, *overrides: str) -> None:
