@@ -1,6 +1,7 @@
 # `make demo` / `make test` create .venv on first use and reuse it afterwards. They install the exact versions of
-# requirements.lock (pyproject.toml's dependencies and dev extra, with hashes; for CPython 3.11 on Linux x86_64), then
-# synground itself from the work tree, and reinstall when pyproject.toml or the lock changes.
+# requirements.lock (pyproject.toml's dependencies and its dev extra, which includes every other extra, with hashes;
+# for CPython 3.11 on Linux x86_64), then synground itself from the work tree, and reinstall when pyproject.toml or the
+# lock changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -24,14 +25,14 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $(STAMP)
 
 # The one command that updates the lock after a change to pyproject.toml: uv resolves pyproject's dependencies, its
-# dev extra and its build requirements (the project is installed without build isolation) from PyPI's metadata for
+# dev extra (with every extra it includes) and its build requirements (the project is installed without build isolation) from PyPI's metadata for
 # CPython 3.11 on Linux x86_64 (no wheel is downloaded), keeping every pin of the current lock that still fits.
 # `make lock LOCK_ARGS=--upgrade` moves every package to the newest version allowed, `LOCK_ARGS="--upgrade-package X"`
 # only X. Needs the network (PyPI); installs uv into .venv if it is missing.
 LOCK_ARGS ?=
 LOCK_HEADER := \
   "\# The exact versions, with their hashes, that make demo, make test and CI install (pip install --require-hashes):" \
-  "\# pyproject.toml's dependencies, its dev extra and its build backend, resolved for CPython 3.11 on Linux x86_64" \
+  "\# pyproject.toml's dependencies, its dev extra (which includes every other) and its build backend, for CPython 3.11" \
   "\# (manylinux_2_28). pyproject.toml keeps the ranges; after changing them run make lock, which rewrites this file" \
   "\# (make check-lock tells whether it is needed). Not edited by hand."
 lock:

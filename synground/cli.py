@@ -7,6 +7,10 @@ Their configs are the package's (synground/conf); `--help` lists a command's con
 
 from __future__ import annotations
 
+from synground.extras import require
+
+require("train", "the synground commands (synground-train, -eval, -generate, -convert, -ground, -app)")
+
 import shlex
 import sys
 from collections import Counter

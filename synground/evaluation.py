@@ -3,6 +3,10 @@ checkpoints, on every test split."""
 
 from __future__ import annotations
 
+from synground.extras import require
+
+require("train", "synground.evaluation")
+
 import logging
 from pathlib import Path
 

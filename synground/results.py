@@ -26,6 +26,10 @@ size on a learning curve. Writes `<output>/results.md`, `results.json` and
 
 from __future__ import annotations
 
+from synground.extras import require
+
+require("train", "synground.results (synground-results)")
+
 import argparse
 import glob
 import json

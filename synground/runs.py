@@ -10,6 +10,10 @@ The offline demo's runs live in <log_dir>/shapes/runs/<date>/.
 
 from __future__ import annotations
 
+from synground.extras import require
+
+require("models", "synground.runs (reading a run directory)")
+
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from synground.extras import require
+
+require("train", "synground.training")
+
 import hashlib
 import json
 import logging

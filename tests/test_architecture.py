@@ -68,7 +68,7 @@ def graph() -> dict[str, set[str]]:
 def test_the_rules_table_is_read():
     rules = layer_rules(RULES.read_text())
     assert {"synground.data", "synground.models", "synground.inference", "synground.shapes"} <= set(rules)
-    assert rules["synground.data"] == {"synground.files"}
+    assert rules["synground.data"] == {"synground.files", "synground.extras"}
     assert "synground.callbacks" not in rules["synground.inference"]
 
 

@@ -10,9 +10,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 
 import pytest
-import tomllib
 
 from support import ROOT
 

@@ -133,3 +133,11 @@ def test_the_command_line_names_the_requirement_and_the_fix(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "check_lock.py")], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 1
     assert "'numpy>=1.26'" in result.stderr and "numpy==1.25.2" in result.stderr and "make lock" in result.stderr
+
+
+def test_an_extra_that_includes_others_stands_for_their_requirements(tmp_path):
+    """dev = ["synground[s3]", ...] asks the lock for s3fs too, and for nothing called synground."""
+    pyproject = PYPROJECT.replace('dev = ["pytest>=8"', 'dev = ["synground[s3]", "pytest>=8"')
+    found = problems(tmp_path, lock_text(PINS), pyproject)
+    assert len(found) == 1 and "[project.optional-dependencies] s3: 's3fs>=2024.2' is not in requirements.lock" in found[0]
+    assert problems(tmp_path, lock_text({**PINS, "s3fs": "2026.9.0"}), pyproject) == []

@@ -5,7 +5,6 @@ needs a trained run (the trained_runs fixture) carries the slow marker, itself o
 from __future__ import annotations
 
 import ast
-
 import tomllib
 
 from support import ROOT

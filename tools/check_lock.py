@@ -2,11 +2,12 @@
 
 pyproject.toml keeps version ranges (for projects that use synground as a library); requirements.lock pins the exact
 version and the hashes of every package `make demo`, `make test` and CI install. This check reads no network and
-installs nothing: each requirement of `[project] dependencies`, of the `dev` extra and of `[build-system] requires`
-(the Makefile installs the project without build isolation) must be pinned in the lock at a version inside its range,
-for the platform the lock is resolved for (CPython 3.11 on Linux x86_64; a requirement whose marker excludes that
-platform is skipped). Every lock entry must be an exact `==` pin with at least one hash, and the lock must not pin
-synground itself. That the pinned packages fit one another is `pip check`'s part, after the install.
+installs nothing: each requirement of `[project] dependencies`, of the `dev` extra (and of the extras it includes,
+which is all of them) and of `[build-system] requires` (the Makefile installs the project without build isolation)
+must be pinned in the lock at a version inside its range, for the platform the lock is resolved for (CPython 3.11 on
+Linux x86_64; a requirement whose marker excludes that platform is skipped). Every lock entry must be an exact `==`
+pin with at least one hash, and the lock must not pin synground itself. That the pinned packages fit one another is
+`pip check`'s part, after the install.
 
     python tools/check_lock.py [--pyproject pyproject.toml] [--lock requirements.lock]
 
@@ -70,20 +71,30 @@ def applies(marker: Marker | None, extra: str = "") -> bool:
 
 
 def project_requirements(pyproject: dict, extras: tuple[str, ...] = EXTRAS) -> list[tuple[str, Requirement]]:
-    """(where it is written, requirement) for the requirements the lock must satisfy on its target platform."""
+    """(where it is written, requirement) for the requirements the lock must satisfy on its target platform. An extra
+    that includes others (`synground[all]`) stands for their requirements."""
     project = pyproject["project"]
-    sources = [("[project] dependencies", "", project.get("dependencies", []))]
+    own_name = canonicalize_name(project["name"])
     optional = project.get("optional-dependencies", {})
-    for extra in extras:
+    sources = [("[project] dependencies", "", project.get("dependencies", []))]
+    pending, seen = list(extras), set()
+    while pending:
+        extra = pending.pop(0)
+        if extra in seen:
+            continue
+        seen.add(extra)
         if extra not in optional:
             raise SystemExit(f"pyproject.toml has no extra {extra!r} (optional-dependencies: {', '.join(optional) or 'none'})")
         sources.append((f"[project.optional-dependencies] {extra}", extra, optional[extra]))
+        pending += [
+            name for line in optional[extra] if canonicalize_name((r := Requirement(line)).name) == own_name for name in r.extras
+        ]
     sources.append(("[build-system] requires", "", pyproject.get("build-system", {}).get("requires", [])))
     requirements = []
     for where, extra, lines in sources:
         for line in lines:
             requirement = Requirement(line)
-            if applies(requirement.marker, extra):
+            if applies(requirement.marker, extra) and canonicalize_name(requirement.name) != own_name:
                 requirements.append((where, requirement))
     return requirements
 

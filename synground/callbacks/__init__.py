@@ -1,3 +1,7 @@
+from synground.extras import require
+
+require("train", "synground.callbacks")
+
 from synground.callbacks.data_issues import DataIssueCounts
 from synground.callbacks.gallery import GradCamGallery
 from synground.callbacks.map_metrics import GroundingMetrics, GroundingMetricsCallback

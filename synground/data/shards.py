@@ -14,6 +14,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any, BinaryIO, TypeVar
 
 import webdataset as wds
@@ -27,6 +28,7 @@ from synground.data.schema import (
     sample_metadata,
     validate_key,
 )
+from synground.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,22 @@ MANIFEST_NAME = "manifest.json"
 T = TypeVar("T")
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "http://", "https://")
+STORE_EXTRAS = {"s3://": "s3", "gs://": "gcs", "gcs://": "gcs"}  # the extra that installs each object store's fsspec package
 
 
 def is_remote(spec: str) -> bool:
     return str(spec).startswith(REMOTE_SCHEMES)
+
+
+def object_store(url: str) -> ModuleType:
+    """fsspec, once the package that reads `url`'s object store is known to be installed: s3fs for s3:// (extra s3),
+    gcsfs for gs:// (extra gcs); http(s):// needs nothing more. A missing one is named with its extra."""
+    for scheme, extra in STORE_EXTRAS.items():
+        if url.startswith(scheme):
+            require(extra, f"the shard location {url}")
+    import fsspec  # imported here: reading local shards, as every data worker does, never loads it
+
+    return fsspec
 
 
 def open_shard(url: str) -> BinaryIO:
@@ -46,9 +60,7 @@ def open_shard(url: str) -> BinaryIO:
     if url.startswith("pipe:"):
         return wds.gopen(url, "rb")
     if is_remote(url):
-        import fsspec
-
-        return fsspec.open(url, "rb").open()
+        return object_store(url).open(url, "rb").open()
     return open(url, "rb")
 
 
@@ -139,9 +151,7 @@ class ShardStore:
                 "only; write to a local directory, s3://bucket/prefix or gs://bucket/prefix"
             )
         if self.remote:
-            import fsspec
-
-            self.fs, self.root = fsspec.core.url_to_fs(self.location)
+            self.fs, self.root = object_store(self.location).core.url_to_fs(self.location)
         elif Path(self.location).is_file():
             raise NotADirectoryError(
                 f"{self.location} is a file, not a directory: a shard set is a directory of shards and its manifest; "
@@ -351,8 +361,7 @@ def listed_shards(spec: str | os.PathLike, allow_partial: bool = False) -> dict[
 
 
 def _remote_shards(spec: str, allow_partial: bool) -> dict[str, dict[str, Any]]:
-    import fsspec
-
+    fsspec = object_store(spec)
     manifest_url = manifest_of(spec)
     if manifest_url is None:  # named .tar objects, brace patterns, globs
         fs, _ = fsspec.core.url_to_fs(spec)
@@ -502,9 +511,7 @@ def shard_difference(url: str, entry: Mapping[str, Any], checksum: bool = True) 
     reads the whole shard) another sha256. Entries written before sizes were listed have their size unchecked."""
     try:
         if is_remote(url):
-            import fsspec
-
-            fs, path = fsspec.core.url_to_fs(url)
+            fs, path = object_store(url).core.url_to_fs(url)
             size = fs.size(path)
         else:
             size = os.path.getsize(url)

@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig
 from PIL import Image
 
+from synground.extras import require
 from synground.inference.grounder import (
     MAX_IMAGE_PIXELS,
     Grounder,
@@ -36,10 +37,9 @@ from synground.inference.overlays import render_overlay
 from synground.runs import demo_checkpoint
 from synground.shapes.world import ShapesGenerator
 
-try:
-    import gradio as gr
-except ImportError as error:
-    raise ImportError("the web demo needs gradio: pip install 'synground[app]' (make demo and make test install it)") from error
+require("app", "the web demo (synground-app)")
+
+import gradio as gr
 
 log = logging.getLogger(__name__)
 

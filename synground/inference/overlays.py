@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from synground.extras import require
+
+require("train", "synground.inference.overlays (matplotlib pictures)")
+
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw

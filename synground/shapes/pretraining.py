@@ -26,6 +26,10 @@ metadata, the architecture it fits and how it was made, with linear probes of wh
 
 from __future__ import annotations
 
+from synground.extras import require
+
+require("train", "synground.shapes.pretraining (synground-pretrain-encoder)")
+
 import argparse
 import logging
 import math
