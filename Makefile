@@ -88,6 +88,7 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/generation_pipeline.py
 	$(PY) benchmarks/full_size_cost.py
 	$(PY) benchmarks/remote_throughput.py
+	$(PY) benchmarks/consumer_install.py
 	$(PY) benchmarks/findings.py
 
 # the offline mixing study, run to docs/mixing_study_plan.md: three encoder conditions (sketch-world pretrained,
