@@ -5,6 +5,9 @@
     <run>/metrics.json            every final metric, written when the run ends
     <run>/failed.json             {"error": ...} instead, when the run crashed
 
+Each checkpoint also carries what loading its model needs of the run config (CHECKPOINT_CONFIG: `model` and the input
+settings of `data`, resolved), so a checkpoint copied out of its run still loads (Grounder.load).
+
 The offline demo's runs live in <log_dir>/shapes/runs/<date>/.
 """
 
@@ -23,6 +26,8 @@ OVERRIDES = Path(".hydra") / "overrides.yaml"
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.json"
 FAILURE = "failed.json"
+CHECKPOINT_CONFIG = "synground_config"  # the checkpoint key of checkpoint_config(cfg)
+INPUT_SETTINGS = ("image_size", "mean", "std")
 
 
 def config_path(run: Path) -> Path:
@@ -45,6 +50,20 @@ def failure_path(run: Path) -> Path:
     return Path(run) / FAILURE
 
 
+def checkpoint_config(cfg: DictConfig) -> dict:
+    """What building and feeding a run's model needs of its config, resolved into plain values (so that
+    `torch.load(weights_only=True)` reads it back): {"model": cfg.model, "data": the input settings present}."""
+    data = cfg.get("data") or {}
+    return {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "data": {
+            key: OmegaConf.to_container(data[key], resolve=True) if OmegaConf.is_config(data[key]) else data[key]
+            for key in INPUT_SETTINGS
+            if key in data
+        },
+    }
+
+
 def run_config(checkpoint: Path) -> DictConfig:
     """The config of the train.py run that wrote `checkpoint` (<run>/checkpoints/x.ckpt -> <run>/.hydra/config.yaml)."""
     return OmegaConf.load(run_config_path(checkpoint))
@@ -57,7 +76,8 @@ def run_config_path(checkpoint: Path) -> Path:
             return config_path(run_dir)
     raise FileNotFoundError(
         f"no run config found for {checkpoint}: train.py keeps it in <run dir>/.hydra/config.yaml beside the checkpoints "
-        "folder; pass config=<that file> (or the run's experiment as model=... / data.image_size=...)"
+        "folder (newer checkpoints also carry it themselves); pass config=<that file> (or the run's experiment as "
+        "model=... / data.image_size=...)"
     )
 
 

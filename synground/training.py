@@ -94,6 +94,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     selection = getattr(datamodule, "val_split_of", {})
     requeue = next((index for index, callback in enumerate(callbacks) if isinstance(callback, Requeue)), len(callbacks))
     callbacks[requeue:requeue] = selection_checkpoints(selection, checkpoint_dir(cfg))  # Requeue comes after checkpoints
+    callbacks.append(ConfigInCheckpoints(cfg))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg.trainer)
     )
@@ -120,6 +121,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
     return runs.checkpoints_dir(Path(cfg.paths.output_dir))
+
+
+class ConfigInCheckpoints(L.Callback):
+    """Puts what loading the model needs of the run config (runs.checkpoint_config) into every checkpoint, so that a
+    checkpoint copied out of its run directory still loads with Grounder.load."""
+
+    def __init__(self, cfg: DictConfig):
+        self.config = runs.checkpoint_config(cfg)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[runs.CHECKPOINT_CONFIG] = self.config
 
 
 def selection_checkpoints(selection: dict[str, str], dirpath: Path) -> list[ModelCheckpoint]:

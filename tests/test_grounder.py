@@ -1,6 +1,7 @@
 """Grounder (synground.inference.grounder) and ground.py: any image and phrase, with the maps the pointing game scored."""
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -12,11 +13,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from support import run, run_ok
+from support.checkpoints import tiny_checkpoint
 from synground import Grounder
 from synground.data.streams import _split_samples
 from synground.data.transforms import clean_regions
 from synground.inference.grounder import box_from_heatmap
-from synground.runs import run_config
+from synground.runs import CHECKPOINT_CONFIG, run_config
 from synground.shapes import ShapesGenerator
 
 
@@ -97,8 +99,9 @@ def test_bad_inputs_are_named(trained_runs, tmp_path):
     lonely.write_bytes(trained_runs["blip"][1].read_bytes())
     with pytest.raises(FileNotFoundError, match=r"no run config found for .*lonely.ckpt"):
         run_config(lonely)
-    # with the run's config given explicitly, a checkpoint moved out of its run still loads
+    # a checkpoint moved out of its run still loads: with the config it carries, or with the run's given explicitly
     config = trained_runs["blip"][0] / ".hydra" / "config.yaml"
+    assert Grounder.load(lonely)(image, "the dog")[0].point == grounder(image, "the dog")[0].point
     assert Grounder.from_checkpoint(lonely, config=config)(image, "the dog")[0].point == grounder(image, "the dog")[0].point
 
 
@@ -158,6 +161,22 @@ def test_ground_py_names_a_phrase_line_for_an_image_it_was_not_given(trained_run
     )
     assert result.returncode != 0
     assert "phrases.txt:1: no image named 'b.png'" in result.stderr
+
+
+def test_a_checkpoint_carries_its_model_config_and_loads_out_of_its_run(tmp_path):
+    """train.py's checkpoints carry the model and input settings (ConfigInCheckpoints), which torch.load reads with
+    weights_only=True: copied out of its run alone, one grounds as it does in its run."""
+    checkpoint = tiny_checkpoint(tmp_path / "run", seed=0, carry_config=True)
+    lonely = tmp_path / "elsewhere" / "model.ckpt"
+    lonely.parent.mkdir()
+    shutil.copy(checkpoint, lonely)
+    carried = torch.load(lonely, map_location="cpu", weights_only=True)[CHECKPOINT_CONFIG]
+    assert carried["data"]["image_size"] == 64 and carried["model"]["net"]["vision_width"] == 32
+    assert carried["model"]["net"]["image_size"] == 64  # resolved: ${data.image_size} in the run config
+    sample = ShapesGenerator(image_size=64).scene("scene", 3)
+    phrases = [region.phrase for region in sample.regions]
+    in_run = Grounder.from_checkpoint(checkpoint, config=tmp_path / "run" / ".hydra" / "config.yaml")
+    assert [g.point for g in Grounder.load(lonely)(sample.image, phrases)] == [g.point for g in in_run(sample.image, phrases)]
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from synground.models.base import GroundingModel
 from synground.models.builders import build_net
 from synground.models.checkpoints import CheckpointError, check_state_dict
 from synground.models.map_metrics import normalise_heatmap, predicted_points
-from synground.runs import run_config_path, run_dir_of
+from synground.runs import CHECKPOINT_CONFIG, run_config_path, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +215,10 @@ class Grounder:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: str | Path | DictConfig | None = None, **kwargs: Any) -> Grounder:
-        """The model of a train.py checkpoint, built from the config it was trained with: by default the run's
-        `.hydra/config.yaml` beside the checkpoints folder. Full-size models are built from their pretrained weights
-        first (the hub id or file the config names), then take the checkpoint's; an export needs neither."""
+        """The model of a train.py checkpoint, built from the config it was trained with: by default the one the
+        checkpoint carries (runs.CHECKPOINT_CONFIG), for older checkpoints the run's `.hydra/config.yaml` beside the
+        checkpoints folder. Full-size models are built from their pretrained weights first (the hub id or file the
+        config names), then take the checkpoint's; an export needs neither."""
         path = Path(path).expanduser()
         if path.is_dir():
             raise IsADirectoryError(
@@ -238,6 +239,8 @@ class Grounder:
             )
         if isinstance(config, DictConfig):
             cfg, where = config, "the given config"
+        elif config is None and isinstance(checkpoint.get(CHECKPOINT_CONFIG), dict):  # the run's own, saved with it
+            cfg, where = OmegaConf.create(checkpoint[CHECKPOINT_CONFIG]), f"the config saved in {path}"
         else:
             where = str(run_config_path(path) if config is None else Path(config).expanduser())
             cfg = OmegaConf.load(where)
