@@ -1,4 +1,5 @@
-"""Losses: attention-mask consistency (AMC) on Grad-CAM maps, ITM with hard negatives, ITC."""
+"""Losses: attention-mask consistency (AMC) and self-consistent explanations (SelfEQ) on Grad-CAM maps, ITM with hard
+negatives, ITC."""
 
 from __future__ import annotations
 
@@ -27,6 +28,37 @@ def amc_loss(
     max_outside = (maps * outside).flatten(1).max(dim=1).values
     loss_max = F.relu(max_outside - max_inside + max_margin).mean()
     return mean_weight * loss_mean + max_weight * loss_max
+
+
+def selfeq_loss(
+    maps: torch.Tensor, paraphrase_maps: torch.Tensor, tau: float = 0.8, consistency_weight: float = 0.5
+) -> dict[str, torch.Tensor]:
+    """Self-consistent explanations (He et al., CVPR 2024) on the normalised maps G of phrases and G' of their
+    paraphrases on the same images, both [B, h, w] (AMC's training maps at the Grad-CAM grid, 16 x 16 for ALBEF).
+
+    L_sim = SmoothL1(G', G) (beta 1, the mean over every element); with M = 1[G + G' >= tau],
+    L_cst = std(G'M) + std(GM) + relu(tau/2 - sum(G'M)/sum(M)) + relu(tau/2 - sum(GM)/sum(M)), each term pooled over
+    the whole batch and std the unbiased one over every element, zeros outside M included, as the released code
+    (uvavision/SelfEQ) computes them. When M is empty (G + G' < tau everywhere, as with all-zero maps) the reference
+    divides by zero and gives NaN; here the two mean terms are then 0, so the loss stays finite (M carries no gradient
+    either way). Returns {"sim", "cst", "total": L_sim + consistency_weight * L_cst}.
+    """
+    if maps.shape != paraphrase_maps.shape or maps.ndim != 3:
+        raise ValueError(
+            f"selfeq_loss needs two [B, h, w] maps of one shape, got {tuple(maps.shape)} and {tuple(paraphrase_maps.shape)}"
+        )
+    similarity = F.smooth_l1_loss(paraphrase_maps, maps)
+    region = (maps + paraphrase_maps >= tau).to(maps.dtype)
+    inside, paraphrase_inside = maps * region, paraphrase_maps * region
+    count = region.sum()
+    spread = paraphrase_inside.std() + inside.std()
+    if count > 0:
+        threshold = torch.as_tensor(tau / 2, dtype=maps.dtype, device=maps.device)
+        concentration = F.relu(threshold - paraphrase_inside.sum() / count) + F.relu(threshold - inside.sum() / count)
+    else:
+        concentration = maps.new_zeros(())
+    consistency = spread + concentration
+    return {"sim": similarity, "cst": consistency, "total": similarity + consistency_weight * consistency}
 
 
 def sample_hard_negatives(
