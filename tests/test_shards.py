@@ -26,6 +26,30 @@ def test_round_trip_keeps_keys_text_boxes_and_image(tmp_path):
         assert loaded.provenance == original.provenance and loaded.source == original.source
 
 
+def test_paraphrases_round_trip_and_records_without_one_stay_as_they_were(tmp_path):
+    """SelfEQ's paraphrases are a region field of the record; a region without one writes no key, so shards written
+    before the field (and their checksums) are unchanged, and read back with paraphrase None."""
+    plain, paired = shapes(2)
+    paired.regions[0].paraphrase = "the red disc"
+    write_shard(tmp_path / "a.tar", [plain, paired])
+    with tarfile.open(tmp_path / "a.tar") as archive:
+        records = {name: json.loads(archive.extractfile(name).read()) for name in archive.getnames() if name.endswith(".json")}
+    assert not any("paraphrase" in region for record in records.values() for region in record["regions"][1:])
+    assert not any("paraphrase" in region for region in records[f"{plain.key}.json"]["regions"])
+    assert records[f"{paired.key}.json"]["regions"][0]["paraphrase"] == "the red disc"
+    read = {sample.key: sample for sample in iterate_shard(str(tmp_path / "a.tar"), Counter())}
+    assert [r.paraphrase for r in read[paired.key].regions] == ["the red disc"] + [None] * (len(paired.regions) - 1)
+    assert all(r.paraphrase is None for r in read[plain.key].regions)
+
+
+def test_a_paraphrase_that_is_not_text_names_the_sample(tmp_path):
+    from synground.data.schema import sample_from_metadata
+
+    record = {"caption": "", "regions": [{"phrase": "a cup", "boxes": [[0, 0, 2, 2]], "paraphrase": ["a mug"]}]}
+    with pytest.raises(ValueError, match=r"sample 'k': malformed JSON record .*paraphrase of 'a cup' is \['a mug'\], not text"):
+        sample_from_metadata("k", shapes(1)[0].image, json.dumps(record).encode())
+
+
 def test_keys_with_a_dot_are_rejected_before_anything_is_written(tmp_path):
     sample = shapes(1)[0]
     sample.key = "bad.key"

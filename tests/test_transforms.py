@@ -28,6 +28,22 @@ def test_flip_mirrors_the_image_and_boxes_and_swaps_the_text():
     assert item["original_size"].tolist() == [50, 100]
 
 
+def test_a_paraphrase_travels_with_its_phrase_into_the_batch_flipped_alike():
+    from synground.data.transforms import collate
+
+    image = Image.new("RGB", (40, 40))
+    transform = GroundingTransform(image_size=40, mask_size=8, flip_prob=1.0)
+    paired = transform(
+        image, Region("the cup on the left", [[0.0, 0.0, 9.0, 9.0]], paraphrase="the mug on the left"), "a", random.Random(0)
+    )
+    alone = transform(image, Region("a plate", [[0.0, 0.0, 9.0, 9.0]]), "b", random.Random(0))
+    assert paired["paraphrase"] == "the mug on the right" and "paraphrase" not in alone
+    assert collate([paired, alone])["paraphrases"] == ["the mug on the right", None]
+    assert "paraphrases" not in collate([alone, alone])  # batches of data without paraphrases are as they were
+    sample = GroundingSample("s", image, "", [Region("a cup", [[0.0, 0.0, 50.0, 9.0]], paraphrase="a mug")], "test")
+    assert clean_regions(sample, Counter())[0].paraphrase == "a mug"  # kept when its box is clipped
+
+
 def test_boxes_partly_outside_are_clipped_degenerate_ones_dropped_and_counted():
     sample = GroundingSample(
         "k",

@@ -21,6 +21,7 @@ class Region:
     phrase: str
     boxes: list[Box]
     score: float | None = None
+    paraphrase: str | None = None  # the phrase with its object noun replaced by a synonym (SelfEQ's training pairs)
 
 
 @dataclass
@@ -98,7 +99,7 @@ def sample_metadata(sample: GroundingSample) -> dict[str, Any]:
                 )
     return {
         "caption": sample.caption,
-        "regions": [{"phrase": r.phrase, "boxes": r.boxes, "score": r.score} for r in sample.regions],
+        "regions": [region_record(region) for region in sample.regions],
         "width": sample.image.width,
         "height": sample.image.height,
         "source": sample.source,
@@ -106,11 +107,27 @@ def sample_metadata(sample: GroundingSample) -> dict[str, Any]:
     }
 
 
+def region_record(region: Region) -> dict[str, Any]:
+    """A region as the JSON record stores it; "paraphrase" only where there is one, so records without stay as they were."""
+    record = {"phrase": region.phrase, "boxes": region.boxes, "score": region.score}
+    if region.paraphrase is not None:
+        record["paraphrase"] = region.paraphrase
+    return record
+
+
+def region_from_record(record: dict[str, Any]) -> Region:
+    paraphrase = record.get("paraphrase")
+    if paraphrase is not None and not isinstance(paraphrase, str):
+        raise TypeError(f"the paraphrase of {record.get('phrase')!r} is {paraphrase!r}, not text")
+    boxes = [list(map(float, box)) for box in record["boxes"]]
+    return Region(str(record["phrase"]), boxes, record.get("score"), paraphrase or None)
+
+
 def sample_from_metadata(key: str, image: Image.Image, raw_json: bytes) -> GroundingSample:
     """Inverse of `sample_metadata`; raises ValueError naming the key when the record is malformed."""
     try:
         record = json.loads(raw_json)
-        regions = [Region(str(r["phrase"]), [list(map(float, b)) for b in r["boxes"]], r.get("score")) for r in record["regions"]]
+        regions = [region_from_record(region) for region in record["regions"]]
         for index, region in enumerate(regions):  # a box of another length is the reader's to count (box_malformed)
             for box in region.boxes:
                 if not all(math.isfinite(value) for value in box):

@@ -53,7 +53,7 @@ def clean_regions(sample: GroundingSample, issues: Counter[str], min_box_size: f
                 continue
             boxes.append(clipped)
         if boxes and region.phrase.strip():
-            regions.append(Region(region.phrase, boxes, region.score))
+            regions.append(Region(region.phrase, boxes, region.score, region.paraphrase))
         else:
             count_skip(issues, "region_dropped", sample.key, index)
     return regions
@@ -106,11 +106,11 @@ class GroundingTransform:
         width, height = original_size
         size, scale_x, scale_y = self.image_size, self.image_size / width, self.image_size / height
         boxes = [[x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y] for x0, y0, x1, y1 in region.boxes]
-        text = region.phrase
+        text, paraphrase = region.phrase, region.paraphrase
         if rng is not None and rng.random() < self.flip_prob:
             pixels = pixels.flip(1)  # the width axis of [H, W, 3]
             boxes = [[size - x1, y0, size - x0, y1] for x0, y0, x1, y1 in boxes]
-            text = swap_left_right(text)
+            text, paraphrase = swap_left_right(text), paraphrase and swap_left_right(paraphrase)
         item = {
             "image": pixels,
             "text": text,
@@ -121,6 +121,8 @@ class GroundingTransform:
         }
         if with_mask:
             item["mask"] = boxes_to_mask(boxes, self.image_size, self.mask_size)
+        if paraphrase:
+            item["paraphrase"] = paraphrase
         return item
 
 
@@ -141,6 +143,7 @@ class GroundingBatch(TypedDict, total=False):
     images: torch.Tensor  # [U, 3, S, S] uint8, not normalised (normalize_images does it on the device)
     image_index: torch.Tensor  # [B] int64: each item's row of `images`
     texts: list[str]  # the B phrases ("left" and "right" swapped where a training image was flipped)
+    paraphrases: list[str | None]  # each phrase's paraphrase (SelfEQ), None where it has none: only when one has
     boxes: list[torch.Tensor]  # B tensors [n_i, 4]: each item's boxes in the S x S input (after a training flip)
     original_sizes: torch.Tensor  # [B, 2] int64: (height, width) of the stored image
     original_boxes: list[torch.Tensor]  # B tensors [n_i, 4]: each item's boxes in the stored image's pixels
@@ -188,6 +191,8 @@ def collate(items: list[dict[str, Any]]) -> GroundingBatch:
     }
     if all("candidate_boxes" in item for item in items):  # evaluation splits with proposals (data.proposals)
         batch["candidate_boxes"] = [item["candidate_boxes"] for item in items]
+    if any("paraphrase" in item for item in items):  # SelfEQ's pairs: None for the items without one
+        batch["paraphrases"] = [item.get("paraphrase") for item in items]
     if all("mask" in item for item in items):  # training batches; evaluation items carry none
         batch["masks"] = torch.stack([item["mask"] for item in items])
     if issues:  # evaluation items: what was skipped before each

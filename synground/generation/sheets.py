@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from synground.data.schema import GroundingSample, Region, sample_from_metadata
+from synground.data.schema import GroundingSample, Region, region_from_record, sample_from_metadata
 from synground.data.shards import open_shard
 from synground.generation.writing import REJECTED_DIR
 
@@ -149,7 +149,7 @@ def _rejected_panel(url: str) -> Panel:
         with open_shard(f"{url.rpartition('/')[0]}/{record['image']}") as file:
             image = Image.open(file)
             image.load()
-    regions = [Region(r["phrase"], r["boxes"], r["score"]) for r in record["regions"]]
+    regions = [region_from_record(r) for r in record["regions"]]
     score, threshold = record["score"], record["threshold"]
     notes = [] if score is None else [f"score {score:.4g}" + ("" if threshold is None else f", threshold {threshold:.4g}")]
     if record["caption"]:

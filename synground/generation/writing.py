@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator, validate_key
+from synground.data.schema import GenerationRequest, GroundingSample, TripletGenerator, region_record, validate_key
 from synground.data.shards import Manifest, ShardStore, kept_shards, write_shard
 from synground.generation.filters import NearDuplicates
 from synground.generation.runtime import Rejected, StageClock, to_pil
@@ -295,7 +295,7 @@ def write_rejected(store: ShardStore, reason: str, candidate: Rejected) -> None:
         "key": key,
         "reason": reason,
         "caption": candidate.caption,
-        "regions": [{"phrase": r.phrase, "boxes": r.boxes, "score": r.score} for r in candidate.regions],
+        "regions": [region_record(r) for r in candidate.regions],
         "score": candidate.score,
         "threshold": candidate.threshold,
         "image": None if image is None else f"{key}.jpg",
