@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 
 from synground.data import GenerationRequest, TripletGenerator
 from synground.shapes import ShapesGenerator
-from synground.shapes.world import COLOURS
+from synground.shapes.world import COLOURS, SHAPES
 
 
 def scenes(style, n=40, size=96):
@@ -77,3 +78,21 @@ def test_the_shared_colour_phrases_are_those_a_colour_alone_cannot_ground():
         assert subset.regions == expected
         kept, total = kept + len(expected), total + len(everything.regions)
     assert 0.1 < kept / total < 0.6  # both kinds of phrase are common
+
+
+@pytest.mark.parametrize("words, changed", [("shape", {"shape"}), ("colour", {"colour"}), ("both", {"shape", "colour"})])
+def test_paraphrases_replace_the_chosen_words_by_synonyms_and_leave_the_scene_as_it_was(words, changed):
+    from synground.shapes.world import SYNONYMS
+
+    for seed in range(20):
+        plain, paired = ShapesGenerator().scene("k", seed), ShapesGenerator(paraphrases=words).scene("k", seed)
+        assert np.array_equal(np.asarray(plain.image), np.asarray(paired.image))
+        assert [r.phrase for r in plain.regions] == [r.phrase for r in paired.regions]
+        for region in paired.regions:
+            before, after = region.phrase.split(), region.paraphrase.split()
+            swaps = [(a, b) for a, b in zip(before, after) if a != b]
+            assert len(before) == len(after) and len(swaps) == len(changed)
+            assert all(b in SYNONYMS[a] for a, b in swaps)
+            assert {"shape" if a in SHAPES else "colour" for a, _ in swaps} == changed
+    with pytest.raises(ValueError, match=r"unknown shapes paraphrases 'noun'; choose one of \('shape', 'colour', 'both'\)"):
+        ShapesGenerator(paraphrases="noun")

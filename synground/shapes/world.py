@@ -31,6 +31,21 @@ STYLES = ("clean", "textured")
 # which phrases a scene keeps: all, or only those whose colour a shape of another kind in the scene shares (where a
 # model that grounds the colour word alone is right at most half the time; a scene may then keep none)
 PHRASES = ("all", "shared_colour")
+# SelfEQ's paraphrases replace a phrase's object noun by a synonym (an LLM does it for real data); here the shape word,
+# the colour word or both, from these lists. A model's vocabulary must hold them (experiment=shapes_selfeq lists them).
+SYNONYMS = {
+    "circle": ("disc", "dot"),
+    "square": ("block", "tile"),
+    "triangle": ("wedge", "delta"),
+    "diamond": ("rhombus", "lozenge"),
+    "red": ("scarlet", "crimson"),
+    "green": ("emerald", "lime"),
+    "blue": ("azure", "cobalt"),
+    "yellow": ("golden", "lemon"),
+    "purple": ("violet", "plum"),
+    "orange": ("amber", "tangerine"),
+}
+PARAPHRASES = ("shape", "colour", "both")  # which words a paraphrase replaces
 VERSION = 1  # bump when rendering changes, so provenance tells old scenes from new
 
 
@@ -45,6 +60,7 @@ class ShapesGenerator:
         max_shapes: int = 5,
         colours: Sequence[str] = tuple(COLOURS),
         phrases: str = "all",
+        paraphrases: str | None = None,
     ):
         if style not in STYLES:
             raise ValueError(f"unknown shapes style {style!r}; choose one of {STYLES}")
@@ -55,6 +71,9 @@ class ShapesGenerator:
             raise ValueError(f"unknown shape colours {sorted(unknown)}; choose from {list(COLOURS)}")
         if phrases not in PHRASES:
             raise ValueError(f"unknown shapes phrases {phrases!r}; choose one of {PHRASES}")
+        if paraphrases is not None and paraphrases not in PARAPHRASES:
+            raise ValueError(f"unknown shapes paraphrases {paraphrases!r}; choose one of {PARAPHRASES}, or None for none")
+        self.paraphrases = paraphrases
         self.phrases = phrases
         self.style = style
         self.colours = list(colours)
@@ -75,6 +94,10 @@ class ShapesGenerator:
             image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 0.9))))
         phrases = _describe(shapes)
         regions = [Region(phrase, [list(shape["box"])], None) for phrase, shape in zip(phrases, shapes)]
+        if self.paraphrases:  # from a stream of its own, so a scene is the same with paraphrases or without
+            words = np.random.default_rng([seed, 1])
+            for region, shape in zip(regions, shapes):
+                region.paraphrase = _paraphrase(region.phrase, shape, self.paraphrases, words)
         caption = "A picture of " + _join([_indefinite(p) for p in phrases]) + "."
         if self.phrases == "shared_colour":
             regions = [region for region, shape in zip(regions, shapes) if _colour_shared(shape, shapes)]
@@ -87,6 +110,8 @@ class ShapesGenerator:
         }
         if self.phrases != "all":
             provenance["phrases"] = self.phrases
+        if self.paraphrases:
+            provenance["paraphrases"] = self.paraphrases
         return GroundingSample(key, image, caption, regions, f"shapes-{self.style}", provenance)
 
     def _layout(self, rng: np.random.Generator) -> list[dict]:
@@ -240,6 +265,16 @@ def _describe(shapes: list[dict]) -> list[str]:
         else:
             phrases.append(f"the {shape['size']} {shape['colour']} {shape['shape']}")
     return phrases
+
+
+def _paraphrase(phrase: str, shape: dict, words: str, rng: np.random.Generator) -> str:
+    """`phrase` with its shape word, colour word or both replaced by one of their SYNONYMS."""
+    replaced = phrase.split()
+    for kind in ("shape", "colour"):
+        if words in (kind, "both"):
+            word = shape[kind]
+            replaced[replaced.index(word)] = str(rng.choice(SYNONYMS[word]))
+    return " ".join(replaced)
 
 
 def _colour_shared(shape: dict, shapes: list[dict]) -> bool:
