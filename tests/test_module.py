@@ -96,3 +96,72 @@ def test_uint8_images_straight_from_a_dataloader_are_refused_with_what_to_do(tin
     data["images"] = torch.zeros(4, 3, 64, 64, dtype=torch.uint8)
     with pytest.raises(TypeError, match="on_after_batch_transfer"):
         GroundingModule(tiny_blip).evaluation_maps(data)
+
+
+PARAPHRASES = ["the red circle on the left", None, "the red square", "the square on the right"]
+
+
+def paired_batch():
+    return {**batch(), "paraphrases": list(PARAPHRASES)}
+
+
+def recording(module: GroundingModule) -> dict:
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    module.log_dict = lambda values, **kwargs: logged.update(values)
+    return logged
+
+
+def test_selfeq_trains_the_usual_losses_on_the_paraphrases_and_compares_each_with_its_phrase(tiny_model):
+    """Items with a paraphrase take ITM on it; L_selfeq compares the phrase's and the paraphrase's training maps on
+    the same image, at the Grad-CAM grid, as maps computed here one by one give them."""
+    from synground.models.gradcam import normalise_cam
+    from synground.models.losses import selfeq_loss
+
+    module = GroundingModule(tiny_model, amc_weight=0.0, selfeq_weight=1.0, hard_negatives=False).eval()  # dropout off
+    logged = recording(module)
+    data = paired_batch()
+    loss = module.training_step(data, 0)
+    loss.backward()
+    torch.testing.assert_close(loss, logged["train/itm"] + logged["train/selfeq"])
+    assert "train/amc" not in logged and logged["train/selfeq_pairs"] == 3 and logged["train/selfeq_batches_without_pairs"] == 0
+    rows = [0, 2, 3]
+    embeds = tiny_model.encode_images(data["images"])[rows]
+    maps = {}
+    for name, texts in (("phrases", [data["texts"][i] for i in rows]), ("paraphrases", [PARAPHRASES[i] for i in rows])):
+        cam = tiny_model.gradcam(embeds, tiny_model.encode_texts(tiny_model.tokenize(texts)), create_graph=False)
+        maps[name] = normalise_cam(cam.maps, cam.maps.shape[-1])
+    expected = selfeq_loss(maps["phrases"], maps["paraphrases"])
+    torch.testing.assert_close(logged["train/selfeq"].detach(), expected["total"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logged["train/selfeq_sim"].detach(), expected["sim"], rtol=1e-4, atol=1e-6)
+    trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    assert [name for name, p in trainable.items() if p.grad is None] == []  # DDP needs every one used
+
+
+def test_selfeq_acts_in_its_first_epochs_and_a_batch_without_paraphrases_is_counted(tiny_model, monkeypatch):
+    module = GroundingModule(tiny_model, amc_weight=0.0, selfeq_weight=1.0, hard_negatives=False).eval()
+    logged = recording(module)
+    module.training_step(batch(), 0)  # epoch 0, no paraphrase in the batch: ITM only, counted
+    assert "train/selfeq" not in logged and logged["train/selfeq_batches_without_pairs"] == 1
+    monkeypatch.setattr(GroundingModule, "current_epoch", property(lambda self: 1))
+    logged.clear()
+    loss = module.training_step(paired_batch(), 0)  # the released code's schedule: the later epochs train ITM alone
+    assert "train/selfeq" not in logged and "train/selfeq_pairs" not in logged
+    torch.testing.assert_close(loss, logged["train/itm"])
+    every_epoch = GroundingModule(tiny_model, amc_weight=0.0, selfeq_weight=1.0, selfeq_epochs=None).eval()
+    logged = recording(every_epoch)
+    every_epoch.training_step(paired_batch(), 0)
+    assert logged["train/selfeq_pairs"] == 3
+
+
+def test_amc_and_selfeq_together_sum_with_their_weights(tiny_model):
+    module = GroundingModule(tiny_model, amc_weight=0.5, selfeq_weight=2.0, hard_negatives=False).eval()
+    logged = recording(module)
+    loss = module.training_step(paired_batch(), 0)
+    torch.testing.assert_close(loss, logged["train/itm"] + 0.5 * logged["train/amc"] + 2.0 * logged["train/selfeq"])
+
+
+@pytest.mark.parametrize("setting, value", [("selfeq_epochs", 0), ("selfeq_weight", -1.0), ("selfeq_tau", 0.0)])
+def test_bad_selfeq_settings_are_named(tiny_blip, setting, value):
+    with pytest.raises(ValueError, match=rf"model.{setting}={value!r}"):
+        GroundingModule(tiny_blip, **{setting: value})

@@ -1,4 +1,5 @@
-"""GroundingModule: fine-tunes a GroundingModel with ITM (hard negatives), optional ITC, and the AMC loss."""
+"""GroundingModule: fine-tunes a GroundingModel with ITM (hard negatives), optional ITC, and the attention-consistency
+losses on Grad-CAM maps: AMC (boxes) and SelfEQ (paraphrases), alone or summed."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ import torch.nn.functional as F
 
 from synground.models.base import GroundingModel
 from synground.models.gradcam import normalise_cam
-from synground.models.losses import amc_loss, itc_loss, sample_hard_negatives, texts_equal
+from synground.models.losses import amc_loss, itc_loss, sample_hard_negatives, selfeq_loss, texts_equal
 
 
 class GroundingModule(L.LightningModule):
-    """total = L_itm + itc_weight * L_itc + amc_weight * L_amc; amc_weight=0 trains ITM alone.
+    """total = L_itm + itc_weight * L_itc + amc_weight * L_amc + selfeq_weight * L_selfeq; amc_weight=0 and
+    selfeq_weight=0 train ITM alone.
+
+    SelfEQ (He et al., CVPR 2024) needs no boxes: items whose batch carries a paraphrase (batch["paraphrases"]) train
+    the usual losses on the paraphrase, and L_selfeq = L_sim + 0.5 L_cst (synground.models.losses.selfeq_loss) asks
+    the phrase's and the paraphrase's training maps (at the Grad-CAM grid) to agree and concentrate. As the released
+    code does, it acts in the first `selfeq_epochs` epochs (1; None: every epoch) and later epochs train the usual
+    losses on the phrases; items without a paraphrase train the usual losses only (counted: train/selfeq_pairs,
+    train/selfeq_batches_without_pairs).
 
     ITM scores each positive pair, one negative image per text and one negative text per image. With
     `hard_negatives` the negatives are drawn from the softmax of the contrastive similarities (as ALBEF does);
@@ -36,6 +45,9 @@ class GroundingModule(L.LightningModule):
         warmup_steps: int = 2000,
         warmup_start_lr: float = 1e-6,
         min_lr: float = 1e-6,
+        selfeq_weight: float = 0.0,
+        selfeq_tau: float = 0.8,
+        selfeq_epochs: int | None = 1,
     ):
         super().__init__()
         for key, value, positive in (
@@ -46,9 +58,17 @@ class GroundingModule(L.LightningModule):
             ("warmup_steps", warmup_steps, False),
             ("warmup_start_lr", warmup_start_lr, False),
             ("min_lr", min_lr, False),
+            ("selfeq_weight", selfeq_weight, False),
+            ("selfeq_tau", selfeq_tau, True),
         ):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0 if positive else value >= 0):
                 raise ValueError(f"model.{key}={value!r}: must be a number {'above 0' if positive else '0 or more'}")
+        if selfeq_epochs is not None and (
+            not isinstance(selfeq_epochs, int) or isinstance(selfeq_epochs, bool) or selfeq_epochs < 1
+        ):
+            raise ValueError(
+                f"model.selfeq_epochs={selfeq_epochs!r}: the first epochs SelfEQ acts in, 1 or more (null: every epoch)"
+            )
         self.save_hyperparameters(ignore=["net"], logger=False)  # train.py logs the whole resolved config once
         self.net = net
         if itc_weight == 0:
@@ -57,9 +77,18 @@ class GroundingModule(L.LightningModule):
             for parameter in net.contrastive_parameters():
                 parameter.requires_grad_(False)
 
+    def selfeq_acts(self) -> bool:
+        epochs = self.hparams.selfeq_epochs
+        return self.hparams.selfeq_weight > 0 and (epochs is None or self.current_epoch < epochs)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         check_normalised(batch)
-        texts = batch["texts"]
+        texts = list(batch["texts"])
+        selfeq = self.selfeq_acts()
+        pairs = [index for index, paraphrase in enumerate(batch.get("paraphrases") or []) if paraphrase] if selfeq else []
+        phrases = [texts[index] for index in pairs]
+        for index in pairs:  # SelfEQ trains the usual losses on the paraphrase (uvavision/SelfEQ)
+            texts[index] = batch["paraphrases"][index]
         encoded = self.net.encode_texts(self.net.tokenize(texts))
         image_embeds = self.net.encode_images(batch["images"])[image_rows(batch)]
         same_text = texts_equal(texts, device=self.device)
@@ -78,10 +107,21 @@ class GroundingModule(L.LightningModule):
             if self.hparams.hard_negatives:
                 similarity = features[0] @ features[1].t() / self.net.temperature
 
-        if self.hparams.amc_weight > 0:
+        if self.hparams.amc_weight > 0 or pairs:
             cam = self.net.gradcam(image_embeds, encoded, create_graph=True)
             positive_logits = cam.itm_logits
-            losses["amc"] = amc_loss(normalise_cam(cam.maps, batch["masks"].shape[-1]), batch["masks"])
+            if self.hparams.amc_weight > 0:
+                losses["amc"] = amc_loss(normalise_cam(cam.maps, batch["masks"].shape[-1]), batch["masks"])
+            if pairs:
+                rows = torch.tensor(pairs, device=image_embeds.device)
+                phrase_cam = self.net.gradcam(
+                    image_embeds[rows], self.net.encode_texts(self.net.tokenize(phrases)), create_graph=True
+                )
+                grid = cam.maps.shape[-1]  # SelfEQ compares the maps on the Grad-CAM grid (16 x 16 for ALBEF)
+                parts = selfeq_loss(
+                    normalise_cam(phrase_cam.maps, grid), normalise_cam(cam.maps[rows], grid), tau=self.hparams.selfeq_tau
+                )
+                losses.update(selfeq=parts["total"], selfeq_sim=parts["sim"], selfeq_cst=parts["cst"])
         else:
             positive_logits = self.net.itm_logits(image_embeds, encoded)
 
@@ -94,8 +134,16 @@ class GroundingModule(L.LightningModule):
         labels = torch.cat([torch.ones(len(texts)), torch.zeros(2 * len(texts))]).long().to(self.device)
         losses["itm"] = F.cross_entropy(logits, labels)
 
-        loss = losses["itm"] + self.hparams.itc_weight * losses.get("itc", 0.0) + self.hparams.amc_weight * losses.get("amc", 0.0)
+        loss = (
+            losses["itm"]
+            + self.hparams.itc_weight * losses.get("itc", 0.0)
+            + self.hparams.amc_weight * losses.get("amc", 0.0)
+            + self.hparams.selfeq_weight * losses.get("selfeq", 0.0)
+        )
         batch_size = len(texts)
+        if selfeq:  # how much SelfEQ saw, summed over the epoch and the ranks
+            counts = {"train/selfeq_pairs": float(len(pairs)), "train/selfeq_batches_without_pairs": float(not pairs)}
+            self.log_dict(counts, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
         self.log("train/itm_accuracy", (logits.argmax(1) == labels).float().mean(), batch_size=batch_size)
