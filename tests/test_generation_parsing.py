@@ -69,3 +69,47 @@ def test_seeded_completions_repeat_and_leave_the_callers_random_state_alone(tmp_
     first = model.complete(["USER: a red dog ASSISTANT:"] * 2, seed=7)
     assert torch.equal(torch.rand(3), before)  # the caller's stream continues as if nothing had run
     assert model.complete(["USER: a red dog ASSISTANT:"] * 2, seed=7) == first
+
+
+def test_a_paraphrase_is_the_first_line_of_the_answer_cleaned():
+    from synground.generation.paraphrases import parse_paraphrase
+
+    assert parse_paraphrase('\n  1. "The red Automobile."\nanything else', 6) == "the red automobile"
+    assert parse_paraphrase("New phrase: a small  hound", 6) == "a small hound"
+    assert parse_paraphrase("- a hound", 6) == "a hound"
+    assert parse_paraphrase("a hound sitting on the grass in the park", 6) == ""  # longer than max_words
+    assert parse_paraphrase("", 6) == "" and parse_paraphrase("42", 6) == ""
+
+
+class Scripted:
+    """An LLM stand-in whose answer to each prompt is given by the phrase it asks about."""
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers, self.asked = answers, []
+
+    def complete_parsed(self, prompts, seeds, parse, clock, stage, reject_lost=True):
+        self.asked.append((list(prompts), list(seeds), reject_lost))
+        return [parse(self.answers[prompt.split("Phrase: ")[1].split(" ASSISTANT")[0]]) for prompt in prompts]
+
+
+def test_paraphrases_that_repeat_the_phrase_or_run_long_are_dropped_and_counted():
+    from synground.generation.paraphrases import Paraphraser
+
+    llm = Scripted({"a dog": "A hound", "the red car": "the red car", "a tree": "a tall green tree in a big park"})
+    clock = StageClock()
+    found = Paraphraser(llm, extra_words=3).paraphrase(["a dog", "the red car", "a tree"], [5, 5, 6], clock)
+    assert found == ["a hound", None, None]
+    assert clock.events["no_paraphrase"] == 2 and not clock.rejections
+    assert llm.asked[0][1] == [5, 5, 6] and llm.asked[0][2] is False  # memory running out drops no sample
+    with pytest.raises(ValueError, match=r"must contain \{phrase\}"):
+        Paraphraser(llm, prompt="Rewrite it")
+
+
+def test_a_paraphrase_batch_that_runs_out_of_memory_keeps_its_samples():
+    def out_of_memory(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    clock = StageClock()
+    results = run_batched(out_of_memory, ["a", "b"], 2, clock, "paraphrases", reject_lost=False)
+    assert results == [OUT_OF_MEMORY, OUT_OF_MEMORY]
+    assert not clock.rejections and clock.events["paraphrases/out_of_memory"] == 2

@@ -127,6 +127,35 @@ def test_triplets_reach_the_shards_with_boxes_phrases_and_provenance(tiny_compon
     assert {"describe", "text_to_image", "phrases", "detect", "clip_score", "write", "generate"} <= timed
 
 
+def test_paraphrases_of_the_kept_phrases_reach_the_shards_and_drop_no_sample(tiny_components, tmp_path):
+    """generation/paraphrases=llm: the tiny LM's answers (random words) become paraphrases where usable, are
+    dropped and counted where not; every request still ends as a sample or one counted rejection."""
+    from synground.generation.paraphrases import Paraphraser
+
+    manifest = generate_shards(
+        synground(tiny_components, paraphrases=Paraphraser(llm(tiny_components))),
+        tmp_path / "out",
+        num_samples=8,
+        samples_per_shard=4,
+        name="syn",
+        chunk_size=4,
+    )
+    samples = read_samples(tmp_path / "out")
+    regions = [region for sample in samples for region in sample.regions]
+    assert samples and regions
+    events = Counter()
+    for entry in manifest.shards:
+        events.update(entry["events"])
+        assert entry["samples"] + sum(entry["rejections"].values()) == entry["requests"]
+    paraphrased = [r for r in regions if r.paraphrase is not None]
+    assert len(paraphrased) + events["no_paraphrase"] == len(regions)
+    for region in paraphrased:
+        assert region.paraphrase != region.phrase and len(region.paraphrase.split()) <= len(region.phrase.split()) + 3
+    assert all(sample.provenance["paraphrases"]["prompt_version"] for sample in samples)
+    assert "paraphrases" in {stage for entry in manifest.shards for stage in entry["stage_seconds"]}
+    assert paraphrased  # the tiny LM writes few enough words for some (6 of 10 regions here)
+
+
 def test_a_detector_that_finds_nothing_leaves_empty_shards_and_counts_every_request(tiny_components, tmp_path):
     generator = synground(tiny_components, detector=detector(tiny_components, box_threshold=1.01))
     manifest = generate_shards(

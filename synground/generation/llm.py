@@ -77,28 +77,44 @@ class LanguageModel(LazyModels):
         return tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def complete_all(
-        self, prompts: Sequence[str], seeds: Sequence[int], clock: StageClock, stage: str, do_sample: bool | None = None
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        clock: StageClock,
+        stage: str,
+        do_sample: bool | None = None,
+        reject_lost: bool = True,
     ) -> list[str | None]:
-        """`complete` in batches of `batch_size`, each seeded by its first request; None where memory ran out."""
+        """`complete` in batches of `batch_size`, each seeded by its first request; OUT_OF_MEMORY where memory ran out
+        (a rejection, or with `reject_lost` False an event: run_batched)."""
         return run_batched(
             lambda batch: self.complete([prompt for prompt, _ in batch], batch[0][1], do_sample),
             list(zip(prompts, seeds)),
             self.batch_size,
             clock,
             stage,
+            reject_lost,
         )
 
     def complete_parsed(
-        self, prompts: Sequence[str], seeds: Sequence[int], parse: Callable[[str], Any], clock: StageClock, stage: str
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        parse: Callable[[str], Any],
+        clock: StageClock,
+        stage: str,
+        reject_lost: bool = True,
     ) -> list[Any]:
         """`parse` of each completion. An answer that parses to nothing is asked once more, sampled with seed + 1
-        (counted as `<stage>_retried`); if that parses to nothing too, so be it."""
-        answers = self.complete_all(prompts, seeds, clock, stage)
+        (counted as `<stage>_retried`); if that parses to nothing too, so be it. `reject_lost`: complete_all."""
+        answers = self.complete_all(prompts, seeds, clock, stage, reject_lost=reject_lost)
         parsed = [OUT_OF_MEMORY if answer is OUT_OF_MEMORY else parse(answer or "") for answer in answers]
         retry = [i for i, found in enumerate(parsed) if not found and found is not OUT_OF_MEMORY]
         if retry:
             clock.events[f"{stage}_retried"] += len(retry)
-            again = self.complete_all([prompts[i] for i in retry], [seeds[i] + 1 for i in retry], clock, stage, do_sample=True)
+            again = self.complete_all(
+                [prompts[i] for i in retry], [seeds[i] + 1 for i in retry], clock, stage, do_sample=True, reject_lost=reject_lost
+            )
             for i, answer in zip(retry, again):
                 parsed[i] = OUT_OF_MEMORY if answer is OUT_OF_MEMORY else parse(answer or "")
         return parsed

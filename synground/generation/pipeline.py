@@ -1,4 +1,5 @@
-"""SynGround: description -> Stable Diffusion image -> LLM phrases -> detector boxes -> CLIP filter -> triplet.
+"""SynGround: description -> Stable Diffusion image -> LLM phrases -> detector boxes -> CLIP filter -> triplet
+(-> LLM paraphrases of its phrases, for SelfEQ, when asked).
 
 Each stage is an object built by Hydra from pretrained ids and passed in; this file only composes them. Every
 stage runs once per batch of requests, images stay uint8 tensors in memory from the diffusion model to the
@@ -19,6 +20,7 @@ from synground.data.schema import GenerationRequest, GroundingSample, Region
 from synground.generation.descriptions import Description
 from synground.generation.detection import OpenVocabularyDetector
 from synground.generation.filters import ClipScore
+from synground.generation.paraphrases import Paraphraser
 from synground.generation.phrases import PhraseExtractor
 from synground.generation.runtime import Rejected, StageClock, load_stages, to_pil
 from synground.generation.text_to_image import StableDiffusion
@@ -37,18 +39,21 @@ class SynGroundGenerator:
         detector: OpenVocabularyDetector,
         clip_filter: ClipScore | None = None,
         source: str = "synground",
+        paraphrases: Paraphraser | None = None,
     ):
         self.descriptions, self.text_to_image, self.phrases = descriptions, text_to_image, phrases
         self.detector, self.clip_filter, self.source = detector, clip_filter, source
+        self.paraphrases = paraphrases
         self.clock = StageClock()
 
     @property
     def uses_cuda(self) -> bool:
-        stages = (self.descriptions, self.text_to_image, self.phrases, self.detector, self.clip_filter)
+        stages = (self.descriptions, self.text_to_image, self.phrases, self.detector, self.clip_filter, self.paraphrases)
         return any(getattr(stage, "uses_cuda", False) for stage in stages)
 
     def load(self) -> None:
-        load_stages([self.descriptions, self.text_to_image, self.phrases, self.detector, self.clip_filter])
+        stages = [self.descriptions, self.text_to_image, self.phrases, self.detector, self.clip_filter, self.paraphrases]
+        load_stages([stage for stage in stages if stage is not None])
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GroundingSample]:
         clock = self.clock
@@ -80,6 +85,13 @@ class SynGroundGenerator:
                 [d.image for d in drafts], [d.description.text for d in drafts], clock, [d.candidate() for d in drafts]
             )
             drafts = [replace(d, clip_score=score) for d, score in zip(drafts, scores) if score is not None]
+        if self.paraphrases is not None:  # of the phrases kept with boxes; a sample keeps phrases without one
+            found = iter(
+                self.paraphrases.paraphrase(
+                    [r.phrase for d in drafts for r in d.regions], [d.request.seed for d in drafts for _ in d.regions], clock
+                )
+            )
+            drafts = [replace(d, regions=[replace(r, paraphrase=next(found)) for r in d.regions]) for d in drafts]
         return [self._sample(draft) for draft in drafts]
 
     def _sample(self, draft: Draft) -> GroundingSample:
@@ -98,6 +110,8 @@ class SynGroundGenerator:
         }
         if self.clip_filter is not None:
             provenance.update(clip=self.clip_filter.provenance, clip_score=round(draft.clip_score, 4))
+        if self.paraphrases is not None:
+            provenance["paraphrases"] = self.paraphrases.provenance
         return GroundingSample(
             draft.request.key, to_pil(draft.image), draft.description.text, draft.regions, self.source, provenance
         )

@@ -119,12 +119,19 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def run_batched(
-    function: Callable[[Sequence[Item]], list[Result]], items: Sequence[Item], batch_size: int, clock: StageClock, stage: str
+    function: Callable[[Sequence[Item]], list[Result]],
+    items: Sequence[Item],
+    batch_size: int,
+    clock: StageClock,
+    stage: str,
+    reject_lost: bool = True,
 ) -> list[Result | OutOfMemory]:
     """`function` over `items` in batches of `batch_size`, one result per item.
 
     A batch that runs out of memory is retried as two halves; a half that runs out again is skipped: its items
-    get OUT_OF_MEMORY and are counted (once, here) as `out_of_memory`, and the run goes on.
+    get OUT_OF_MEMORY and are counted (once, here) as `out_of_memory` rejections, and the run goes on. With
+    `reject_lost` False (items whose sample goes on without their result, as paraphrases) they are counted as the
+    event `<stage>/out_of_memory` instead.
     """
     results: list[Result | None] = []
     for start in range(0, len(items), batch_size):
@@ -147,7 +154,10 @@ def run_batched(
                     if not is_out_of_memory(retry_error):
                         raise
                     log.warning("%s: out of memory again at %d items; skipping them", stage, len(part))
-                    clock.reject("out_of_memory", len(part))
+                    if reject_lost:
+                        clock.reject("out_of_memory", len(part))
+                    else:
+                        clock.events[f"{stage}/out_of_memory"] += len(part)
                     results += [OUT_OF_MEMORY] * len(part)
     return results
 
