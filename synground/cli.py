@@ -14,6 +14,7 @@ require("train", "the synground commands (synground-train, -eval, -generate, -co
 import shlex
 import sys
 from collections import Counter
+from functools import partial
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -74,16 +75,26 @@ def convert(cfg: DictConfig) -> None:
     issues: Counter[str] = Counter()
     reader = hydra.utils.instantiate(cfg.dataset.reader, _partial_=True)
     records = reader(issues=issues)  # passed here, not to instantiate, which would copy the Counter into a config
+    settings, paraphrase = OmegaConf.to_container(cfg.dataset, resolve=True), None
+    if cfg.get("paraphrases"):  # resuming with other paraphrase settings is refused, as with other dataset settings
+        from synground.generation.runtime import StageClock
+
+        paraphraser, clock = hydra.utils.instantiate(cfg.paraphrases), StageClock()
+        settings["paraphrases"] = OmegaConf.to_container(cfg.paraphrases, resolve=True)
+        paraphrase = partial(paraphraser.paraphrase, clock=clock)
     report = convert_records(
         records,
         cfg.output_dir,
         cfg.dataset.name,
         cfg.samples_per_shard,
         issues,
-        config=OmegaConf.to_container(cfg.dataset, resolve=True),
+        config=settings,
         command=shlex.join(["python", *sys.argv]),
+        paraphrase=paraphrase,
     )
     print(f"{report['samples']} images with {report['regions']} phrases in {report['shards']} shards: {report['manifest']}")
+    if "paraphrased" in report:
+        print(f"{report['paraphrased']} of the phrases have a paraphrase")
     if report["skipped"]:
         print("skipped: " + ", ".join(f"{reason} {count}" for reason, count in report["skipped"].items()))
     write_report(cfg)

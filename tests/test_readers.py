@@ -284,3 +284,37 @@ def test_convert_py_killed_mid_run_is_refused_then_resumes_to_the_same_bytes(tmp
     assert resumed["complete"] is whole["complete"] is True and resumed["totals"] == whole["totals"]
     assert [(e["name"], e["sha256"]) for e in resumed["shards"]] == [(e["name"], e["sha256"]) for e in whole["shards"]]
     assert not list((tmp_path / "killed").glob("*.partial"))
+
+
+def test_a_conversion_asked_for_paraphrases_writes_them_seeded_by_record_and_counts_them(tmp_path):
+    """convert_records(paraphrase=...) (synground-convert paraphrases=llm): each region gets its paraphraser's answer,
+    asked with its record's index as seed, so a resumed run writes the same shards; None leaves a region without."""
+    write_visual_genome(tmp_path / "vg", count=5, regions_per_image=2)
+    asked = []
+
+    def paraphrase(phrases, seeds):
+        asked.append(list(seeds))
+        return [None if seed == 3 else f"{phrase} paraphrased {seed}" for phrase, seed in zip(phrases, seeds)]
+
+    report = convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "shards", "vg", 2, paraphrase=paraphrase)
+    assert asked == [[0, 0, 1, 1], [2, 2, 3, 3], [4, 4]]  # one call per shard, seeds by record index
+    assert report["regions"] == 10 and report["paraphrased"] == 8
+    for index, sample in enumerate(read_back(tmp_path / "shards")):
+        for region in sample.regions:
+            assert region.paraphrase == (None if index == 3 else f"{region.phrase} paraphrased {index}")
+    plain = convert_records(visual_genome_records(tmp_path / "vg"), tmp_path / "plain", "vg", 2)
+    assert "paraphrased" not in plain and all(r.paraphrase is None for s in read_back(tmp_path / "plain") for r in s.regions)
+
+
+def test_convert_composes_the_llm_paraphraser_when_asked():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from synground.conf import CONFIG_DIR
+    from synground.generation.paraphrases import Paraphraser
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        assert compose("convert", overrides=["dataset=visual_genome"]).paraphrases is None
+        cfg = compose("convert", overrides=["dataset=visual_genome", "paraphrases=llm"])
+    paraphraser = instantiate(cfg.paraphrases)  # the LLM loads on first use, not here
+    assert isinstance(paraphraser, Paraphraser) and paraphraser.llm.model_id == "lmsys/vicuna-7b-v1.5"

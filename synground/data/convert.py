@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ def convert_records(
     reader_issues: Counter[str] | None = None,
     config: dict[str, Any] | None = None,
     command: str | None = None,
+    paraphrase: Callable[[Sequence[str], Sequence[int]], list[str | None]] | None = None,
 ) -> dict[str, Any]:
     """Write records as `<output_dir>/<name>-<shard>.tar` shards of `samples_per_shard` records each, with a manifest;
     `output_dir` is a local directory or an `s3://`, `gs://` prefix (see `ShardStore`).
@@ -40,6 +41,10 @@ def convert_records(
     report (also written to conversion_report.json): counts of records, samples, regions and skips by reason.
     The manifest says the set is complete only once the whole stream is written; `command` (what reruns this
     conversion) is kept in it for the error that refuses to read an unfinished set.
+
+    `paraphrase` (phrases, seeds -> a paraphrase or None each; synground-convert paraphrases=llm passes the generation
+    LLM's) gives each region a paraphrase for SelfEQ, seeded by its record's index so a rerun writes the same shards;
+    the report counts the regions that have one.
     """
     stream = iter(records)
     first = next(stream, None)  # before anything is written: an empty split leaves no empty shard set behind
@@ -68,10 +73,14 @@ def convert_records(
                 break
             shard = f"{name}-{shard_index:06d}.tar"
             if shard not in finished:
+                if paraphrase is not None:
+                    add_paraphrases(chunk, paraphrase, first_index=shard_index * samples_per_shard)
                 issues: Counter[str] = Counter()
                 written: Counter[str] = Counter()
                 entry = write_shard(store.url(shard), loaded_samples(chunk, issues, written))
                 entry.update(records=len(chunk), regions=written["regions"], issues=dict(issues))
+                if paraphrase is not None:
+                    entry["paraphrased"] = written["paraphrased"]
                 manifest.add(entry)
             progress.update(len(chunk))
             progress.set_postfix(shards=shard_index + 1)
@@ -93,19 +102,33 @@ def loaded_samples(records: list[Record], issues: Counter[str], written: Counter
         sample = load_record(record, issues)
         if sample is not None:
             written["regions"] += len(sample.regions)
+            written["paraphrased"] += sum(region.paraphrase is not None for region in sample.regions)
             yield sample
 
 
+def add_paraphrases(
+    records: list[Record], paraphrase: Callable[[Sequence[str], Sequence[int]], list[str | None]], first_index: int
+) -> None:
+    """Set each region's paraphrase, asking for all of the records' phrases at once, each seeded by its record's
+    index in the stream (`first_index` for the first)."""
+    regions = [region for record in records for region in record.regions]
+    seeds = [first_index + index for index, record in enumerate(records) for _ in record.regions]
+    for region, found in zip(regions, paraphrase([region.phrase for region in regions], seeds)):
+        region.paraphrase = found
+
+
 def conversion_report(manifest: Manifest, reader_issues: Counter[str]) -> dict[str, Any]:
-    """Totals over every shard of the set (including ones written by earlier runs) and the reader's skips."""
+    """Totals over every shard of the set (including ones written by earlier runs) and the reader's skips; with
+    paraphrases, how many regions have one."""
     issues = Counter(reader_issues)
     for entry in manifest.shards:
         issues.update(entry.get("issues", {}))
-    return {
+    report = {
         "shards": len(manifest.shards),
         "records": sum(e.get("records", e["samples"]) for e in manifest.shards),
         "samples": sum(e["samples"] for e in manifest.shards),
         "regions": sum(e.get("regions", 0) for e in manifest.shards),
-        "skipped": dict(sorted(issues.items())),
-        "manifest": str(manifest.path),
     }
+    if manifest.shards and all("paraphrased" in entry for entry in manifest.shards):
+        report["paraphrased"] = sum(entry["paraphrased"] for entry in manifest.shards)
+    return {**report, "skipped": dict(sorted(issues.items())), "manifest": str(manifest.path)}
