@@ -96,3 +96,17 @@ def test_paraphrases_replace_the_chosen_words_by_synonyms_and_leave_the_scene_as
             assert {"shape" if a in SHAPES else "colour" for a, _ in swaps} == changed
     with pytest.raises(ValueError, match=r"unknown shapes paraphrases 'noun'; choose one of \('shape', 'colour', 'both'\)"):
         ShapesGenerator(paraphrases="noun")
+
+
+def test_the_selfeq_experiment_s_vocabulary_holds_every_synonym():
+    """A paraphrase word missing from a tiny model's vocabulary would be read as [UNK]."""
+    from hydra import compose, initialize_config_dir
+
+    from synground.conf import CONFIG_DIR
+    from synground.shapes.world import SYNONYMS
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=shapes_selfeq"])
+    words = set(cfg.model.net.vocabulary)
+    assert {word for synonyms in SYNONYMS.values() for word in synonyms} <= words
+    assert set(SYNONYMS) <= words and cfg.data.train.synthetic[0].paraphrases == "shape"
