@@ -5,8 +5,9 @@
 
 What a user runs before renting GPUs, on data and weights that exist offline:
 1. raw data in the upstream formats (Visual Genome, Flickr30k Entities val/test, RefCOCO+ testA/testB), converted
-   by convert.py; synthetic shards written by generate.py (generation=synground_tiny: the SynGround pipeline on
-   tiny random components);
+   by convert.py (Visual Genome a second time with paraphrases=llm on the tiny LLM, for the SelfEQ experiments);
+   synthetic shards written by generate.py (generation=synground_tiny: the SynGround pipeline on tiny random
+   components);
 2. full-size architectures with random weights in the released formats: ALBEF (ViT-B/16 + BERT-base) as ALBEF.pth
    is laid out, momentum encoders, queues and MLM head included, with a 30,522-token vocab.txt; BLIP ITM base
    through save_pretrained, with its 30,524-token tokenizer;
@@ -52,10 +53,12 @@ EXPERIMENTS = [
     "albef_amc_vg",
     "albef_synground",
     "albef_synground_vg",
+    "albef_selfeq_vg",
     "blip_off_the_shelf",
     "blip_amc_vg",
     "blip_synground",
     "blip_synground_vg",
+    "blip_selfeq_vg",
 ]
 RESULTS = ROOT / "benchmarks" / "results"
 IMAGE_SIZE = (500, 375)  # a typical photo; the configs resize to 256 or 384 px
@@ -119,20 +122,30 @@ def prepare(work: Path) -> dict[str, Path]:
         ("refcoco_plus", ["dataset.reader.split=testA"]),
         ("refcoco_plus", ["dataset.reader.split=testB"]),
     ]
-    for dataset, overrides in conversions:
-        name = "-".join([dataset, *[o.split("=")[1] for o in overrides if "split=" in o]])
-        check(
-            f"convert.py {name}",
-            [*python, str(ROOT / "convert.py"), f"dataset={dataset}", *overrides, *common],
-            work,
-            logs / f"convert-{name}.log",
-        )
     if not (data / "tiny" / "llm").exists():
         check(
             "tiny generation components",
             [*python, "-m", "synground.generation.tiny", str(data / "tiny")],
             ROOT,
             logs / "tiny.log",
+        )
+    # SelfEQ's paraphrases from the tiny LLM; its answers are random words, so any length is accepted (extra_words)
+    # and nearly every region gets one, as the SelfEQ experiments need pairs in their two training steps
+    paraphrased = [
+        "paraphrases=llm",
+        f"paraphrases.llm.model_id={data / 'tiny' / 'llm'}",
+        "paraphrases.llm.device=cpu",
+        "paraphrases.llm.dtype=float32",
+        "paraphrases.llm.max_new_tokens=12",
+        "paraphrases.extra_words=20",
+    ]
+    for dataset, overrides in [*conversions, ("visual_genome", paraphrased)]:
+        name = "-".join([dataset, *[o.split("=")[1] for o in overrides if "split=" in o or o.startswith("paraphrases=")]])
+        check(
+            f"convert.py {name}",
+            [*python, str(ROOT / "convert.py"), f"dataset={dataset}", *overrides, *common],
+            work,
+            logs / f"convert-{name}.log",
         )
     check(
         "generate.py synground_tiny",
@@ -243,6 +256,8 @@ def run_experiment(name: str, dropout: str | None, paths: dict[str, Path], work:
         problems.append(f"final loss {loss}")
     if len(tested) != 3:
         problems.append(f"tested {tested or 'nothing'}, not the 3 test splits")
+    if "selfeq" in name and not metrics.get("train/selfeq_pairs"):
+        problems.append("no SelfEQ pair trained (train/selfeq_pairs)")
     if entry == "train" and selected != ["best-flickr30k_val.ckpt", "best-refcoco_plus_val.ckpt"]:
         problems.append(f"per-benchmark best checkpoints {selected}, not one per validation benchmark")
     problems += handed_on

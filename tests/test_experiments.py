@@ -119,6 +119,11 @@ def test_the_paper_experiments_compose_with_their_models_data_and_ratios():
                 assert cfg.model.net._target_.endswith(target) and cfg.data.synthetic_ratio == ratio
                 assert cfg.trainer.strategy == "ddp" and cfg.trainer.max_epochs == 30 and cfg.model.lr == 1e-5
                 assert bool(cfg.data.train.synthetic) == (ratio > 0) and bool(cfg.data.train.real) == (ratio < 1)
+            # SelfEQ's setting: real Visual Genome phrases with paraphrases, no box loss, SelfEQ in the first epoch
+            selfeq = compose("train", overrides=[f"experiment={model}_selfeq_vg"])
+            assert selfeq.model.net._target_.endswith(target) and selfeq.data.batch_size == 56
+            assert (selfeq.model.amc_weight, selfeq.model.selfeq_weight, selfeq.model.selfeq_epochs) == (0.0, 1.0, 1)
+            assert selfeq.data.train.real[0].endswith("visual_genome_paraphrased") and not selfeq.data.train.synthetic
 
 
 @pytest.mark.slow
