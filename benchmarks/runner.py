@@ -5,20 +5,23 @@ from runner import finished, run_all, run_minutes          (a benchmark script's
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import subprocess
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 
 from synground import runs
 from synground.conf import CONFIG_DIR
-from synground.results import config_differences
+from synground.results import config_differences, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +74,43 @@ def finished(run: Path, metrics: Iterable[str], overrides: Sequence[str]) -> boo
         print(f"clearing unfinished run {run}", flush=True)
         shutil.rmtree(run)
     return False
+
+
+def train_jobs(
+    methods: Mapping[str, tuple[str, Sequence[str]]],
+    runs_dir: Path,
+    seeds: Sequence[int],
+    metrics: Iterable[str],
+    arguments: Callable[[Sequence[str], int], list[str]],
+) -> list[tuple[str, list[str], Path]]:
+    """run_all's jobs for the train.py runs still to do: `<runs_dir>/<name>-seed<s>` for each method's (name,
+    overrides) and each seed, trained with `arguments(overrides, seed)`; `finished` decides which are done (it clears
+    unfinished runs and stops on a finished run of another config)."""
+    jobs = []
+    for name, overrides in methods.values():
+        for seed in seeds:
+            run = runs_dir / f"{name}-seed{seed}"
+            if not finished(run, list(metrics), arguments(overrides, seed)):
+                command = [sys.executable, str(ROOT / "train.py"), *arguments(overrides, seed), f"hydra.run.dir={run}"]
+                jobs.append((run.name, command, runs_dir / f"{run.name}.log"))
+    return jobs
+
+
+def study_arguments(description: str, runs_dir: Path, results: Path) -> argparse.Namespace:
+    """The command line of a study over seeds: --seeds, --workers, --threads, --runs-dir, --output, --extra."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2, help="processes at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--runs-dir", type=Path, default=runs_dir)
+    parser.add_argument("--output", type=Path, default=results)
+    parser.add_argument("--extra", nargs="*", default=[], help="more train.py overrides for every run (give it last)")
+    return parser.parse_args()
+
+
+def paired_summary(values: list[float], baseline: list[float] | None) -> dict[str, Any]:
+    """Mean, sd and interval in points over seeds, and the paired difference from the baseline's runs."""
+    stats = describe([100 * v for v in values])
+    if baseline is not None:
+        stats["minus_baseline"] = describe([100 * (v - b) for v, b in zip(values, baseline, strict=True)])
+    return stats

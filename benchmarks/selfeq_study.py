@@ -16,7 +16,6 @@ time; a rerun trains only what is missing (a finished run of another config stop
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -25,9 +24,9 @@ from typing import Any
 
 import torch
 
-from runner import finished, run_all, run_minutes
+from runner import paired_summary, run_all, run_minutes, study_arguments, train_jobs
 from synground.files import write_atomic
-from synground.results import describe, mean_interval
+from synground.results import mean_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -51,29 +50,10 @@ def keys() -> list[str]:
     return [f"test/{metric}/{split}" for metric in METRICS for split in SPLITS]
 
 
-def missing(runs_dir: Path, seeds: list[int], extra: tuple[str, ...]) -> list[tuple[str, list[str], Path]]:
-    """The runs still to train as jobs; clears unfinished run directories, stops on a finished run of another config."""
-    jobs = []
-    for name, overrides in CONDITIONS.values():
-        for seed in seeds:
-            run = runs_dir / f"{name}-seed{seed}"
-            if not finished(run, keys(), arguments(overrides, seed, extra)):
-                command = [sys.executable, str(ROOT / "train.py"), *arguments(overrides, seed, extra), f"hydra.run.dir={run}"]
-                jobs.append((run.name, command, runs_dir / f"{run.name}.log"))
-    return jobs
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--workers", type=int, default=2, help="processes at once")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--runs-dir", type=Path, default=RUNS)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--extra", nargs="*", default=[], help="more train.py overrides for every run (give it last)")
-    args = parser.parse_args()
+    args = study_arguments(__doc__.splitlines()[0], RUNS, RESULTS)
     extra = tuple(args.extra)
-    jobs = missing(args.runs_dir, args.seeds, extra)
+    jobs = train_jobs(CONDITIONS, args.runs_dir, args.seeds, keys(), lambda overrides, seed: arguments(overrides, seed, extra))
     print(f"training {len(jobs)} of {len(CONDITIONS) * len(args.seeds)} runs", flush=True)
     failed = run_all(jobs, args.workers, args.threads)
     if failed:
@@ -92,7 +72,9 @@ def main() -> None:
             )
     summaries = {
         condition: {
-            key: summary([row[key] for row in rows], None if condition == BASELINE else [row[key] for row in runs[BASELINE]])
+            key: paired_summary(
+                [row[key] for row in rows], None if condition == BASELINE else [row[key] for row in runs[BASELINE]]
+            )
             for key in keys()
         }
         for condition, rows in runs.items()
@@ -109,14 +91,6 @@ def main() -> None:
     text = markdown(record)
     write_atomic(args.output / "selfeq_study.md", text)
     print(text)
-
-
-def summary(values: list[float], baseline: list[float] | None) -> dict[str, Any]:
-    """Mean and interval in points over seeds, and the paired difference from the baseline's runs."""
-    stats = describe([100 * v for v in values])
-    if baseline is not None:
-        stats["minus_baseline"] = describe([100 * (v - b) for v, b in zip(values, baseline, strict=True)])
-    return stats
 
 
 def markdown(record: dict[str, Any]) -> str:

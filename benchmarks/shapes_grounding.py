@@ -16,7 +16,6 @@ time; a rerun trains only what is missing (a finished run of another config stop
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -28,10 +27,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from runner import finished, run_all, run_minutes
+from runner import paired_summary, run_all, run_minutes, study_arguments, train_jobs
 from synground.conf import CONFIG_DIR
 from synground.files import write_atomic
-from synground.results import describe, mean_interval
+from synground.results import mean_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,18 +52,6 @@ SHARING = ("colour unique in scene", "colour shared in scene")
 
 def arguments(overrides: tuple[str, ...], seed: int, extra: tuple[str, ...] = ()) -> list[str]:
     return ["experiment=shapes", *overrides, f"seed={seed}", *extra]
-
-
-def missing(runs_dir: Path, seeds: list[int], extra: tuple[str, ...]) -> list[tuple[str, list[str], Path]]:
-    """The runs still to train as jobs; clears unfinished run directories, stops on a finished run of another config."""
-    jobs = []
-    for name, overrides in METHODS.values():
-        for seed in seeds:
-            run = runs_dir / f"{name}-seed{seed}"
-            if not finished(run, [f"test/pointing_game/{s}" for s in SPLITS], arguments(overrides, seed, extra)):
-                command = [sys.executable, str(ROOT / "train.py"), *arguments(overrides, seed, extra), f"hydra.run.dir={run}"]
-                jobs.append((run.name, command, runs_dir / f"{run.name}.log"))
-    return jobs
 
 
 def shapes_config(*overrides: str):
@@ -136,25 +123,16 @@ def random_point_baseline(extra: tuple[str, ...], draws: int = 5) -> dict:
     return results
 
 
-def summary(values: list[float], baseline: list[float] | None) -> dict[str, Any]:
-    """Mean, sd and interval in points over seeds, and the paired difference from the baseline's runs."""
-    stats = describe([100 * v for v in values])
-    if baseline is not None:
-        stats["minus_baseline"] = describe([100 * (v - b) for v, b in zip(values, baseline, strict=True)])
-    return stats
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--workers", type=int, default=2, help="processes at once")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--runs-dir", type=Path, default=RUNS)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--extra", nargs="*", default=[], help="more train.py overrides for every run (give it last)")
-    args = parser.parse_args()
+    args = study_arguments(__doc__.splitlines()[0], RUNS, RESULTS)
     extra = tuple(args.extra)
-    jobs = missing(args.runs_dir, args.seeds, extra)
+    jobs = train_jobs(
+        METHODS,
+        args.runs_dir,
+        args.seeds,
+        [f"test/pointing_game/{s}" for s in SPLITS],
+        lambda overrides, seed: arguments(overrides, seed, extra),
+    )
     print(f"training {len(jobs)} of {len(METHODS) * len(args.seeds)} runs", flush=True)
     failed = run_all(jobs, args.workers, args.threads)
     if failed:
@@ -181,7 +159,9 @@ def main() -> None:
         for method, rows in runs.items()
     }
     summaries = {
-        method: {key: summary(values, None if method == BASELINE else scores[BASELINE][key]) for key, values in by_key.items()}
+        method: {
+            key: paired_summary(values, None if method == BASELINE else scores[BASELINE][key]) for key, values in by_key.items()
+        }
         for method, by_key in scores.items()
     }
     record = {
