@@ -337,6 +337,16 @@ def test_layout_generator_draws_the_proposed_boxes_with_gligen(tiny_components):
     assert taken["rejections"] == {"no_layout": 1} and taken["events"]["layout_retried"] == 1
 
 
+def test_the_layout_variant_paraphrases_its_phrases_too(tiny_components):
+    from synground.generation.paraphrases import Paraphraser
+
+    generator = layout_generator(tiny_components, "1. a red dog: 0.1 0.2 0.5 0.9\n2. a tree: 0.5 0.0 1.0 0.6")
+    generator.paraphrases = Paraphraser(ScriptedLanguageModel("1. A crimson hound"))
+    (sample,) = generator.generate([GenerationRequest("l-0", 0, 0)])
+    assert [(r.phrase, r.paraphrase) for r in sample.regions] == [("a red dog", "a crimson hound"), ("a tree", "a crimson hound")]
+    assert sample.provenance["paraphrases"]["llm"]["model"] == "scripted"
+
+
 def test_on_the_fly_training_batches_come_from_the_pipeline(tiny_components):
     generator = synground(tiny_components)
     datamodule = GroundingDataModule(

@@ -15,6 +15,7 @@ import torch
 from synground.data.schema import GenerationRequest, GroundingSample, Region
 from synground.generation.filters import ClipScore
 from synground.generation.llm import LanguageModel
+from synground.generation.paraphrases import Paraphraser, add_paraphrases
 from synground.generation.runtime import OUT_OF_MEMORY, Rejected, StageClock, load_stages, prompt_version, run_batched, to_pil
 from synground.generation.text_to_image import StableDiffusion, checked_image
 
@@ -101,18 +102,20 @@ class LayoutGenerator:
         prompt: str = LAYOUT_PROMPT,
         max_objects: int = 5,
         source: str = "synground-layout",
+        paraphrases: Paraphraser | None = None,
     ):
         self.descriptions, self.llm, self.text_to_image, self.clip_filter = descriptions, llm, text_to_image, clip_filter
         self.prompt, self.max_objects, self.source = prompt, max_objects, source
+        self.paraphrases = paraphrases  # SelfEQ's, of the layout's phrases (generation/paraphrases=llm)
         self.clock = StageClock()
 
     @property
     def uses_cuda(self) -> bool:
-        stages = (self.descriptions, self.llm, self.text_to_image, self.clip_filter)
+        stages = (self.descriptions, self.llm, self.text_to_image, self.clip_filter, self.paraphrases)
         return any(getattr(stage, "uses_cuda", False) for stage in stages)
 
     def load(self) -> None:
-        load_stages([self.descriptions, self.llm, self.text_to_image, self.clip_filter])
+        load_stages([self.descriptions, self.llm, self.text_to_image, self.clip_filter, self.paraphrases])
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GroundingSample]:
         clock = self.clock
@@ -152,7 +155,10 @@ class LayoutGenerator:
                 ],
             )
             drawn, scores = [x for x, s in zip(drawn, scores) if s is not None], [s for s in scores if s is not None]
-        return [self._sample(*item, score) for item, score in zip(drawn, scores)]
+        samples = [self._sample(*item, score) for item, score in zip(drawn, scores)]
+        if self.paraphrases is not None:
+            add_paraphrases(samples, [request.seed for request, *_ in drawn], self.paraphrases, clock)
+        return samples
 
     def _layouts(self, texts: Sequence[str], seeds: Sequence[int], clock: StageClock) -> list[list[tuple[str, list[float]]]]:
         prompts = [self.prompt.format(description=text, max_objects=self.max_objects) for text in texts]

@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from synground.data.schema import GroundingSample
 from synground.generation.llm import LanguageModel
 from synground.generation.runtime import OUT_OF_MEMORY, StageClock, prompt_version
 
@@ -64,3 +65,18 @@ class Paraphraser:
                 clock.events["no_paraphrase"] += 1
             found.append(answer if usable else None)
         return found
+
+
+def add_paraphrases(
+    samples: Sequence[GroundingSample], seeds: Sequence[int], paraphraser: Paraphraser, clock: StageClock
+) -> None:
+    """Give every region of `samples` its paraphrase (in place; each sample's phrases asked with its seed) and record
+    the paraphraser in their provenance; a sample is kept whatever its phrases get."""
+    regions = [region for sample in samples for region in sample.regions]
+    found = paraphraser.paraphrase(
+        [r.phrase for r in regions], [seed for s, seed in zip(samples, seeds) for _ in s.regions], clock
+    )
+    for region, paraphrase in zip(regions, found):
+        region.paraphrase = paraphrase
+    for sample in samples:
+        sample.provenance["paraphrases"] = paraphraser.provenance

@@ -20,7 +20,7 @@ from synground.data.schema import GenerationRequest, GroundingSample, Region
 from synground.generation.descriptions import Description
 from synground.generation.detection import OpenVocabularyDetector
 from synground.generation.filters import ClipScore
-from synground.generation.paraphrases import Paraphraser
+from synground.generation.paraphrases import Paraphraser, add_paraphrases
 from synground.generation.phrases import PhraseExtractor
 from synground.generation.runtime import Rejected, StageClock, load_stages, to_pil
 from synground.generation.text_to_image import StableDiffusion
@@ -85,14 +85,10 @@ class SynGroundGenerator:
                 [d.image for d in drafts], [d.description.text for d in drafts], clock, [d.candidate() for d in drafts]
             )
             drafts = [replace(d, clip_score=score) for d, score in zip(drafts, scores) if score is not None]
-        if self.paraphrases is not None:  # of the phrases kept with boxes; a sample keeps phrases without one
-            found = iter(
-                self.paraphrases.paraphrase(
-                    [r.phrase for d in drafts for r in d.regions], [d.request.seed for d in drafts for _ in d.regions], clock
-                )
-            )
-            drafts = [replace(d, regions=[replace(r, paraphrase=next(found)) for r in d.regions]) for d in drafts]
-        return [self._sample(draft) for draft in drafts]
+        samples = [self._sample(draft) for draft in drafts]
+        if self.paraphrases is not None:  # of the phrases kept with boxes
+            add_paraphrases(samples, [d.request.seed for d in drafts], self.paraphrases, clock)
+        return samples
 
     def _sample(self, draft: Draft) -> GroundingSample:
         text_to_image = self.text_to_image.provenance
@@ -110,8 +106,6 @@ class SynGroundGenerator:
         }
         if self.clip_filter is not None:
             provenance.update(clip=self.clip_filter.provenance, clip_score=round(draft.clip_score, 4))
-        if self.paraphrases is not None:
-            provenance["paraphrases"] = self.paraphrases.provenance
         return GroundingSample(
             draft.request.key, to_pil(draft.image), draft.description.text, draft.regions, self.source, provenance
         )
