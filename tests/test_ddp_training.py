@@ -36,9 +36,10 @@ def train_steps(model: str, devices: int, out: Path) -> dict:
     return torch.load(out, weights_only=True)
 
 
-@pytest.mark.parametrize("model", ["blip", "albef"])
+@pytest.mark.parametrize("model", ["blip", "albef", "albef_selfeq"])
 def test_two_ddp_processes_end_with_the_weights_of_one_process_accumulating_their_batches(model, tmp_path):
-    """AMC on, dropout off, 3 steps; BLIP with ITC, ALBEF without (its projections then take no part in the loss)."""
+    """AMC on, dropout off, 3 steps; BLIP with ITC, ALBEF without (its projections then take no part in the loss);
+    ALBEF with SelfEQ too (paraphrases, its second Grad-CAM and statistics pooled over each rank's batch)."""
     one, two = train_steps(model, 1, tmp_path / "one.pt"), train_steps(model, 2, tmp_path / "two.pt")
     assert one["steps"] == two["steps"] == 3
     unchanged = []

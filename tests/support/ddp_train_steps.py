@@ -2,6 +2,7 @@
 
     python tests/support/ddp_train_steps.py --model albef --devices 2 --out weights.pt
     python tests/support/ddp_train_steps.py --model albef --devices 1 --out weights.pt
+    python tests/support/ddp_train_steps.py --model albef_selfeq --devices 2 --out weights.pt   (AMC + SelfEQ)
 
 Step s of either run sees the same two micro-batches: rank r's batch under DDP is the single process's r-th
 accumulated micro-batch. Negatives and ITC stay within each micro-batch (as in the AMC reference), so both runs take
@@ -36,10 +37,16 @@ TEXTS = [
     "the blue circle",
     "the red square",
 ]
+# SelfEQ's pairs (--model albef_selfeq): a distinct paraphrase per text, from the tiny vocabulary
+PARAPHRASES = {text: f"{text} on the {'left' if index % 2 else 'right'}" for index, text in enumerate(TEXTS)}
+PARAPHRASES.update(
+    {"the square on the left": "the red square on the left", "the circle on the right": "the blue circle on the right"}
+)
 
 
-def micro_batches(steps: int, ranks: int = 2, size: int = 2, image_size: int = 64) -> list[list[dict]]:
-    """[step][rank] -> a batch as GroundingDataModule hands it to the model (normalised images, 0/1 masks)."""
+def micro_batches(steps: int, ranks: int = 2, size: int = 2, image_size: int = 64, paraphrases: bool = False) -> list[list[dict]]:
+    """[step][rank] -> a batch as GroundingDataModule hands it to the model (normalised images, 0/1 masks; with
+    `paraphrases`, each text's paraphrase)."""
     generator = torch.Generator().manual_seed(1)
     batches = []
     for step in range(steps):
@@ -50,13 +57,11 @@ def micro_batches(steps: int, ranks: int = 2, size: int = 2, image_size: int = 6
             for item in range(size):
                 x, y = torch.randint(0, 16, (2,), generator=generator).tolist()
                 masks[item, y : y + 16, x : x + 16] = 1
-            row.append(
-                {
-                    "images": torch.randn(size, 3, image_size, image_size, generator=generator),
-                    "masks": masks,
-                    "texts": [TEXTS[(first + item) % len(TEXTS)] for item in range(size)],
-                }
-            )
+            texts = [TEXTS[(first + item) % len(TEXTS)] for item in range(size)]
+            batch = {"images": torch.randn(size, 3, image_size, image_size, generator=generator), "masks": masks, "texts": texts}
+            if paraphrases:
+                batch["paraphrases"] = [PARAPHRASES[text] for text in texts]
+            row.append(batch)
         batches.append(row)
     return batches
 
@@ -73,7 +78,8 @@ def build_module(model: str) -> GroundingModule:
         return SgdGroundingModule(net, amc_weight=1.0, itc_weight=1.0, hard_negatives=True, lr=0.1)
     # ITC off: the projections take no part in the loss (the case that stopped DDP at its second step)
     net = AlbefGroundingModel.tiny(WORDS, image_size=64, vision_width=32, text_width=32, heads=2, vision_layers=2, dropout=0.0)
-    return SgdGroundingModule(net, amc_weight=1.0, itc_weight=0.0, hard_negatives=True, lr=0.1)
+    selfeq = 1.0 if model == "albef_selfeq" else 0.0  # SelfEQ's batch statistics pool over each rank's batch
+    return SgdGroundingModule(net, amc_weight=1.0, itc_weight=0.0, hard_negatives=True, lr=0.1, selfeq_weight=selfeq)
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -89,7 +95,7 @@ class StepBatches(torch.utils.data.Dataset):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=["blip", "albef"], required=True)
+    parser.add_argument("--model", choices=["blip", "albef", "albef_selfeq"], required=True)
     parser.add_argument("--devices", type=int, choices=[1, 2], required=True)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
@@ -108,7 +114,7 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    batches = micro_batches(args.steps)
+    batches = micro_batches(args.steps, paraphrases=args.model == "albef_selfeq")
     mine = [row[trainer.global_rank] for row in batches] if args.devices == 2 else [batch for row in batches for batch in row]
     trainer.fit(module, DataLoader(StepBatches(mine), batch_size=None, shuffle=False))
     if trainer.is_global_zero:
