@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from synground.data.readers import Record, load_record
-from synground.data.schema import GroundingSample
+from synground.data.schema import GroundingSample, add_paraphrases
 from synground.data.shards import Manifest, ShardStore, kept_shards, write_shard
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,9 @@ def convert_records(
                 break
             shard = f"{name}-{shard_index:06d}.tar"
             if shard not in finished:
-                if paraphrase is not None:
-                    add_paraphrases(chunk, paraphrase, first_index=shard_index * samples_per_shard)
+                if paraphrase is not None:  # each record's phrases seeded by its index in the stream
+                    first = shard_index * samples_per_shard
+                    add_paraphrases(chunk, range(first, first + len(chunk)), paraphrase)
                 issues: Counter[str] = Counter()
                 written: Counter[str] = Counter()
                 entry = write_shard(store.url(shard), loaded_samples(chunk, issues, written))
@@ -104,17 +105,6 @@ def loaded_samples(records: list[Record], issues: Counter[str], written: Counter
             written["regions"] += len(sample.regions)
             written["paraphrased"] += sum(region.paraphrase is not None for region in sample.regions)
             yield sample
-
-
-def add_paraphrases(
-    records: list[Record], paraphrase: Callable[[Sequence[str], Sequence[int]], list[str | None]], first_index: int
-) -> None:
-    """Set each region's paraphrase, asking for all of the records' phrases at once, each seeded by its record's
-    index in the stream (`first_index` for the first)."""
-    regions = [region for record in records for region in record.regions]
-    seeds = [first_index + index for index, record in enumerate(records) for _ in record.regions]
-    for region, found in zip(regions, paraphrase([region.phrase for region in regions], seeds)):
-        region.paraphrase = found
 
 
 def conversion_report(manifest: Manifest, reader_issues: Counter[str]) -> dict[str, Any]:

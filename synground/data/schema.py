@@ -7,7 +7,7 @@ import math
 import os
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
@@ -113,6 +113,17 @@ def region_record(region: Region) -> dict[str, Any]:
     if region.paraphrase is not None:
         record["paraphrase"] = region.paraphrase
     return record
+
+
+def add_paraphrases(
+    items: Sequence[Any], seeds: Sequence[int], paraphrase: Callable[[Sequence[str], Sequence[int]], list[str | None]]
+) -> None:
+    """Set the paraphrase of every region of `items` (samples, or readers' records: anything with `regions`) in place,
+    asking `paraphrase(phrases, seeds)` once for all of them, each phrase with its item's seed."""
+    regions = [region for item in items for region in item.regions]
+    found = paraphrase([region.phrase for region in regions], [seed for item, seed in zip(items, seeds) for _ in item.regions])
+    for region, text in zip(regions, found):
+        region.paraphrase = text
 
 
 def region_from_record(record: dict[str, Any]) -> Region:

@@ -15,7 +15,7 @@ import torch
 from synground.data.schema import GenerationRequest, GroundingSample, Region
 from synground.generation.filters import ClipScore
 from synground.generation.llm import LanguageModel
-from synground.generation.paraphrases import Paraphraser, add_paraphrases
+from synground.generation.paraphrases import Paraphraser, paraphrase_samples
 from synground.generation.runtime import OUT_OF_MEMORY, Rejected, StageClock, load_stages, prompt_version, run_batched, to_pil
 from synground.generation.text_to_image import StableDiffusion, checked_image
 
@@ -157,7 +157,7 @@ class LayoutGenerator:
             drawn, scores = [x for x, s in zip(drawn, scores) if s is not None], [s for s in scores if s is not None]
         samples = [self._sample(*item, score) for item, score in zip(drawn, scores)]
         if self.paraphrases is not None:
-            add_paraphrases(samples, [request.seed for request, *_ in drawn], self.paraphrases, clock)
+            paraphrase_samples(samples, [request.seed for request, *_ in drawn], self.paraphrases, clock)
         return samples
 
     def _layouts(self, texts: Sequence[str], seeds: Sequence[int], clock: StageClock) -> list[list[tuple[str, list[float]]]]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
-from synground.data.schema import GroundingSample
+from synground.data.schema import GroundingSample, add_paraphrases
 from synground.generation.llm import LanguageModel
 from synground.generation.runtime import OUT_OF_MEMORY, StageClock, prompt_version
 
@@ -54,6 +55,8 @@ class Paraphraser:
             return []
         longest = max(len(phrase.split()) for phrase in phrases) + self.extra_words
         prompts = [self.prompt.format(phrase=phrase) for phrase in phrases]
+        # one parse serves every answer of the batch, so it bounds by the longest phrase (an answer beyond any bound is
+        # asked again); each answer is then held to its own phrase's bound below
         parse = lambda answer: parse_paraphrase(answer, longest)  # noqa: E731
         # a phrase whose batch runs out of memory goes without a paraphrase: its sample is kept
         answers = self.llm.complete_parsed(prompts, seeds, parse, clock, "paraphrases", reject_lost=False)
@@ -67,16 +70,11 @@ class Paraphraser:
         return found
 
 
-def add_paraphrases(
+def paraphrase_samples(
     samples: Sequence[GroundingSample], seeds: Sequence[int], paraphraser: Paraphraser, clock: StageClock
 ) -> None:
     """Give every region of `samples` its paraphrase (in place; each sample's phrases asked with its seed) and record
     the paraphraser in their provenance; a sample is kept whatever its phrases get."""
-    regions = [region for sample in samples for region in sample.regions]
-    found = paraphraser.paraphrase(
-        [r.phrase for r in regions], [seed for s, seed in zip(samples, seeds) for _ in s.regions], clock
-    )
-    for region, paraphrase in zip(regions, found):
-        region.paraphrase = paraphrase
+    add_paraphrases(samples, seeds, partial(paraphraser.paraphrase, clock=clock))
     for sample in samples:
         sample.provenance["paraphrases"] = paraphraser.provenance

@@ -20,7 +20,7 @@ from synground.data.schema import GenerationRequest, GroundingSample, Region
 from synground.generation.descriptions import Description
 from synground.generation.detection import OpenVocabularyDetector
 from synground.generation.filters import ClipScore
-from synground.generation.paraphrases import Paraphraser, add_paraphrases
+from synground.generation.paraphrases import Paraphraser, paraphrase_samples
 from synground.generation.phrases import PhraseExtractor
 from synground.generation.runtime import Rejected, StageClock, load_stages, to_pil
 from synground.generation.text_to_image import StableDiffusion
@@ -52,8 +52,7 @@ class SynGroundGenerator:
         return any(getattr(stage, "uses_cuda", False) for stage in stages)
 
     def load(self) -> None:
-        stages = [self.descriptions, self.text_to_image, self.phrases, self.detector, self.clip_filter, self.paraphrases]
-        load_stages([stage for stage in stages if stage is not None])
+        load_stages([self.descriptions, self.text_to_image, self.phrases, self.detector, self.clip_filter, self.paraphrases])
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GroundingSample]:
         clock = self.clock
@@ -87,7 +86,7 @@ class SynGroundGenerator:
             drafts = [replace(d, clip_score=score) for d, score in zip(drafts, scores) if score is not None]
         samples = [self._sample(draft) for draft in drafts]
         if self.paraphrases is not None:  # of the phrases kept with boxes
-            add_paraphrases(samples, [d.request.seed for d in drafts], self.paraphrases, clock)
+            paraphrase_samples(samples, [d.request.seed for d in drafts], self.paraphrases, clock)
         return samples
 
     def _sample(self, draft: Draft) -> GroundingSample:
