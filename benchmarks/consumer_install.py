@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import shutil
@@ -53,7 +54,7 @@ REPEATS = 7
 
 def run(command: list[str], cwd: Path, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess:
     """A command in `cwd` with no trace of this checkout on its path."""
-    env = {key: value for key, value in __import__("os").environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise RuntimeError(
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "python benchmarks/consumer_install.py" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": run([str(python), "-c", "import platform; print(platform.python_version())"], cwd=work).stdout.strip(),
         "torch_requested": args.torch,
         "floors": constraints.read_text().split(),
