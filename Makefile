@@ -11,7 +11,7 @@ LOCK := requirements.lock
 PIP_VERSION := 26.3
 UV_VERSION := 0.13.8
 
-.PHONY: demo app test test-slow test-all lint check-lock lock benchmark mixing-study dry-run
+.PHONY: demo app test test-slow test-all lint check-lock lock benchmark mixing-study dry-run gpu-check
 
 # the lock is checked against pyproject.toml first (offline, on the bare venv), so a stale lock fails with the
 # requirement it misses instead of installing; `pip check` then checks that the pinned packages fit one another
@@ -105,3 +105,10 @@ mixing-study: $(STAMP)
 DRY_RUN_ARGS ?=
 dry-run: $(STAMP)
 	$(PY) benchmarks/dry_run.py $(DRY_RUN_ARGS)
+
+# the GPU path at full size with random weights, offline, in about 8 minutes on one GPU: training (1 and 2 processes),
+# evaluation, generation and data loading, each part within its budget (benchmarks/results/gpu_check.{json,md});
+# GPU_CHECK_ARGS=--smoke runs it with tiny models on a CPU (< 2 min), GPU_CHECK_ARGS=--dry-run at full size on a CPU
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

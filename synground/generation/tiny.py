@@ -5,6 +5,11 @@ tests, benchmarks and CPU smoke runs. Their outputs are noise-like images, rando
 exercise the code, not the science.
 
     synground-tiny-models data/tiny   # then: python generate.py generation=synground_tiny
+
+`write_full_size_components` writes the default pipeline's architectures at full size with random weights (Stable
+Diffusion 1.5, Grounding DINO with its Swin-B backbone, a Vicuna-7B-shaped decoder), which measure speed and memory
+offline (benchmarks/gpu_check.py); only their vocabularies are small, and the decoder's saved generation config
+makes its random answers come out as lists of words, so that the later stages get phrases.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from pathlib import Path
 
 import open_clip
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionGLIGENPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    PNDMScheduler,
+    StableDiffusionGLIGENPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer
 from tokenizers.models import WordLevel
@@ -340,6 +352,155 @@ def write_tiny_components(root: str | Path, seed: int = 0) -> dict[str, str]:
         paths[name] = str(root / name)
     torch.manual_seed(seed)
     return {**paths, **_open_clip(root)}
+
+
+# Stable Diffusion 1.5's parameter counts (its model card's UNet, VAE and CLIP ViT-L/14 text encoder): what the
+# full-size stand-ins must have, whatever the defaults of diffusers and transformers become
+SD15_PARAMETERS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+
+
+def _stable_diffusion_15(path: Path, dtype: torch.dtype) -> None:
+    """SD 1.5's UNet, VAE, text encoder and PNDM scheduler settings; the tokenizer is the tiny character-level one
+    (prompts are padded to CLIP's 77 tokens either way, so the compute is SD's)."""
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # diffusers' defaults are SD 1.x's blocks
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    tokenizer = _clip_tokenizer(77)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            **_clip_ids(tokenizer),
+        )
+    )
+    for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        count = sum(p.numel() for p in model.parameters())
+        if count != SD15_PARAMETERS[name]:
+            raise RuntimeError(
+                f"the full-size {name} has {count:,} parameters, Stable Diffusion 1.5's has {SD15_PARAMETERS[name]:,}"
+            )
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+    pipeline = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.to(dtype).save_pretrained(path)
+
+
+def _grounding_dino_base(path: Path) -> None:
+    """IDEA-Research/grounding-dino-base's architecture (Swin-B at 384 px, window 12; BERT-base text; 900 queries)."""
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *PUNCTUATION]
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(tokens)})
+    backbone = SwinConfig(
+        image_size=384,
+        embed_dim=128,
+        depths=[2, 2, 18, 2],
+        num_heads=[4, 8, 16, 32],
+        window_size=12,
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    config = GroundingDinoConfig(backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False, backbone=None)
+    GroundingDinoForObjectDetection(config).save_pretrained(path)
+    GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer).save_pretrained(path)
+
+
+def _vicuna_7b(path: Path, layers: int, dtype: torch.dtype, device: str) -> None:
+    """Vicuna-7B v1.5's decoder (Llama 2 7B: width 4096, 11008, 32 heads, `layers` of its 32 layers) with the tiny word
+    vocabulary: its LM head is then 80 rows instead of 32,000 (under 2% of the 7B model's compute)."""
+    tokenizer = _word_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its own dtype, on the GPU when there is one: 7B float32 weights are 27 GB
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    model.generation_config.sequence_bias = _list_answers(tokenizer)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _list_answers(tokenizer: PreTrainedTokenizerFast) -> list[list]:
+    """A generation config bias (transformers' `sequence_bias`, saved with the model) that makes a random decoder answer
+    as the trained one does, in comma-separated words, so the pipeline's later stages get phrases: ',' is favoured
+    after a word and barred after itself, the other punctuation and the end of text are barred, so every answer runs
+    to max_new_tokens (the longest, costliest answer)."""
+    comma = tokenizer.convert_tokens_to_ids(",")
+    barred = [*PUNCTUATION[1:], "USER", "ASSISTANT", tokenizer.eos_token]
+    return [
+        *[[[word, comma], 4.0] for word in tokenizer.convert_tokens_to_ids(WORDS)],
+        [[comma, comma], -100.0],
+        *[[[token], -100.0] for token in tokenizer.convert_tokens_to_ids(barred)],
+    ]
+
+
+FULL_SIZE_COMPONENTS = ("stable_diffusion", "grounding_dino", "llm")
+
+
+def write_full_size_components(
+    root: str | Path,
+    llm_layers: int = 32,
+    dtype: torch.dtype = torch.float16,
+    device: str = "cpu",
+    seed: int = 0,
+    names: tuple[str, ...] = FULL_SIZE_COMPONENTS,
+) -> dict[str, str]:
+    """The default pipeline's models at full size with random weights, saved in `dtype` under `root` with the names of
+    `write_tiny_components` (stable_diffusion, grounding_dino, llm): Stable Diffusion 1.5, Grounding DINO base and a
+    Vicuna-7B-shaped decoder of `llm_layers` layers (32 is the real depth), built on `device`; `names` picks some of
+    them. The CLIP filter's ViT-B-32 needs no file: open_clip builds it with random weights when `pretrained` is null."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    builders = {
+        "stable_diffusion": lambda path: _stable_diffusion_15(path, dtype),
+        "grounding_dino": _grounding_dino_base,
+        "llm": lambda path: _vicuna_7b(path, llm_layers, dtype, device),
+    }
+    unknown = set(names) - set(builders)
+    if unknown:
+        raise ValueError(f"unknown full-size components {sorted(unknown)}; choose from {FULL_SIZE_COMPONENTS}")
+    for name in names:
+        torch.manual_seed(seed)
+        builders[name](root / name)
+    return {name: str(root / name) for name in names}
 
 
 def main(argv: list[str] | None = None) -> None:
