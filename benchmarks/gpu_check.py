@@ -439,18 +439,19 @@ def evaluate(model: str, sizes: Sizes, work: Path) -> dict:
         if count >= sizes.eval_items:
             break
     result: dict[str, Any] = {"image_size": cfg.data.image_size, "batch_size": sizes.eval_batch, "items": count}
-    hits = {}
+    hits, maps_of = {}, {}
     for name, method in (("batched", batched_maps), ("per_sample", per_sample_maps)):
         with torch.autocast(device.type, dtype=torch.bfloat16):
             method(module, batches[0])  # warm-up
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            start, found = now(device), []
+            start, found, kept = now(device), [], []
             for batch in batches:
-                maps = method(module, batch)
-                found += pointing_game_hits(maps.detach().float(), batch["original_boxes"], batch["original_sizes"]).tolist()
+                maps = method(module, batch).detach().float()
+                found += pointing_game_hits(maps, batch["original_boxes"], batch["original_sizes"]).tolist()
+                kept.append(maps)
             seconds = now(device) - start
-        hits[name] = found
+        hits[name], maps_of[name] = found, torch.cat(kept)
         result[name] = {
             "items_per_second": round(len(found) / seconds, 2),
             "pointing_game": round(sum(found) / len(found), 4),
@@ -458,6 +459,9 @@ def evaluate(model: str, sizes: Sizes, work: Path) -> dict:
         }
     result["speedup"] = round(result["batched"]["items_per_second"] / result["per_sample"]["items_per_second"], 2)
     result["same_hits"] = sum(a == b for a, b in zip(hits["batched"], hits["per_sample"]))
+    # the largest difference between the two methods' maps, over the largest map value
+    reference = maps_of["per_sample"]
+    result["map_difference"] = float((maps_of["batched"] - reference).abs().max() / reference.abs().max().clamp(min=1e-12))
     return result
 
 
@@ -780,13 +784,14 @@ def report(result: dict) -> str:
             "",
             "## Evaluation (Grad-CAM pointing game, bf16 autocast)",
             "",
-            "| model | image size | items | batched items/s | per-sample items/s | speed-up | same hits |",
-            "|---|---|---|---|---|---|---|",
+            "| model | image size | items | batched items/s | per-sample items/s | speed-up | same hits | largest map difference |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, p in evaluation:
             lines.append(
                 f"| {name} | {p['image_size']} | {p['items']} | {figure(p['batched']['items_per_second'])} | "
-                f"{figure(p['per_sample']['items_per_second'])} | {figure(p['speedup'], 'x', 2)} | {p['same_hits']} of {p['items']} |"
+                f"{figure(p['per_sample']['items_per_second'])} | {figure(p['speedup'], 'x', 2)} | {p['same_hits']} of {p['items']} | "
+                f"{p['map_difference']:.1e} |"
             )
     generation = []
     if "diffusion" in ok:

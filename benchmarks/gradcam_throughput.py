@@ -89,7 +89,8 @@ def per_sample_maps(module, batch) -> torch.Tensor:
         captured.value.register_hook(lambda grad, saved=saved: saved.__setitem__("grad", grad))
         net.zero_grad()
         logits[:, 1].sum().backward()
-        maps.append(attention_gradcam(captured.value.detach(), saved["grad"], tokens["attention_mask"])[0])
+        # the tokens the model's recipe averages (BLIP: the phrase's, without [ENC] and [SEP]; ALBEF: all)
+        maps.append(attention_gradcam(captured.value.detach(), saved["grad"], net.gradcam_tokens(tokens["attention_mask"]))[0])
     return torch.stack(maps)
 
 

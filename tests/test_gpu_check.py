@@ -9,11 +9,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from support import ROOT, run
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check
+from gradcam_throughput import batched_maps, per_sample_maps
 
 
 @pytest.mark.slow
@@ -44,8 +46,9 @@ def test_smoke_run_measures_every_part(tmp_path):
         assert set(breakdown) == {"amc", "no_double_backward", "itm"} and all(v["seconds"] > 0 for v in breakdown.values())
         assert math.isclose(trained["amc_over_itm"], breakdown["amc"]["seconds"] / breakdown["itm"]["seconds"], rel_tol=0.01)
         evaluated = parts[f"eval:{model}"]
-        # the batched maps give the reference loop's pointing-game hits (bf16 autocast on both)
+        # the batched maps are the reference loop's, and so are their pointing-game hits (bf16 autocast on both)
         assert evaluated["items"] >= 8 and evaluated["same_hits"] == evaluated["items"]
+        assert evaluated["map_difference"] < 1e-3
         loader = parts["data_loader"]["models"][model]
         assert loader["samples_per_second"] > 0 and loader["training_samples_per_second"] == trained["samples_per_second"]
     assert parts["ddp:albef"]["processes"] == 2 and parts["ddp:albef"]["samples_per_second"] > 0
@@ -115,3 +118,19 @@ def test_without_a_gpu_the_full_check_refuses_and_names_the_cpu_modes(tmp_path):
         [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--work-dir", str(tmp_path)], capture_output=True, text=True
     )
     assert result.returncode != 0 and "--smoke" in result.stderr and "--dry-run" in result.stderr
+
+
+def test_the_reference_loop_gives_each_models_own_maps(tiny_model):
+    """The per-sample loop that the evaluation part (and benchmarks/gradcam_throughput.py) times against the batched
+    maps averages the tokens of the model's recipe: BLIP's phrase tokens, ALBEF's all."""
+    tiny_model.eval()
+    module = torch.nn.Module()
+    module.net = tiny_model
+    module.evaluation_maps = lambda batch: {
+        "maps": tiny_model.evaluation_gradcam(batch["images"], batch["texts"], batch["image_index"]).maps
+    }
+    torch.manual_seed(0)
+    texts = ["the red circle", "the blue square on the left", "a small triangle"]
+    batch = {"images": torch.randn(2, 3, 64, 64), "texts": texts, "image_index": torch.tensor([0, 0, 1])}
+    reference = per_sample_maps(module, batch)
+    torch.testing.assert_close(batched_maps(module, batch), reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item())
