@@ -472,15 +472,15 @@ def components(sizes: Sizes, work: Path, names: tuple[str, ...]) -> Path:
     if sizes.full:
         from synground.generation.tiny import write_full_size_components
 
-        on_gpu = torch.cuda.is_available()
         for name in names:
             if not (root / name / "done").exists():
                 shutil.rmtree(root / name, ignore_errors=True)
+                # saved in float16 as the hub's half-precision weights (on a CPU the stages load them as float32)
                 write_full_size_components(
                     root,
                     llm_layers=sizes.llm_layers,
-                    dtype=torch.float16 if on_gpu else torch.float32,
-                    device="cuda" if on_gpu else "cpu",
+                    dtype=torch.float16,
+                    device="cuda" if torch.cuda.is_available() else "cpu",
                     names=(name,),
                 )
                 (root / name / "done").touch()
@@ -579,6 +579,8 @@ def end_to_end(sizes: Sizes, work: Path) -> dict:
     output = work / "end_to_end"
     shutil.rmtree(output, ignore_errors=True)
     result = triplets_per_hour(pipeline(sizes, work, root), sizes.requests, output)
+    if not result["triplets"]:  # the stand-ins answer in lists and keep every box: no triplet means a broken stage
+        raise RuntimeError(f"no triplet written from {sizes.requests} requests; rejections: {result['rejections']}")
     llm = json.loads((root / "llm" / "config.json").read_text())
     result["llm"] = {key: llm[key] for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")}
     result["llm_max_new_tokens"] = sizes.llm_new_tokens
@@ -797,7 +799,7 @@ def report(result: dict) -> str:
     if "diffusion" in ok:
         p = ok["diffusion"]
         generation.append(
-            f"| Stable Diffusion 1.5 ({p['size']}, {p['steps']} steps, batch {p['batch_size']}, {p['dtype']}, "
+            f"| Stable Diffusion 1.5 ({p['size']}, {p['steps']} step{'s' * (p['steps'] != 1)}, batch {p['batch_size']}, {p['dtype']}, "
             f"{'/'.join(p['attention'])}) | {figure(p['images_per_hour'])} images/hour | {ANCHORS['diffusion']} |"
         )
     if "detector" in ok:
