@@ -134,3 +134,20 @@ def test_the_reference_loop_gives_each_models_own_maps(tiny_model):
     batch = {"images": torch.randn(2, 3, 64, 64), "texts": texts, "image_index": torch.tensor([0, 0, 1])}
     reference = per_sample_maps(module, batch)
     torch.testing.assert_close(batched_maps(module, batch), reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item())
+
+
+@pytest.mark.slow
+def test_the_full_size_decoder_stand_in_answers_in_phrases_to_its_token_limit(tmp_path):
+    """The Vicuna-7B-shaped stand-in (one of its layers here) loads through the pipeline's LanguageModel, and its
+    random answers parse into phrases, run to max_new_tokens and never end early: the later stages get work."""
+    from synground.generation.llm import LanguageModel
+    from synground.generation.phrases import parse_phrases
+    from synground.generation.tiny import write_full_size_components
+
+    paths = write_full_size_components(tmp_path, llm_layers=1, names=("llm",))
+    assert json.loads((tmp_path / "llm" / "config.json").read_text())["hidden_size"] == 4096
+    llm = LanguageModel(paths["llm"], device="cpu", max_new_tokens=16, batch_size=2)
+    answers = llm.complete(["USER: list the objects in: a dog on the grass ASSISTANT:", "USER: a red car ASSISTANT:"], seed=0)
+    tokenizer = llm.load()[0]
+    assert [len(tokenizer(answer, add_special_tokens=False).input_ids) for answer in answers] == [16, 16]
+    assert all(parse_phrases(answer, max_words=4) for answer in answers), answers

@@ -18,6 +18,7 @@ import argparse
 import json
 import string
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -139,18 +140,22 @@ def _word_tokenizer(extra_special: list[str] = ()) -> PreTrainedTokenizerFast:
     )
 
 
-def _llama_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+def _llama_config(tokenizer: PreTrainedTokenizerFast, **sizes: Any) -> LlamaConfig:
+    """A Llama decoder over `tokenizer`'s vocabulary: tiny unless `sizes` say otherwise."""
+    tiny = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+    }
     return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **{**tiny, **sizes},
     )
 
 
@@ -433,8 +438,8 @@ def _vicuna_7b(path: Path, layers: int, dtype: torch.dtype, device: str) -> None
     """Vicuna-7B v1.5's decoder (Llama 2 7B: width 4096, 11008, 32 heads, `layers` of its 32 layers) with the tiny word
     vocabulary: its LM head is then 80 rows instead of 32,000 (under 2% of the 7B model's compute)."""
     tokenizer = _word_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    config = _llama_config(
+        tokenizer,
         hidden_size=4096,
         intermediate_size=11008,
         num_hidden_layers=layers,
@@ -442,9 +447,6 @@ def _vicuna_7b(path: Path, layers: int, dtype: torch.dtype, device: str) -> None
         num_key_value_heads=32,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built in its own dtype, on the GPU when there is one: 7B float32 weights are 27 GB
@@ -461,10 +463,10 @@ def _vicuna_7b(path: Path, layers: int, dtype: torch.dtype, device: str) -> None
 def _list_answers(tokenizer: PreTrainedTokenizerFast) -> list[list]:
     """A generation config bias (transformers' `sequence_bias`, saved with the model) that makes a random decoder answer
     as the trained one does, in comma-separated words, so the pipeline's later stages get phrases: ',' is favoured
-    after a word and barred after itself, the other punctuation and the end of text are barred, so every answer runs
-    to max_new_tokens (the longest, costliest answer)."""
+    after a word and barred after itself, the other punctuation and the special tokens (the end of text among them) are
+    barred, so every answer runs to max_new_tokens (the longest, costliest answer)."""
     comma = tokenizer.convert_tokens_to_ids(",")
-    barred = [*PUNCTUATION[1:], "USER", "ASSISTANT", tokenizer.eos_token]
+    barred = [*PUNCTUATION[1:], "USER", "ASSISTANT", *tokenizer.all_special_tokens]  # the end of text among them
     return [
         *[[[word, comma], 4.0] for word in tokenizer.convert_tokens_to_ids(WORDS)],
         [[comma, comma], -100.0],
