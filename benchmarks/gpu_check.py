@@ -313,7 +313,8 @@ def train(model: str, processes: int, sizes: Sizes, work: Path, deadline: float)
             break
         batch //= 2
     if outcome != "ok":
-        raise RuntimeError(f"train.py: {outcome} at batch {batch} (attempts {attempts}; log {run / 'output.log'})")
+        message = f"train.py: {outcome} at batch {batch} (attempts {attempts}; log {run / 'output.log'})"
+        raise torch.OutOfMemoryError(message) if outcome == "out_of_memory" else RuntimeError(message)
     steps = step_metrics(run)
     timed = steps[sizes.warmup_steps :] or steps
     step_seconds = statistics.median(s["train/seconds_per_step"] for s in timed)
@@ -493,7 +494,9 @@ def components(sizes: Sizes, work: Path, names: tuple[str, ...]) -> Path:
     return root
 
 
-def pipeline(sizes: Sizes, work: Path, root: Path):
+def pipeline(sizes: Sizes, root: Path):
+    """generate.py's config for the check: generation=synground on the stand-ins in `root` (the tiny ones'
+    generation=synground_tiny), Concept2Text descriptions, the mode's steps, batch and token limit."""
     from gpu_generation import pipeline_config
 
     overrides = [
@@ -525,7 +528,7 @@ def diffusion(sizes: Sizes, work: Path) -> dict:
     start = time.perf_counter()
     root = components(sizes, work, ("stable_diffusion",))
     written = time.perf_counter() - start
-    text_to_image = hydra.utils.instantiate(pipeline(sizes, work, root).generation.generator.text_to_image)
+    text_to_image = hydra.utils.instantiate(pipeline(sizes, root).generation.generator.text_to_image)
     unet = text_to_image.load().unet
     result = diffusion_images_per_hour(text_to_image, sizes.diffusion_images, sizes.diffusion_batch)
     return {
@@ -547,7 +550,7 @@ def detector(sizes: Sizes, work: Path) -> dict:
     from synground.generation.tiny import WORDS
 
     root = components(sizes, work, ("grounding_dino",))
-    stage = hydra.utils.instantiate(pipeline(sizes, work, root).generation.generator.detector)
+    stage = hydra.utils.instantiate(pipeline(sizes, root).generation.generator.detector)
     model = stage.load()[1]
     side = 512 if sizes.full else 64
     generator = torch.Generator().manual_seed(0)
@@ -578,7 +581,7 @@ def end_to_end(sizes: Sizes, work: Path) -> dict:
     root = components(sizes, work, ("stable_diffusion", "grounding_dino", "llm"))
     output = work / "end_to_end"
     shutil.rmtree(output, ignore_errors=True)
-    result = triplets_per_hour(pipeline(sizes, work, root), sizes.requests, output)
+    result = triplets_per_hour(pipeline(sizes, root), sizes.requests, output)
     if not result["triplets"]:  # the stand-ins answer in lists and keep every box: no triplet means a broken stage
         raise RuntimeError(f"no triplet written from {sizes.requests} requests; rejections: {result['rejections']}")
     llm = json.loads((root / "llm" / "config.json").read_text())
