@@ -235,7 +235,8 @@ class AmcBreakdown(L.Callback):
             del net.gradcam, pl_module.log, pl_module.log_dict
             hparams.amc_weight, hparams.selfeq_weight = amc_weight, selfeq_weight
         result = {
-            name: {"seconds": statistics.median(times[1:]), "peak_memory_gib": peaks.get(name)} for name, times in seconds.items()
+            name: {"seconds": statistics.median(times[1:]), "timings": times[1:], "peak_memory_gib": peaks.get(name)}
+            for name, times in seconds.items()
         }
         self.path.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -333,15 +334,25 @@ def train(model: str, processes: int, sizes: Sizes, work: Path, deadline: float)
     }
     breakdown_file = run / "amc_breakdown.json"
     if processes == 1:
-        breakdown = json.loads(breakdown_file.read_text())
-        amc, detached, itm = (breakdown[k]["seconds"] for k in ("amc", "no_double_backward", "itm"))
-        result["breakdown"] = breakdown
-        result["amc_over_itm"] = round(amc / itm, 3)
-        result["gradcam_gradient_seconds"] = round(detached - itm, 4)
-        result["double_backward_seconds"] = round(amc - detached, 4)
-        # of the whole training step (the optimiser step and logging included), as train.py timed it
-        result["double_backward_share_of_step"] = round((amc - detached) / step_seconds, 3)
+        result |= breakdown_figures(json.loads(breakdown_file.read_text()), step_seconds)
     return result
+
+
+def breakdown_figures(breakdown: dict, step_seconds: float) -> dict:
+    """AmcBreakdown's timings as the report's figures: each cost is the difference of two variants' medians."""
+    amc, detached, itm = (breakdown[k]["seconds"] for k in ("amc", "no_double_backward", "itm"))
+    # the widest spread of one variant's repeats: a difference below it is this machine's noise (unknown from one)
+    spreads = [max(v["timings"]) - min(v["timings"]) for v in breakdown.values() if len(v["timings"]) > 1]
+    return {
+        "breakdown": breakdown,
+        "breakdown_repeats": min(len(v["timings"]) for v in breakdown.values()),
+        "breakdown_noise_seconds": round(max(spreads), 4) if spreads else None,
+        "amc_over_itm": round(amc / itm, 3),
+        "gradcam_gradient_seconds": round(detached - itm, 4),
+        "double_backward_seconds": round(amc - detached, 4),
+        # of the whole training step (the optimiser step and logging included), as train.py timed it
+        "double_backward_share_of_step": round((amc - detached) / step_seconds, 3),
+    }
 
 
 def train_once(model: str, processes: int, batch: int, sizes: Sizes, work: Path, run: Path, deadline: float) -> str:
@@ -737,6 +748,12 @@ def figure(value: Any, unit: str = "", digits: int = 1) -> str:
     return f"{value:,.{digits}f}{unit}" if isinstance(value, float) else f"{value:,}{unit}"
 
 
+def timing_difference(part: dict, key: str) -> str:
+    """A cost measured as the difference of two timings, with the timing noise where the repeats show it."""
+    value, noise = part.get(key), part.get("breakdown_noise_seconds")
+    return figure(value, digits=3) if value is None or noise is None else f"{value:.3f} ± {noise:.3f}"
+
+
 def report(result: dict) -> str:
     """The markdown page: machine, each part's status, then the figures."""
     info, parts = result["machine"], {p["part"]: p for p in result["parts"]}
@@ -774,14 +791,20 @@ def report(result: dict) -> str:
             lines.append(
                 f"| {name} ({p['processes']} process{'es' if p['processes'] > 1 else ''}) | {p['batch_size_per_process']} | "
                 f"{figure(p['samples_per_second'])} | {figure(p['seconds_per_step'], digits=3)} | {figure(p['peak_memory_gib'], digits=2)} | "
-                f"{figure(p.get('amc_over_itm'), 'x', 2)} | {figure(p.get('gradcam_gradient_seconds'), digits=3)} | "
-                f"{figure(p.get('double_backward_seconds'), digits=3)} | {figure(p.get('double_backward_share_of_step'), digits=2)} |"
+                f"{figure(p.get('amc_over_itm'), 'x', 2)} | {timing_difference(p, 'gradcam_gradient_seconds')} | "
+                f"{timing_difference(p, 'double_backward_seconds')} | {figure(p.get('double_backward_share_of_step'), digits=2)} |"
             )
+        repeats = max((p.get("breakdown_repeats", 0) for _, p in training), default=0)
         lines.append("")
         lines.append(
             "AMC over ITM, the Grad-CAM gradient and the double backward come from forward + backward of the last batch "
-            "three ways in the same process (AmcBreakdown): the double backward is the AMC step minus the same step with "
-            "its map detached; its share is of the whole training step."
+            f"three ways in the same process (AmcBreakdown), the median of {repeats} interleaved repeat(s) each: the double "
+            "backward is the AMC step minus the same step with its map detached; its share is of the whole training step. "
+            + (
+                "± is the widest spread of one way's repeats: a difference below it is timing noise."
+                if repeats > 1
+                else "One timing each: a difference below this machine's timing noise can come out negative."
+            )
         )
     evaluation = [(n, p) for n, p in ok.items() if n.startswith("eval:")]
     if evaluation:

@@ -110,6 +110,34 @@ def test_report_names_parts_that_did_not_finish():
     assert "## Training" not in page  # no figures from a part that did not finish
 
 
+def test_the_amc_breakdown_reports_its_costs_beside_the_timing_noise():
+    # medians 1.0, 0.8 and 0.6 s; the widest spread of one way's repeats is the AMC step's, 1.1 - 0.9
+    breakdown = {
+        "amc": {"seconds": 1.0, "timings": [0.9, 1.0, 1.1], "peak_memory_gib": None},
+        "no_double_backward": {"seconds": 0.8, "timings": [0.8, 0.8, 0.85], "peak_memory_gib": None},
+        "itm": {"seconds": 0.6, "timings": [0.55, 0.6, 0.6], "peak_memory_gib": None},
+    }
+    figures = gpu_check.breakdown_figures(breakdown, step_seconds=2.0)
+    assert figures["breakdown_repeats"] == 3
+    assert math.isclose(figures["breakdown_noise_seconds"], 0.2)
+    assert math.isclose(figures["amc_over_itm"], 1.0 / 0.6, rel_tol=1e-3)
+    assert math.isclose(figures["gradcam_gradient_seconds"], 0.2) and math.isclose(figures["double_backward_seconds"], 0.2)
+    assert math.isclose(figures["double_backward_share_of_step"], 0.1)
+
+    trained = {"part": "train:albef", "status": "ok", "wall_seconds": 40.0, "budget_seconds": 65, "processes": 1}
+    trained |= {"batch_size_per_process": 64, "samples_per_second": 32.0, "seconds_per_step": 2.0, "peak_memory_gib": 30.0}
+    result = {"mode": "gpu", "command": "-", "date": "-", "machine": gpu_check.machine(), "parts": [trained | figures]}
+    page = gpu_check.report(result)
+    assert "| 0.200 ± 0.200 | 0.200 ± 0.200 | 0.10 |" in page and "median of 3 interleaved repeat(s)" in page
+
+    # one timing each (the CPU modes): no spread to show, and the page says what that means
+    single = {name: {**way, "timings": [way["seconds"]]} for name, way in breakdown.items()}
+    figures = gpu_check.breakdown_figures(single, step_seconds=2.0)
+    assert figures["breakdown_noise_seconds"] is None
+    page = gpu_check.report(result | {"parts": [trained | figures]})
+    assert "| 0.200 | 0.200 | 0.10 |" in page and "can come out negative" in page
+
+
 @pytest.mark.slow
 def test_without_a_gpu_the_full_check_refuses_and_names_the_cpu_modes(tmp_path):
     if gpu_check.torch.cuda.is_available():
