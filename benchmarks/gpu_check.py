@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +63,6 @@ class Sizes:
     train_batch: int
     train_steps: int
     warmup_steps: int  # left out of the median step time (allocator, cuDNN autotuning, first data)
-    breakdown_repeats: int
     eval_items: int
     eval_batch: int
     diffusion_steps: int
@@ -85,7 +83,6 @@ MODES = {
         train_batch=REFERENCE_BATCH,
         train_steps=10,
         warmup_steps=3,
-        breakdown_repeats=3,
         eval_items=64,
         eval_batch=32,
         diffusion_steps=50,
@@ -117,7 +114,6 @@ MODES = {
         train_batch=2,
         train_steps=2,
         warmup_steps=1,
-        breakdown_repeats=1,
         eval_items=2,
         eval_batch=2,
         diffusion_steps=1,
@@ -137,7 +133,6 @@ MODES = {
         train_batch=4,
         train_steps=3,
         warmup_steps=1,
-        breakdown_repeats=1,
         eval_items=8,
         eval_batch=4,
         diffusion_steps=2,
@@ -180,65 +175,6 @@ PARTS = [
     "end_to_end",
     "data_loader",
 ]
-
-
-class AmcBreakdown(L.Callback):
-    """After training, on the last training batch and in the trainer's precision: forward + backward of the module's
-    step three ways, `repeats` times interleaved (the median counts): as configured (ITM + AMC), with the Grad-CAM
-    map detached (forward and Grad-CAM gradient, no double backward) and with amc_weight 0 (ITM only). Writes the
-    seconds and peak memory of each to `path`. One process only (a DDP rank's extra backward would hang the others)."""
-
-    def __init__(self, path: str, repeats: int = 3):
-        self.path, self.repeats = Path(path), repeats
-        self.batch: Any = None
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        self.batch = batch
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.world_size > 1 or self.batch is None:
-            return
-        device = pl_module.device
-        net, hparams = pl_module.net, pl_module.hparams
-        gradcam, amc_weight, selfeq_weight = net.gradcam, hparams.amc_weight, hparams.selfeq_weight
-        if amc_weight <= 0:
-            raise ValueError(f"AmcBreakdown needs a run with AMC on (model.amc_weight={amc_weight})")
-
-        def detached(*args: Any, **kwargs: Any) -> Any:
-            cam = gradcam(*args, **kwargs)
-            return dataclasses.replace(cam, maps=cam.maps.detach())
-
-        variants = {
-            "amc": {},
-            "no_double_backward": {"gradcam": detached},
-            "itm": {"amc_weight": 0.0},
-        }
-        seconds: dict[str, list[float]] = {name: [] for name in variants}
-        peaks: dict[str, float] = {}
-        pl_module.log = pl_module.log_dict = lambda *args, **kwargs: None  # instance attributes, removed below
-        try:
-            for _ in range(self.repeats + 1):  # the first round warms each variant up
-                for name, change in variants.items():
-                    net.gradcam = change.get("gradcam", gradcam)
-                    hparams.amc_weight, hparams.selfeq_weight = change.get("amc_weight", amc_weight), 0.0
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(device)
-                    start = now(device)
-                    with trainer.precision_plugin.forward_context():
-                        loss = pl_module.training_step(self.batch, 0)
-                    loss.backward()
-                    seconds[name].append(now(device) - start)
-                    pl_module.zero_grad(set_to_none=True)
-                    if device.type == "cuda":
-                        peaks[name] = torch.cuda.max_memory_allocated(device) / 2**30
-        finally:
-            del net.gradcam, pl_module.log, pl_module.log_dict
-            hparams.amc_weight, hparams.selfeq_weight = amc_weight, selfeq_weight
-        result = {
-            name: {"seconds": statistics.median(times[1:]), "timings": times[1:], "peak_memory_gib": peaks.get(name)}
-            for name, times in seconds.items()
-        }
-        self.path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def now(device: torch.device) -> float:
@@ -383,9 +319,8 @@ def train_once(model: str, processes: int, batch: int, sizes: Sizes, work: Path,
     ]
     if processes == 1:
         overrides += [
-            "+callbacks.amc_breakdown._target_=gpu_check.AmcBreakdown",  # benchmarks/ is on train.py's PYTHONPATH
+            "+callbacks.amc_breakdown._target_=amc_breakdown.AmcBreakdown",  # benchmarks/ is on train.py's PYTHONPATH
             f"+callbacks.amc_breakdown.path={run / 'amc_breakdown.json'}",
-            f"+callbacks.amc_breakdown.repeats={sizes.breakdown_repeats}",
         ]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
     log = run / "output.log"
@@ -798,7 +733,7 @@ def report(result: dict) -> str:
         lines.append("")
         lines.append(
             "AMC over ITM, the Grad-CAM gradient and the double backward come from forward + backward of the last batch "
-            f"three ways in the same process (AmcBreakdown), the median of {repeats} interleaved repeat(s) each: the double "
+            f"three ways in the same process (benchmarks/amc_breakdown.py), the median of {repeats} interleaved repeat(s) each: the double "
             "backward is the AMC step minus the same step with its map detached; its share is of the whole training step. "
             + (
                 "± is the widest spread of one way's repeats: a difference below it is timing noise."
