@@ -130,7 +130,7 @@ def test_the_amc_breakdown_reports_its_costs_beside_the_timing_noise():
     page = gpu_check.report(result)
     assert "| 0.200 ± 0.200 | 0.200 ± 0.200 | 0.10 |" in page and "median of 3 interleaved repeat(s)" in page
 
-    # one timing each (the CPU modes): no spread to show, and the page says what that means
+    # one timing each (AmcBreakdown(repeats=1); every mode takes 3): no spread to show, and the page says what that means
     single = {name: {**way, "timings": [way["seconds"]]} for name, way in breakdown.items()}
     figures = gpu_check.breakdown_figures(single, step_seconds=2.0)
     assert figures["breakdown_noise_seconds"] is None
